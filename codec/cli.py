@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
+import signal
 import sys
 import typing as tp
 
@@ -18,6 +20,7 @@ from codec.errors import UserError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "corpus": ("codec.corpus", "synthesize the embedded Telugu corpus (espeak-ng) at field-recording levels"),
     "ingest": ("codec.ingest", "read a folder of recordings (or synthesize the embedded Telugu corpus) into data/raw"),
     "normalize": ("codec.normalize", "bring every clip to one loudness (BS.1770 LUFS) under a peak ceiling"),
     "validate": ("codec.validate", "the data-quality gate: Great Expectations over the normalized manifest"),
@@ -56,6 +59,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, subparsers
 
 
+_MAIN_PID = os.getpid()
+
+
+def _raise_interrupt(signum: int, frame: tp.Any) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked worker being stopped by its pool: just go
+        os._exit(128 + signum)
+    raise KeyboardInterrupt
+
+
 def main(argv: tp.Sequence[str] | None = None) -> int:
     parser, subparsers = build_parser()
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -67,6 +79,9 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[pre.command][0])
     module.add_arguments(subparsers[pre.command])
     args = parser.parse_args(args_list)
+    # SIGTERM (DVC, Prefect, a scheduler stopping us) unwinds like Ctrl-C, so
+    # staging folders and temporary files are cleaned up on the way out.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return int(module.run(args) or 0)
     except UserError as e:

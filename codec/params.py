@@ -45,9 +45,7 @@ def from_dict(cls: type[T], data: tp.Mapping[str, tp.Any] | None, where: str) ->
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise UserError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(sorted(fields))}"
-        )
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(sorted(fields))}")
     hints = tp.get_type_hints(cls)
     kwargs: dict[str, tp.Any] = {}
     for name, value in data.items():

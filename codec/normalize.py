@@ -1,0 +1,252 @@
+"""The normalize stage: every clip to one loudness, under a peak ceiling.
+
+Modes (``normalize.mode``):
+
+- ``lufs`` (default): gain each clip so its BS.1770 integrated loudness is
+  ``target_lufs`` (-16 LUFS, as DAC does). Loudness tracks what a listener hears,
+  and the gating ignores pauses, so clips with long silences are not pushed up.
+- ``rms``: gain each clip so its RMS level is ``target_rms_dbfs`` (the seed's fix).
+- ``peak``: scale each clip so its peak is ``peak_target`` (0.95). This is the
+  seed's bug, kept so the data gate can be shown catching it: recording levels
+  then carry no consistent meaning and the per-file RMS spread is wide.
+
+The peak ceiling (``peak_ceiling_db``) is enforced by a look-ahead limiter that
+only touches the samples around peaks above it (see :func:`limit`); because
+limiting lowers loudness a little, the gain is then raised by the measured
+shortfall and the clip limited again, so loudness stays on target. The
+manifest records, per file, the gain applied, whether the ceiling acted, the
+largest gain reduction and the fraction of samples it touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.ndimage
+
+from codec.audio import (
+    Array,
+    clipped_fraction,
+    integrated_lufs,
+    peak_dbfs,
+    read_audio,
+    resample,
+    rms_dbfs,
+    to_mono,
+    write_wav,
+)
+from codec.errors import UserError
+from codec.files import staged_dir, write_text_atomic
+from codec.parallel import parallel_map
+
+Mode = tp.Literal["lufs", "rms", "peak"]
+
+MANIFEST_COLUMNS = [
+    "id",
+    "path",
+    "duration_s",
+    "sample_rate",
+    "mode",
+    "input_lufs",
+    "input_rms_dbfs",
+    "input_peak_dbfs",
+    "gain_db",
+    "lufs",
+    "rms_dbfs",
+    "peak_dbfs",
+    "clipped_fraction",
+    "ceiling_applied",
+    "ceiling_reduction_db",
+    "ceiling_samples_fraction",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizeParams:
+    """``normalize`` in params.yaml."""
+
+    mode: Mode = "lufs"
+    target_lufs: float = -16.0
+    target_rms_dbfs: float = -16.0
+    peak_target: float = 0.95
+    peak_ceiling_db: float = -1.0
+    limiter_window_ms: float = 5.0
+    sample_rate: int = 16000
+    clip_threshold: float = 0.999
+    workers: int = 0
+
+    def check(self, where: str) -> None:
+        if not -70.0 < self.target_lufs < 0.0:
+            raise UserError(f"{where}.target_lufs must be within -70..0 LUFS, got {self.target_lufs}")
+        if not -20.0 <= self.peak_ceiling_db <= 0.0:
+            raise UserError(f"{where}.peak_ceiling_db must be within -20..0 dBFS, got {self.peak_ceiling_db}")
+        if not 0.0 < self.peak_target <= 1.0:
+            raise UserError(f"{where}.peak_target must be within (0, 1], got {self.peak_target}")
+        if not 0.1 <= self.limiter_window_ms <= 100.0:
+            raise UserError(f"{where}.limiter_window_ms must be within 0.1..100 ms, got {self.limiter_window_ms}")
+
+
+def limit(x: Array, ceiling: float, window: int) -> tuple[Array, Array]:
+    """Look-ahead peak limiter: returns (limited audio, gain curve), both ``[T]``.
+
+    The gain each sample needs is ``min(1, ceiling / |x|)``. Its running minimum
+    over ``2·window`` samples, smoothed by a ``window``-sample moving average,
+    is never above what any sample needs (every average is over minima that
+    include that sample), so the output never exceeds the ceiling, while the gain
+    moves smoothly over ~``window`` samples on both sides of a peak (zero phase,
+    no clicks) and is exactly 1 away from peaks.
+    """
+    mag = np.abs(x)
+    if not np.any(mag > ceiling):
+        return x, np.ones_like(x)
+    need = np.minimum(1.0, ceiling / np.maximum(mag, 1e-12)).astype(np.float32)
+    floor = scipy.ndimage.minimum_filter1d(need, size=2 * window + 1, mode="nearest")
+    gain = scipy.ndimage.uniform_filter1d(floor, size=window, mode="nearest")
+    gain = np.minimum(gain, need)  # guard against float rounding at the edges
+    return (x * gain).astype(np.float32), gain
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    clip_id: str
+    source: str
+    out: str
+    params: NormalizeParams
+
+
+def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict[str, tp.Any]]:
+    """Normalize mono ``x`` (``[T]`` at ``rate``, already at ``p.sample_rate``).
+
+    Returns the output and its manifest fields (levels before and after).
+    """
+    in_lufs = integrated_lufs(x, rate)
+    in_rms = rms_dbfs(x)
+    in_peak = peak_dbfs(x)
+    if not np.isfinite(in_lufs):
+        raise UserError("clip is below the -70 LUFS gate: cannot be loudness-normalized")
+    if p.mode == "lufs":
+        gain_db = p.target_lufs - in_lufs
+    elif p.mode == "rms":
+        gain_db = p.target_rms_dbfs - in_rms
+    else:
+        gain_db = 20 * np.log10(p.peak_target) - in_peak
+    ceiling = 10 ** (p.peak_ceiling_db / 20)
+    window = max(1, round(p.limiter_window_ms * 1e-3 * rate))
+    y = x * np.float32(10 ** (gain_db / 20))
+    out_lufs = in_lufs + gain_db  # exact: loudness is linear in gain
+    reduction = np.ones(1, np.float32)
+    if np.max(np.abs(y)) > ceiling:
+        # Limit, then make up the loudness the limiter took; converges to
+        # within 0.005 LU in a few rounds because the limiter touches only a few milliseconds per peak.
+        for _ in range(6):
+            y, reduction = limit(x * np.float32(10 ** (gain_db / 20)), ceiling, window)
+            out_lufs = integrated_lufs(y, rate)
+            if p.mode == "peak":
+                break
+            shortfall = (p.target_lufs if p.mode == "lufs" else p.target_rms_dbfs) - (
+                out_lufs if p.mode == "lufs" else rms_dbfs(y)
+            )
+            if abs(shortfall) < 0.005:
+                break
+            gain_db += shortfall
+    touched = reduction < 0.9999
+    fields = {
+        "mode": p.mode,
+        "input_lufs": round(in_lufs, 4),
+        "input_rms_dbfs": round(in_rms, 4),
+        "input_peak_dbfs": round(in_peak, 4),
+        "gain_db": round(float(gain_db), 4),
+        "lufs": round(float(out_lufs), 4),
+        "rms_dbfs": round(rms_dbfs(y), 4),
+        "peak_dbfs": round(peak_dbfs(y), 4),
+        "clipped_fraction": clipped_fraction(y, p.clip_threshold),
+        "ceiling_applied": bool(np.any(touched)),
+        "ceiling_reduction_db": round(float(-20 * np.log10(np.min(reduction))), 4),
+        "ceiling_samples_fraction": float(np.count_nonzero(touched) / max(1, y.size)) if touched.size > 1 else 0.0,
+    }
+    return y.astype(np.float32), fields
+
+
+def _normalize_one(job: _Job) -> dict[str, tp.Any]:
+    data, rate = read_audio(job.source)
+    x = resample(to_mono(data), rate, job.params.sample_rate)
+    try:
+        y, fields = normalize_clip(x, job.params.sample_rate, job.params)
+    except UserError as e:
+        raise UserError(f"{job.source}: {e}") from None
+    name = f"{job.clip_id}.wav"
+    write_wav(Path(job.out) / name, y, job.params.sample_rate)
+    return {
+        "id": job.clip_id,
+        "path": name,
+        "duration_s": round(y.shape[0] / job.params.sample_rate, 6),
+        "sample_rate": job.params.sample_rate,
+        **fields,
+    }
+
+
+def read_manifest(folder: Path, required: tp.Sequence[str] = ("id", "path")) -> pd.DataFrame:
+    """Read ``folder/manifest.csv`` with a clear error when it is missing or malformed."""
+    path = folder / "manifest.csv"
+    if not path.is_file():
+        raise UserError(f"{path} not found: run the previous stage first (dvc repro)")
+    df = pd.read_csv(path)
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; was it written by this version of codec?")
+    return df
+
+
+def normalize(raw: Path, out: Path, params: NormalizeParams) -> pd.DataFrame:
+    """Normalize every clip in ``raw``'s manifest into ``out`` (replaced as a whole)."""
+    manifest = read_manifest(raw)
+    with staged_dir(out) as staging:
+        jobs = [
+            _Job(str(cid), str(raw / path), str(staging), params)
+            for cid, path in zip(manifest["id"], manifest["path"], strict=True)
+        ]
+        rows = parallel_map(_normalize_one, jobs, params.workers, desc=f"normalize ({params.mode})")
+        df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        write_text_atomic(staging / "manifest.csv", df.to_csv(index=False))
+    return df
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--in", dest="raw", type=Path, required=True, help="ingested clips (data/raw)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (data/normalized)")
+    parser.add_argument("--params", default="params.yaml", help="params file (reads normalize, ingest.sample_rate)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from codec.params import from_dict, read_params
+
+    all_params = read_params(args.params)
+    section = dict(all_params.get("normalize") or {})
+    # The clips are already at ingest.sample_rate; normalize keeps them there.
+    ingest = all_params.get("ingest") or {}
+    for key in ("sample_rate", "clip_threshold"):
+        if key in ingest:
+            section.setdefault(key, ingest[key])
+    params = from_dict(NormalizeParams, section, f"{args.params}: normalize")
+    df = normalize(args.raw, args.out, params)
+    limited = int(df["ceiling_applied"].sum())
+    print(
+        f"codec normalize: {len(df)} clips to "
+        + {
+            "lufs": f"{params.target_lufs} LUFS",
+            "rms": f"{params.target_rms_dbfs} dB RMS",
+            "peak": f"peak {params.peak_target}",
+        }[params.mode]
+        + f"; ceiling {params.peak_ceiling_db} dBFS limited {limited} clip(s)"
+        + (f" (largest reduction {df['ceiling_reduction_db'].max():.2f} dB)" if limited else "")
+    )
+    print(
+        f"  loudness {df['lufs'].mean():.2f} ± {df['lufs'].std():.2f} LU, "
+        f"RMS spread (std) {df['rms_dbfs'].std():.2f} dB"
+    )
+    return 0
