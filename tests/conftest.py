@@ -1,0 +1,64 @@
+"""Shared fixtures: real audio files, a small synthesized corpus, a scratch DVC repo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 Telugu utterances from the embedded corpus, levels spread as in the field."""
+    from codec.corpus import CorpusParams, write_corpus
+
+    out = tmp_path_factory.mktemp("corpus") / "corpus"
+    write_corpus(out, CorpusParams(n_utterances=24, seed=7, transient_fraction=0.3), workers=2)
+    return out
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run a console script from the venv and capture its output."""
+    proc = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, env=os.environ.copy())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def make_dvc_repo(root: Path, params_overrides: dict[str, object], stages: tuple[str, ...] | None = None) -> Path:
+    """A fresh git + DVC repo in ``root`` with the project's dvc.yaml and params.yaml.
+
+    ``params_overrides`` maps dotted keys to values (like ``dvc exp run -S``).
+    ``stages`` keeps only those stages of dvc.yaml (the data half, say).
+    """
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    if stages is not None:
+        dvc_yaml["stages"] = {k: v for k, v in dvc_yaml["stages"].items() if k in stages}
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for dotted, value in params_overrides.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # Stage deps name the code files; the stages run the installed package.
+    shutil.copytree(REPO / "codec", root / "codec", ignore=shutil.ignore_patterns("__pycache__"))
+    run_cli("git", "init", "-q", cwd=root, check=True)
+    run_cli("git", "config", "user.email", "ci@example.com", cwd=root, check=True)
+    run_cli("git", "config", "user.name", "ci", cwd=root, check=True)
+    run_cli("dvc", "init", "-q", cwd=root, check=True)
+    return root

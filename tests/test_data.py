@@ -1,0 +1,201 @@
+"""The data half: level measurement, ingest, normalization and the data-quality gate, on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyloudnorm
+import pytest
+import soundfile as sf
+
+from codec.audio import integrated_lufs, rms_dbfs
+from codec.errors import DataQualityError
+from codec.ingest import IngestParams, ingest
+from codec.normalize import NormalizeParams, limit, normalize
+from codec.validate import ValidateParams, validate
+
+
+def speechlike(rng: np.random.Generator, seconds: float, sr: int = 16000) -> np.ndarray:
+    """Voiced harmonics under a syllable-rate envelope, with pauses (crest factor like speech)."""
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 110 + 40 * rng.random() + 20 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    env = np.clip(np.sin(2 * np.pi * 3.5 * t + rng.random() * 6), 0, None) ** 2
+    env *= (np.sin(2 * np.pi * 0.4 * t) > -0.6).astype(float)  # pauses
+    return (x * env).astype(np.float32)
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 16000, 22050, 44100, 48000])
+def test_lufs_matches_pyloudnorm(rate: int) -> None:
+    rng = np.random.default_rng(rate)
+    x = speechlike(rng, 3.3, rate) * 0.3
+    x[: rate // 2] = 0  # leading silence exercises the gates
+    ours = integrated_lufs(x, rate)
+    ref = pyloudnorm.Meter(rate).integrated_loudness(x.astype(np.float64))
+    assert abs(ours - ref) < 1e-3
+
+
+def test_limiter_never_exceeds_ceiling_and_leaves_quiet_parts() -> None:
+    rng = np.random.default_rng(0)
+    x = speechlike(rng, 2.0)
+    x *= 0.4 / np.max(np.abs(x))  # speech under the ceiling ...
+    x[8000:8040] += 2.0  # a click far above the ceiling
+    y, gain = limit(x, 0.5, 80)
+    assert np.max(np.abs(y)) <= 0.5 + 1e-6
+    far = np.r_[0:7000, 9100 : len(x)]
+    assert np.allclose(gain[far], 1.0)  # only the samples around peaks are touched
+    assert np.max(np.abs(np.diff(gain))) < 0.2  # smooth: no step in the gain
+
+
+def write_level_spread(folder: Path, levels_db: list[float], seconds: float = 3.0) -> None:
+    rng = np.random.default_rng(42)
+    for i, level in enumerate(levels_db):
+        x = speechlike(rng, seconds)
+        x *= 10 ** ((level - rms_dbfs(x)) / 20)
+        if i % 3 == 0:  # a bump louder than the speech, as real recordings have
+            x[8000:8050] += np.hanning(50).astype(np.float32) * min(0.99, 6 * float(np.max(np.abs(x))))
+        sf.write(folder / f"clip_{i:02d}.wav", np.clip(x, -1, 1), 16000, subtype="PCM_24")
+
+
+def test_normalized_files_land_within_0_1_lu_across_40_db(tmp_path: Path) -> None:
+    src = tmp_path / "rec"
+    src.mkdir()
+    levels = list(np.linspace(-45, -5, 9))
+    write_level_spread(src, levels)
+    raw, out = tmp_path / "raw", tmp_path / "norm"
+    res = ingest(src, raw, IngestParams(workers=2))
+    assert len(res.accepted) == len(levels)
+    assert res.accepted["rms_dbfs"].max() - res.accepted["rms_dbfs"].min() > 35
+    df = normalize(raw, out, NormalizeParams(workers=2))
+    for row in df.itertuples():
+        y, sr = sf.read(out / str(row.path), dtype="float64")
+        measured = pyloudnorm.Meter(sr).integrated_loudness(y)  # independent meter, on the file
+        assert abs(measured - (-16.0)) <= 0.1, (row.id, measured)
+        assert 20 * np.log10(np.max(np.abs(y))) <= -1.0 + 1e-3  # the ceiling holds
+    assert df["ceiling_applied"].any()  # the bumps needed the limiter ...
+    assert df.loc[df["ceiling_applied"], "ceiling_reduction_db"].min() > 0  # ... and it says by how much
+
+
+def test_peak_mode_fails_the_gate_naming_rms_spread(small_corpus: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    ingest(small_corpus, raw, IngestParams(workers=2))
+    vp = ValidateParams(min_files=10)
+    good = normalize(raw, tmp_path / "lufs", NormalizeParams(workers=2))
+    summary = validate(tmp_path / "lufs", raw, vp, tmp_path / "ok.json", docs_dir=None)
+    assert summary["success"] and good["rms_dbfs"].std() < 1.5
+    assert summary["raw"]["rms_dbfs_std"] > 5  # the field-level spread the data arrived with
+    normalize(raw, tmp_path / "peak", NormalizeParams(mode="peak", workers=2))
+    with pytest.raises(DataQualityError) as err:
+        validate(tmp_path / "peak", raw, ValidateParams(min_files=10, mode="peak"), tmp_path / "bad.json", None)
+    msg = str(err.value)
+    assert "rms_spread" in msg and "expect_column_stdev_to_be_between" in msg
+    assert "limit std <= 1.5 dB" in msg and "worst files:" in msg and "normalize.mode: lufs" in msg
+    bad = json.loads((tmp_path / "bad.json").read_text())
+    assert bad["success"] is False
+    assert bad["expectations"]["rms_spread"]["observed"] > 1.5
+    assert err.value.exit_code == 3
+
+
+def test_broken_and_odd_files_are_split_with_reasons_and_nothing_lost(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    (src / "nested" / "deeper").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    good = speechlike(rng, 2.0) * 0.2
+    sf.write(src / "good.wav", good, 16000, subtype="PCM_16")
+    sf.write(src / "nested" / "eight_bit.wav", good, 16000, subtype="PCM_U8")
+    stereo48 = np.stack([speechlike(rng, 2.0, 48000) * 0.3, speechlike(rng, 2.0, 48000) * 0.2], axis=1)
+    sf.write(src / "nested" / "deeper" / "stereo48k.wav", stereo48, 48000, subtype="PCM_16")
+    sf.write(src / "nested" / "take.mp3", speechlike(rng, 2.0, 44100) * 0.3, 44100, format="MP3")
+    sf.write(src / "take.flac", speechlike(rng, 2.0) * 0.1, 16000, format="FLAC")
+    sf.write(src / "take.ogg", speechlike(rng, 2.0) * 0.1, 16000, format="OGG", subtype="VORBIS")
+    pcm, _ = sf.read(src / "good.wav", dtype="int16")
+    sf.write(src / "good_copy.flac", pcm, 16000, format="FLAC", subtype="PCM_16")  # good.wav's samples, re-encoded
+    sf.write(src / "silence.wav", np.zeros(32000, np.float32), 16000)
+    nan = good.copy()
+    nan[100] = np.nan
+    sf.write(src / "nan.wav", nan, 16000, subtype="FLOAT")
+    sf.write(src / "short.wav", good[:1600], 16000)
+    (src / "zero_bytes.wav").write_bytes(b"")
+    (src / "corrupt_header.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt " + os.urandom(200))
+    whole = (src / "good.wav").read_bytes()
+    (src / "truncated.wav").write_bytes(whole[: len(whole) // 2])
+    (src / "folder.wav").mkdir()
+    (src / "notes.txt").write_text("not audio")
+
+    res = ingest(src, tmp_path / "raw", IngestParams(workers=2))
+
+    reasons = dict(zip(res.rejected["source_path"], res.rejected["reason"], strict=True))
+    assert reasons == {
+        "good_copy.flac": "duplicate",
+        "corrupt_header.wav": "unreadable",
+        "folder.wav": "not_a_file",
+        "nan.wav": "nan_or_inf",
+        "notes.txt": "unsupported_format",
+        "short.wav": "too_short",
+        "silence.wav": "silent",
+        "truncated.wav": "truncated",
+        "zero_bytes.wav": "empty",
+    }
+    accepted = set(res.accepted["source_path"])
+    assert accepted == {
+        "good.wav",
+        "nested/eight_bit.wav",
+        "nested/deeper/stereo48k.wav",
+        "nested/take.mp3",
+        "take.flac",
+        "take.ogg",
+    }
+    assert res.inputs == len(res.accepted) + len(res.rejected) == 15
+    # On disk: every accepted clip is mono at 16 kHz, and the CSVs say the same as the result.
+    manifest = pd.read_csv(tmp_path / "raw" / "manifest.csv")
+    rejected = pd.read_csv(tmp_path / "raw" / "rejected.csv")
+    assert len(manifest) == 6 and len(rejected) == 9
+    for row in manifest.itertuples():
+        info = sf.info(tmp_path / "raw" / str(row.path))
+        assert (info.samplerate, info.channels) == (16000, 1)
+        assert abs(info.duration - 2.0) < 0.1
+    st = manifest.set_index("source_path").loc["nested/deeper/stereo48k.wav"]
+    assert (st["source_sample_rate"], st["channels"]) == (48000, 2)
+    assert "good.wav" in rejected.set_index("source_path").loc["good_copy.flac", "detail"]
+    assert manifest["content_hash"].is_unique
+
+
+def test_interrupted_normalize_leaves_no_partial_output_and_rerun_completes(tmp_path: Path) -> None:
+    src = tmp_path / "rec"
+    src.mkdir()
+    write_level_spread(src, [-30.0] * 30, seconds=10.0)
+    raw, out = tmp_path / "raw", tmp_path / "norm"
+    ingest(src, raw, IngestParams(workers=2))
+    params = tmp_path / "params.yaml"
+    params.write_text("normalize:\n  workers: 1\ningest:\n  sample_rate: 16000\n")
+    cmd = [sys.executable, "-m", "codec", "normalize", "--in", str(raw), "--out", str(out), "--params", str(params)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        staging = tmp_path / ".norm.partial"
+        deadline = time.time() + 60
+        while time.time() < deadline and not (staging.exists() and len(list(staging.glob("*.wav"))) >= 3):
+            time.sleep(0.05)
+        assert proc.poll() is None, "normalize finished before it could be interrupted"
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode != 0
+        assert not out.exists()  # no output folder with a subset of the clips
+        if sig == signal.SIGTERM:
+            assert not staging.exists()  # cleaned up on the way out
+            assert "interrupted" in stderr and "Traceback" not in stderr
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / ".norm.partial").exists()
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert len(manifest) == 30
+    assert sorted(p.name for p in out.glob("*.wav")) == sorted(manifest["path"])
+    assert not list(out.glob(".*"))  # no temporary files

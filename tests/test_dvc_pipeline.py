@@ -1,0 +1,68 @@
+"""The data half under DVC, end to end, in a scratch repo: repro, no-op repro, params, remote, experiments."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from tests.conftest import make_dvc_repo, run_cli
+
+DATA_STAGES = ("corpus", "ingest", "normalize", "validate")
+
+
+def test_dvc_repro_data_half_end_to_end(tmp_path: Path) -> None:
+    repo = make_dvc_repo(
+        tmp_path / "repo",
+        {"ingest.corpus.n_utterances": 16, "validate.min_files": 10, "ingest.workers": 2, "normalize.workers": 2},
+        stages=DATA_STAGES,
+    )
+    first = run_cli("dvc", "repro", cwd=repo, check=True)
+    for stage in DATA_STAGES:
+        assert f"Running stage '{stage}'" in first.stdout
+    summary = json.loads((repo / "reports/validate/summary.json").read_text())
+    assert summary["success"] and summary["files"] == 16
+    assert summary["normalized"]["rms_dbfs_std"] < 1.5 < summary["raw"]["rms_dbfs_std"]
+    assert (repo / "reports/validate/data_docs/index.html").is_file()
+    raw = pd.read_csv(repo / "data/raw/manifest.csv")
+    norm = pd.read_csv(repo / "data/normalized/manifest.csv")
+    assert len(raw) == len(norm) == 16
+    assert (norm["lufs"] - (-16.0)).abs().max() <= 0.1
+
+    # Twice in a row: nothing runs the second time.
+    second = run_cli("dvc", "repro", cwd=repo, check=True)
+    assert "Running stage" not in second.stdout
+    assert "up to date" in second.stdout
+
+    # A validate param re-runs validation only.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["validate"]["lufs_tolerance"] = 0.4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = run_cli("dvc", "repro", cwd=repo, check=True)
+    assert "Running stage 'validate'" in third.stdout
+    for stage in ("corpus", "ingest", "normalize"):
+        assert f"Running stage '{stage}'" not in third.stdout
+
+    # The metric is visible to DVC.
+    metrics = run_cli("dvc", "metrics", "show", "--json", cwd=repo, check=True)
+    assert "rms_dbfs_std" in metrics.stdout
+
+    # A local remote: push, lose the cache and the workspace data, pull it back.
+    remote = tmp_path / "remote"
+    run_cli("dvc", "remote", "add", "-d", "local", str(remote), cwd=repo, check=True)
+    run_cli("dvc", "push", cwd=repo, check=True)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "data" / "normalized")
+    run_cli("dvc", "pull", cwd=repo, check=True)
+    assert pd.read_csv(repo / "data/normalized/manifest.csv").equals(norm)
+
+    # An experiment with the seed's bug: the gate stops the pipeline and names the expectation.
+    run_cli("git", "add", "-A", cwd=repo, check=True)
+    run_cli("git", "commit", "-qm", "baseline", cwd=repo, check=True)
+    exp = run_cli("dvc", "exp", "run", "-S", "normalize.mode=peak", cwd=repo)
+    assert exp.returncode != 0
+    out = exp.stdout + exp.stderr
+    assert "rms_spread" in out and "data-quality gate failed" in out
