@@ -1,0 +1,366 @@
+"""The codec: a convolutional encoder, residual VQ and a mirrored decoder (DAC family).
+
+Kumar et al. 2023, "High-fidelity audio compression with improved RVQGAN" (DAC), after
+Zeghidour et al. 2021 (SoundStream). At 16 kHz with strides 2·4·5·8 the hop is 320
+samples, so there are 50 frames per second; with 1024-entry codebooks (10 bits) each
+quantizer adds 0.5 kbps: 3, 6 and 12 quantizers serve 1.5, 3 and 6 kbps.
+
+Output layer: linear, not the seed's tanh. Measured with ``benchmarks/output_layer.py``
+(same tiny model, data and steps, see its docstring for the figures): the data is
+normalized to -16 LUFS under a -1 dBFS ceiling, so no output needs bounding, and a
+linear output reached the input's level as fast as a tanh one did, without a
+saturating non-linearity between the decoder and the waveform. Callers that write
+PCM clamp to [-1, 1] themselves.
+
+Shapes: ``B`` batch, ``T`` samples, ``Q`` quantizers, ``F`` frames (``T / hop``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import typing as tp
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from codec.errors import UserError
+from codec.layers import DecoderBlock, EncoderBlock, Snake, wn_conv1d
+from codec.quantize import ResidualVQ
+
+
+@dataclasses.dataclass
+class CodecConfig:
+    """Architecture of a :class:`Codec`; saved (as a plain dict) in every checkpoint."""
+
+    sample_rate: int = 16000
+    # Encoder: channels of the first conv, doubled after each stride.
+    encoder_channels: int = 32
+    encoder_strides: tuple[int, ...] = (2, 4, 5, 8)
+    latent_dim: int = 256
+    # Decoder: channels after the first conv, halved at each stride.
+    decoder_channels: int = 512
+    decoder_strides: tuple[int, ...] = (8, 5, 4, 2)
+    # Dilations of the residual units in each encoder and decoder block.
+    dilations: tuple[int, ...] = (1, 3, 9)
+    n_codebooks: int = 12
+    codebook_size: int = 1024
+    codebook_dim: int = 8
+    # Share of training items coded with fewer quantizers (one of the served settings).
+    quantizer_dropout: float = 0.5
+    bitrates_kbps: tuple[float, ...] = (1.5, 3.0, 6.0)
+    output_activation: tp.Literal["linear", "tanh"] = "linear"
+
+    def __post_init__(self) -> None:
+        # Lists (from YAML or a checkpoint) become tuples, so configs compare and hash.
+        self.encoder_strides = tuple(int(s) for s in self.encoder_strides)
+        self.decoder_strides = tuple(int(s) for s in self.decoder_strides)
+        self.dilations = tuple(int(d) for d in self.dilations)
+        self.bitrates_kbps = tuple(float(b) for b in self.bitrates_kbps)
+
+    def check(self, where: str = "model config") -> None:
+        """Raise :class:`UserError` naming the inconsistent field."""
+        if math.prod(self.encoder_strides) != math.prod(self.decoder_strides):
+            raise UserError(
+                f"{where}: encoder_strides {list(self.encoder_strides)} and decoder_strides "
+                f"{list(self.decoder_strides)} must have the same product (the hop length)"
+            )
+        if self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
+            raise UserError(f"{where}: codebook_size {self.codebook_size} must be a power of two (whole bits per code)")
+        if not 0.0 <= self.quantizer_dropout <= 1.0:
+            raise UserError(f"{where}: quantizer_dropout {self.quantizer_dropout} must be within 0..1")
+        if not self.bitrates_kbps:
+            raise UserError(f"{where}: bitrates_kbps is empty; list at least one served bitrate")
+        for kbps in self.bitrates_kbps:
+            n = kbps * 1000.0 / (self.frame_rate * self.bits_per_code)
+            if abs(n - round(n)) > 1e-6 or not 1 <= round(n) <= self.n_codebooks:
+                raise UserError(
+                    f"{where}: bitrate {kbps} kbps needs {n:g} quantizers at {self.frame_rate:g} frames/s and "
+                    f"{self.bits_per_code} bits per code; choose bitrates that are whole multiples of "
+                    f"{self.kbps_per_quantizer:g} kbps up to {self.n_codebooks * self.kbps_per_quantizer:g} kbps"
+                )
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per frame (product of the encoder strides)."""
+        return math.prod(self.encoder_strides)
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def bits_per_code(self) -> int:
+        """Bits to send one code index: log2(codebook_size)."""
+        return int(math.log2(self.codebook_size))
+
+    @property
+    def kbps_per_quantizer(self) -> float:
+        """Bitrate one quantizer adds, in kbit/s."""
+        return self.frame_rate * self.bits_per_code / 1000.0
+
+    def bitrate_kbps(self, n_quantizers: int) -> float:
+        """Bitrate of ``n_quantizers`` quantizers, in kbit/s."""
+        return n_quantizers * self.kbps_per_quantizer
+
+    def n_quantizers_for(self, kbps: float) -> int:
+        """Quantizers that give ``kbps``; ``ValueError`` for a bitrate this model does not serve."""
+        for served in self.bitrates_kbps:
+            if math.isclose(kbps, served, rel_tol=1e-6):
+                return round(served * 1000.0 / (self.frame_rate * self.bits_per_code))
+        raise ValueError(f"{kbps} kbps is not served by this model; served bitrates: {list(self.bitrates_kbps)} kbps")
+
+    @property
+    def served_n_quantizers(self) -> tuple[int, ...]:
+        """Quantizer counts of the served bitrates, in the order of ``bitrates_kbps``."""
+        return tuple(self.n_quantizers_for(k) for k in self.bitrates_kbps)
+
+    def to_dict(self) -> dict[str, tp.Any]:
+        """Plain dict (lists, not tuples) for checkpoints, JSON and MLflow."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: tp.Mapping[str, tp.Any]) -> CodecConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**dict(data))
+
+
+@dataclasses.dataclass
+class CodecOutput:
+    """What :meth:`Codec.forward` returns.
+
+    - ``audio``: reconstruction ``[B, 1, T]`` (trimmed to the input's length)
+    - ``codes``: ``[B, Q, F]`` long
+    - ``latents``: encoder output before quantization ``[B, D, F]``
+    - ``commitment_loss`` / ``codebook_loss``: scalars
+    """
+
+    audio: Tensor
+    codes: Tensor
+    latents: Tensor
+    commitment_loss: Tensor
+    codebook_loss: Tensor
+
+
+class Codec(nn.Module):
+    """Encoder → residual VQ → decoder, on mono audio ``[B, 1, T]``."""
+
+    def __init__(self, config: CodecConfig) -> None:
+        super().__init__()
+        config.check()
+        self.config = config
+        c = config
+        enc: list[nn.Module] = [wn_conv1d(1, c.encoder_channels, kernel_size=7)]
+        ch = c.encoder_channels
+        for stride in c.encoder_strides:
+            enc.append(EncoderBlock(ch, ch * 2, stride, c.dilations))
+            ch *= 2
+        enc += [Snake(ch), wn_conv1d(ch, c.latent_dim, kernel_size=3)]
+        self.encoder = nn.Sequential(*enc)
+
+        self.quantizer = ResidualVQ(
+            c.latent_dim,
+            c.n_codebooks,
+            c.codebook_size,
+            c.codebook_dim,
+            quantizer_dropout=c.quantizer_dropout,
+            dropout_choices=c.served_n_quantizers,
+        )
+
+        dec: list[nn.Module] = [wn_conv1d(c.latent_dim, c.decoder_channels, kernel_size=7)]
+        ch = c.decoder_channels
+        for stride in c.decoder_strides:
+            out = max(ch // 2, 1)
+            dec.append(DecoderBlock(ch, out, stride, c.dilations))
+            ch = out
+        dec += [Snake(ch), wn_conv1d(ch, 1, kernel_size=7)]
+        if c.output_activation == "tanh":
+            dec.append(nn.Tanh())
+        self.decoder = nn.Sequential(*dec)
+
+    def _pad(self, audio: Tensor) -> Tensor:
+        hop = self.config.hop_length
+        pad = (-audio.shape[-1]) % hop
+        return nn.functional.pad(audio, (0, pad)) if pad else audio
+
+    def encode_latents(self, audio: Tensor) -> Tensor:
+        """Audio ``[B, 1, T]`` → continuous latents ``[B, D, ceil(T / hop)]`` (before quantization)."""
+        return self.encoder(self._pad(audio))
+
+    def encode(self, audio: Tensor, n_quantizers: int | None = None) -> Tensor:
+        """Audio ``[B, 1, T]`` → codes ``[B, n_quantizers, ceil(T / hop)]`` (long).
+
+        ``n_quantizers=None`` uses all ``n_codebooks``.
+        """
+        n = self.config.n_codebooks if n_quantizers is None else n_quantizers
+        z = self.encoder(self._pad(audio))
+        return self.quantizer(z, n).codes[:, :n]
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes ``[B, Q, F]`` → audio ``[B, 1, F * hop]`` (callers trim to their length)."""
+        return self.decoder(self.quantizer.decode(codes))
+
+    def forward(self, audio: Tensor, n_quantizers: int | Tensor | None = None) -> CodecOutput:
+        """Encode and decode ``audio`` ``[B, 1, T]``.
+
+        ``n_quantizers``: ``None`` (all; quantizer dropout while training), an ``int``,
+        or a long tensor ``[B]`` with one setting per item.
+        """
+        length = audio.shape[-1]
+        z = self.encoder(self._pad(audio))
+        q = self.quantizer(z, n_quantizers)
+        y = self.decoder(q.z.to(z.dtype))
+        return CodecOutput(
+            audio=y[..., :length],
+            codes=q.codes,
+            latents=z,
+            commitment_loss=q.commitment_loss,
+            codebook_loss=q.codebook_loss,
+        )
+
+
+class ServingCodec(nn.Module):
+    """The codec as MLflow serves it: ``forward(audio [B, 1, T]) -> audio [B, 1, T]``
+    (encode and decode at the top bitrate; ``mlflow.pytorch`` needs a tensor output).
+
+    ``.codec`` is the :class:`Codec`; ``encode``, ``decode`` and ``config`` pass through.
+    """
+
+    def __init__(self, codec: Codec) -> None:
+        super().__init__()
+        self.codec = codec
+
+    @property
+    def config(self) -> CodecConfig:
+        return self.codec.config
+
+    def encode(self, audio: Tensor, n_quantizers: int | None = None) -> Tensor:
+        return self.codec.encode(audio, n_quantizers)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        return self.codec.decode(codes)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        return self.codec(audio, self.config.n_codebooks).audio
+
+
+# --- factories ---------------------------------------------------------------------------
+
+
+def tiny_config(**overrides: tp.Any) -> CodecConfig:
+    """A few-thousand-parameter model for unit tests (seconds on a CPU)."""
+    base: dict[str, tp.Any] = dict(
+        encoder_channels=4,
+        latent_dim=32,
+        decoder_channels=64,
+        dilations=(1, 3),
+        n_codebooks=12,
+        codebook_size=64,
+        codebook_dim=4,
+        bitrates_kbps=(0.9, 1.8, 3.6),
+    )
+    base.update(overrides)
+    return CodecConfig(**base)
+
+
+def cpu_demo_config() -> CodecConfig:
+    """The model of the default ``params.yaml`` profile: trains in minutes on 2 cores."""
+    return CodecConfig(encoder_channels=8, latent_dim=64, decoder_channels=128, dilations=(1, 3))
+
+
+def gpu_config() -> CodecConfig:
+    """The real model (``params-gpu.yaml``): DAC-like widths for 16 kHz speech."""
+    return CodecConfig(encoder_channels=64, latent_dim=512, decoder_channels=1024, dilations=(1, 3, 9))
+
+
+def build_codec(config: CodecConfig, seed: int | None = None) -> Codec:
+    """A freshly initialized codec (deterministic when ``seed`` is given)."""
+    if seed is None:
+        return Codec(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Codec(config)
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+
+def unwrap(model: nn.Module) -> Codec:
+    """The :class:`Codec` inside a DDP (or other ``.module``) wrapper."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "codec", inner)  # a ServingCodec
+    if not isinstance(inner, Codec):
+        raise TypeError(f"expected a Codec, got {type(inner).__name__}")
+    return inner
+
+
+def atomic_torch_save(obj: tp.Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, extra: tp.Mapping[str, tp.Any] | None = None) -> None:
+    """Write ``{"model_config", "model", **extra}`` atomically.
+
+    ``extra`` must hold only what ``torch.load(weights_only=True)`` reads back: tensors,
+    plain dicts/lists/tuples, numbers, strings (e.g. ``params``, ``optimizer``, ``step``,
+    ``rng``).
+    """
+    codec = unwrap(model)
+    state: dict[str, tp.Any] = {"model_config": codec.config.to_dict(), "model": codec.state_dict()}
+    state.update(extra or {})
+    atomic_torch_save(state, path)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, tp.Any]:
+    """The checkpoint dict, read with ``weights_only=True``; ``UserError`` when unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"checkpoint not found: {p} (train a model first: codec train, or dvc repro train)")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated file, or not a checkpoint at all
+        raise UserError(
+            f"{p} is not a readable codec checkpoint ({type(e).__name__}: {e}); retrain or restore it"
+        ) from None
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
+        raise UserError(f"{p} is not a codec checkpoint (no model_config/model entries)")
+    return ckpt
+
+
+def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> Codec:
+    """The :class:`Codec` saved at ``path``, in eval mode."""
+    ckpt = read_checkpoint(path, map_location)
+    model = Codec(CodecConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(map_location).eval()
+
+
+def model_fingerprint(model: nn.Module) -> bytes:
+    """8 bytes identifying a model: SHA-256 of its config and weights (in key order).
+
+    The bitstream carries it so that a decoder refuses codes from another model.
+    """
+    codec = unwrap(model)
+    h = hashlib.sha256(json.dumps(codec.config.to_dict(), sort_keys=True).encode())
+    for key, tensor in sorted(codec.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.digest()[:8]
