@@ -26,13 +26,14 @@ import typing as tp
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import scipy.ndimage
 
 from codec.audio import (
     Array,
+    LoudnessMeter,
     clipped_fraction,
-    integrated_lufs,
     peak_dbfs,
     read_audio,
     resample,
@@ -91,24 +92,70 @@ class NormalizeParams:
             raise UserError(f"{where}.limiter_window_ms must be within 0.1..100 ms, got {self.limiter_window_ms}")
 
 
-def limit(x: Array, ceiling: float, window: int) -> tuple[Array, Array]:
-    """Look-ahead peak limiter: returns (limited audio, gain curve), both ``[T]``.
+@dataclasses.dataclass(frozen=True)
+class LimiterSpans:
+    """Where a limiter acts: gain ``gains[i]`` over ``x[starts[i] : starts[i] + len(gains[i])]``, 1 elsewhere."""
+
+    starts: npt.NDArray[np.int64]
+    gains: list[Array]
+
+    def apply(self, x: Array) -> Array:
+        y = x.copy()
+        for a, g in zip(self.starts, self.gains, strict=True):
+            y[a : a + len(g)] *= g
+        return y
+
+    def curve(self, n: int) -> Array:
+        return self.apply(np.ones(n, np.float32))
+
+    @property
+    def min_gain(self) -> float:
+        return min((float(np.min(g)) for g in self.gains), default=1.0)
+
+    def touched(self) -> int:
+        return sum(int(np.count_nonzero(g < 0.9999)) for g in self.gains)
+
+
+def limit_spans(x: Array, ceiling: float, window: int) -> LimiterSpans:
+    """Look-ahead peak limiter, computed only around the peaks above ``ceiling``.
 
     The gain each sample needs is ``min(1, ceiling / |x|)``. Its running minimum
-    over ``2·window`` samples, smoothed by a ``window``-sample moving average,
+    over ``2·window + 1`` samples, smoothed by a ``window``-sample moving average,
     is never above what any sample needs (every average is over minima that
     include that sample), so the output never exceeds the ceiling, while the gain
     moves smoothly over ~``window`` samples on both sides of a peak (zero phase,
-    no clicks) and is exactly 1 away from peaks.
+    no clicks) and is exactly 1 away from peaks. A sample's gain depends only on
+    samples within 1.5·``window``, so it is computed on spans reaching 2·``window``
+    beyond the peaks: the same result as over the whole clip, at the cost of the
+    few percent of samples near peaks.
     """
-    mag = np.abs(x)
-    if not np.any(mag > ceiling):
-        return x, np.ones_like(x)
-    need = np.minimum(1.0, ceiling / np.maximum(mag, 1e-12)).astype(np.float32)
-    floor = scipy.ndimage.minimum_filter1d(need, size=2 * window + 1, mode="nearest")
-    gain = scipy.ndimage.uniform_filter1d(floor, size=window, mode="nearest")
-    gain = np.minimum(gain, need)  # guard against float rounding at the edges
-    return (x * gain).astype(np.float32), gain
+    over = np.flatnonzero(np.abs(x) > ceiling)
+    if over.size == 0:
+        return LimiterSpans(np.zeros(0, np.int64), [])
+    margin = 2 * window
+    # Peaks closer than two margins share a span.
+    breaks = np.flatnonzero(np.diff(over) > 2 * margin)
+    firsts = np.concatenate([[over[0]], over[breaks + 1]])
+    lasts = np.concatenate([over[breaks], [over[-1]]])
+    starts = np.maximum(firsts - margin, 0).astype(np.int64)
+    ends = np.minimum(lasts + margin + 1, x.shape[0])
+    gains = []
+    for a, b in zip(starts, ends, strict=True):
+        seg = x[a:b]
+        need = np.minimum(1.0, ceiling / np.maximum(np.abs(seg), 1e-12)).astype(np.float32)
+        floor = scipy.ndimage.minimum_filter1d(need, size=2 * window + 1, mode="nearest")
+        g = scipy.ndimage.uniform_filter1d(floor, size=window, mode="nearest")
+        gains.append(np.minimum(g, need))  # guard against float rounding at the edges
+    return LimiterSpans(starts, gains)
+
+
+def limit(x: Array, ceiling: float, window: int) -> tuple[Array, Array]:
+    """Look-ahead peak limiter over a whole clip: returns (limited audio, gain curve), both ``[T]``.
+
+    See :func:`limit_spans`.
+    """
+    spans = limit_spans(x, ceiling, window)
+    return spans.apply(x).astype(np.float32), spans.curve(x.shape[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +171,8 @@ def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict
 
     Returns the output and its manifest fields (levels before and after).
     """
-    in_lufs = integrated_lufs(x, rate)
+    meter = LoudnessMeter(x, rate)
+    in_lufs = meter.lufs()
     in_rms = rms_dbfs(x)
     in_peak = peak_dbfs(x)
     if not np.isfinite(in_lufs):
@@ -137,24 +185,35 @@ def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict
         gain_db = 20 * np.log10(p.peak_target) - in_peak
     ceiling = 10 ** (p.peak_ceiling_db / 20)
     window = max(1, round(p.limiter_window_ms * 1e-3 * rate))
-    y = x * np.float32(10 ** (gain_db / 20))
     out_lufs = in_lufs + gain_db  # exact: loudness is linear in gain
-    reduction = np.ones(1, np.float32)
-    if np.max(np.abs(y)) > ceiling:
-        # Limit, then make up the loudness the limiter took; converges to
-        # within 0.005 LU in a few rounds because the limiter touches only a few milliseconds per peak.
-        for _ in range(6):
-            y, reduction = limit(x * np.float32(10 ** (gain_db / 20)), ceiling, window)
-            out_lufs = integrated_lufs(y, rate)
+    spans = LimiterSpans(np.zeros(0, np.int64), [])
+    energy = float(np.sum(np.square(x, dtype=np.float64)))
+    if np.max(np.abs(x)) * 10 ** (gain_db / 20) > ceiling:
+        # Limit, then make up the loudness the limiter took; converges to within
+        # 0.02 LU in one or two rounds because the limiter touches only milliseconds
+        # around each peak. Each round re-meters only the limited spans.
+        for round_ in range(6):
+            g = float(10 ** (gain_db / 20))
+            spans = limit_spans(x * np.float32(g), ceiling, window)
+            removed = [
+                (x[a : a + len(c)] * np.float32(g)) * (1 - c) for a, c in zip(spans.starts, spans.gains, strict=True)
+            ]
+            out_lufs = meter.lufs_minus(g, spans.starts, removed)
             if p.mode == "peak":
                 break
-            shortfall = (p.target_lufs if p.mode == "lufs" else p.target_rms_dbfs) - (
-                out_lufs if p.mode == "lufs" else rms_dbfs(y)
-            )
-            if abs(shortfall) < 0.005:
+            if p.mode == "lufs":
+                shortfall = p.target_lufs - out_lufs
+            else:
+                lost = sum(
+                    float(np.sum(np.square(x[a : a + len(c)], dtype=np.float64) * (1 - np.square(c, dtype=np.float64))))
+                    for a, c in zip(spans.starts, spans.gains, strict=True)
+                )
+                shortfall = p.target_rms_dbfs - 10 * np.log10(g * g * (energy - lost) / x.size)
+            if abs(shortfall) < 0.02 or round_ == 5:
                 break
             gain_db += shortfall
-    touched = reduction < 0.9999
+    y = spans.apply(x * np.float32(10 ** (gain_db / 20)))
+    touched = spans.touched()
     fields = {
         "mode": p.mode,
         "input_lufs": round(in_lufs, 4),
@@ -165,9 +224,9 @@ def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict
         "rms_dbfs": round(rms_dbfs(y), 4),
         "peak_dbfs": round(peak_dbfs(y), 4),
         "clipped_fraction": clipped_fraction(y, p.clip_threshold),
-        "ceiling_applied": bool(np.any(touched)),
-        "ceiling_reduction_db": round(float(-20 * np.log10(np.min(reduction))), 4),
-        "ceiling_samples_fraction": float(np.count_nonzero(touched) / max(1, y.size)) if touched.size > 1 else 0.0,
+        "ceiling_applied": touched > 0,
+        "ceiling_reduction_db": round(float(-20 * np.log10(spans.min_gain)), 4),
+        "ceiling_samples_fraction": touched / max(1, y.size),
     }
     return y.astype(np.float32), fields
 
