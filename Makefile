@@ -17,6 +17,13 @@ demo:
 	@echo
 	dvc metrics show
 
+# The same pipeline once through the Prefect flow (docs/prefect.md). With PREFECT_API_URL unset,
+# Prefect starts a temporary local server for the run; on a busy machine it needs more than the
+# default 20 s to come up. Extra flow options: make flow FLOW_ARGS="--set normalize.mode=peak".
+flow:
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
+		python -m flows.pipeline run $(FLOW_ARGS)
+
 lint:
 	ruff check codec flows tests benchmarks
 

@@ -101,6 +101,111 @@ class VectorQuantizer(nn.Module):
         return self.out_proj(z_q), codes, commitment, codebook
 
 
+class EMAVectorQuantizer(nn.Module):
+    """One Euclidean vector quantizer whose codebook follows the data by exponential
+    moving averages (van den Oord et al. 2017, appendix; SoundStream; EnCodec).
+
+    Same interface as :class:`VectorQuantizer`: ``[B, D, F]`` latent → (quantized
+    ``[B, D, F]``, codes ``[B, F]``, per-item commitment loss ``[B]``, a zero codebook
+    loss ``[B]``: the codebook is not trained by gradients).
+
+    Why this one for short runs: codes are k-means centroids of the latents from the
+    start (:meth:`init_codebook`), each training step moves every used code to the
+    running mean of the latents it codes, and a code unused for a few hundred steps
+    (running count below ``dead_threshold``) is restarted on a latent of the current
+    batch, so the codebook stays in use. The factorized, gradient-trained codes
+    collapsed to a handful in use in a 5-minute CPU run (measured); these do not.
+    Under DDP the statistics are summed over ranks and restarts taken from rank 0,
+    so every rank keeps the same codebook.
+    """
+
+    embed: Tensor
+    embed_avg: Tensor
+    cluster_size: Tensor
+    restarts: Tensor
+
+    def __init__(self, dim: int, codebook_size: int, decay: float = 0.99, dead_threshold: float = 0.05) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.decay = decay
+        self.dead_threshold = dead_threshold
+        self.register_buffer("embed", torch.zeros(codebook_size, dim))
+        self.register_buffer("embed_avg", torch.zeros(codebook_size, dim))
+        self.register_buffer("cluster_size", torch.ones(codebook_size))
+        self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
+
+    def _nearest(self, flat: Tensor) -> Tensor:
+        book = self.embed
+        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.t() + book.pow(2).sum(1)[None]
+        return dist.argmin(dim=1)
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """Codes ``[B, F]`` → code vectors ``[B, D, F]``."""
+        return nn.functional.embedding(codes, self.embed).transpose(1, 2)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        return self.lookup(codes)
+
+    @torch.no_grad()
+    def init_codebook(self, z: Tensor, generator: torch.Generator | None = None, iters: int = 10) -> None:
+        """k-means (``iters`` Lloyd steps, seeded from random latents) on ``z`` ``[B, D, F]``."""
+        flat = z.transpose(1, 2).reshape(-1, z.shape[1]).float()
+        n = self.codebook_size
+        pick = (
+            torch.randint(flat.shape[0], (n,), generator=generator)
+            if flat.shape[0] < n
+            else torch.randperm(flat.shape[0], generator=generator)[:n]
+        )
+        centers = flat[pick.to(flat.device)].clone()
+        for _ in range(iters):
+            assign = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ centers.t() + centers.pow(2).sum(1)[None]).argmin(1)
+            counts = torch.bincount(assign, minlength=n).to(flat.dtype)
+            sums = torch.zeros_like(centers).index_add_(0, assign, flat)
+            centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers)
+        self.embed.copy_(centers)
+        self.embed_avg.copy_(centers)
+        self.cluster_size.fill_(1.0)
+
+    @torch.no_grad()
+    def _update(self, flat: Tensor, codes: Tensor) -> None:
+        onehot = F.one_hot(codes, self.codebook_size).to(flat.dtype)
+        counts = onehot.sum(0)
+        sums = onehot.t() @ flat
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            torch.distributed.all_reduce(counts)
+            torch.distributed.all_reduce(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        total = self.cluster_size.sum()
+        # Laplace smoothing keeps rarely used codes from dividing by ~0.
+        size = (self.cluster_size + 1e-5) / (total + self.codebook_size * 1e-5) * total
+        self.embed.copy_(self.embed_avg / size[:, None])
+        dead = torch.lt(self.cluster_size, self.dead_threshold)
+        n_dead = int(dead.sum())
+        if n_dead:
+            # Deterministic choice (no RNG: resume and DDP stay in step); rank 0's batch wins.
+            idx = (torch.arange(n_dead, device=flat.device) * 7919 + int(self.restarts) * 104729) % flat.shape[0]
+            fresh = flat[idx]
+            if distributed:
+                torch.distributed.broadcast(fresh, src=0)
+            self.embed[dead] = fresh
+            self.embed_avg[dead] = fresh
+            self.cluster_size[dead] = 1.0
+            self.restarts.add_(1)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        b, d, f = z.shape
+        flat = z.transpose(1, 2).reshape(b * f, d)
+        codes = self._nearest(flat.detach())
+        if self.training:
+            self._update(flat.detach(), codes)
+        z_q = self.lookup(codes.view(b, f))
+        commitment = F.mse_loss(z, z_q.detach(), reduction="none").mean(dim=(1, 2))
+        z_q = z + (z_q - z).detach()  # straight-through estimator
+        return z_q, codes.view(b, f), commitment, torch.zeros_like(commitment)
+
+
 class ResidualVQ(nn.Module):
     """``n_codebooks`` quantizers applied to successive residuals.
 
@@ -118,14 +223,21 @@ class ResidualVQ(nn.Module):
         codebook_dim: int,
         quantizer_dropout: float = 0.0,
         dropout_choices: tuple[int, ...] = (),
+        kind: str = "factorized",
+        ema_decay: float = 0.99,
     ) -> None:
         super().__init__()
         self.n_codebooks = n_codebooks
         self.quantizer_dropout = quantizer_dropout
         self.dropout_choices = dropout_choices or tuple(range(1, n_codebooks + 1))
-        self.quantizers = nn.ModuleList(
-            [VectorQuantizer(latent_dim, codebook_size, codebook_dim) for _ in range(n_codebooks)]
-        )
+        vqs: list[nn.Module]
+        if kind == "ema":
+            vqs = [EMAVectorQuantizer(latent_dim, codebook_size, ema_decay) for _ in range(n_codebooks)]
+        elif kind == "factorized":
+            vqs = [VectorQuantizer(latent_dim, codebook_size, codebook_dim) for _ in range(n_codebooks)]
+        else:
+            raise ValueError(f"unknown quantizer kind {kind!r}: 'ema' or 'factorized'")
+        self.quantizers = nn.ModuleList(vqs)
 
     def sample_n_quantizers(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         """Quantizer dropout: ``[B]`` long; a ``quantizer_dropout`` share of items gets a
@@ -178,10 +290,13 @@ class ResidualVQ(nn.Module):
         """Data-driven codebook init (see :meth:`VectorQuantizer.init_codebook`): each
         quantizer from the residual the ones before it leave of ``z`` ``[B, D, F]``."""
         residual = z.float()
+        was_training = self.training
+        self.eval()  # no EMA update while measuring the residuals
         for vq in self.quantizers:
-            assert isinstance(vq, VectorQuantizer)
+            assert isinstance(vq, (VectorQuantizer, EMAVectorQuantizer))
             vq.init_codebook(residual, generator)
             residual = residual - vq(residual)[0]
+        self.train(was_training)
 
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``[B, Q, F]`` (``Q`` ≤ ``n_codebooks``) → quantized latent ``[B, D, F]``."""
@@ -189,7 +304,7 @@ class ResidualVQ(nn.Module):
             raise ValueError(f"codes have {codes.shape[1]} quantizers; this model has {self.n_codebooks}")
         z: Tensor | None = None
         for i, vq in enumerate(self.quantizers[: codes.shape[1]]):
-            assert isinstance(vq, VectorQuantizer)
+            assert isinstance(vq, (VectorQuantizer, EMAVectorQuantizer))
             z_i = vq.decode(codes[:, i])
             z = z_i if z is None else z + z_i
         if z is None:

@@ -1,0 +1,325 @@
+"""The Prefect flow: real DVC stages in a scratch repo, against a real (temporary) Prefect API.
+
+The expensive part is one run of the data stages on a 24-utterance corpus; the other
+flow tests reuse that repository (the retry test finds it up to date, the peak test
+works on a copy and re-runs only normalize and validate).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextvars
+import json
+import shutil
+import threading
+import time
+import typing as tp
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+import zc.lockfile
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+    TaskRunFilterState,
+    TaskRunFilterStateName,
+)
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import Completed, Failed, State
+from prefect.testing.utilities import prefect_test_harness
+
+from flows import artifacts as art
+from flows.dvc_stages import (
+    DataQualityFailure,
+    GateFailure,
+    PipelineConfigError,
+    StageInfo,
+    StageRefused,
+    TransientStageError,
+    classify_failure,
+    pipeline_stages,
+)
+from flows.pipeline import codec_pipeline, is_transient, select_stages
+from tests.conftest import REPO, make_dvc_repo
+
+TINY = {
+    "ingest.corpus.n_utterances": 24,
+    "ingest.workers": 2,
+    "normalize.workers": 2,
+    "validate.min_files": 10,
+}
+
+EVAL_CSV = """bitrate_kbps,codec,snr_db,amplitude_ratio,mel_distance,pesq,stoi
+6.0,ours,9.1,0.98,0.91,2.61,0.88
+6.0,opus,7.4,1.0,1.12,2.35,0.86
+1.5,ours,4.2,0.97,1.35,1.72,0.79
+1.5,opus,,,,,
+"""
+PROMOTION = {
+    "decision": "champion",
+    "model_name": "telugu-speech-codec",
+    "model_version": "3",
+    "run_id": "0f1e2d3c4b5a",
+    "gates": {
+        "min_snr_db": {"passed": True, "value": 9.1, "limit": ">= 5.0"},
+        "amplitude_ratio": {"passed": True, "value": 0.98, "limit": "0.9..1.1"},
+    },
+}
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A temporary Prefect server and database for the whole session (several seconds to start)."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+class Run(tp.NamedTuple):
+    repo: Path
+    state: State[tp.Any]
+
+
+def flow_run_id(state: State[tp.Any]) -> uuid.UUID:
+    fid = state.state_details.flow_run_id
+    assert fid is not None
+    return fid
+
+
+def task_runs(state: State[tp.Any]) -> list[TaskRun]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id(state)])))
+    return sorted(runs, key=lambda r: (r.start_time or r.expected_start_time or 0, r.name))
+
+
+def artifacts(state: State[tp.Any]) -> dict[str, tp.Any]:
+    """The run's artifacts by key: tables as lists of dicts, Markdown as text."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id(state)]))
+        )
+    out: dict[str, tp.Any] = {}
+    for a in found:
+        if a.key is None:  # the stored result of a failed run, not one of ours
+            continue
+        out[a.key] = json.loads(a.data) if a.type == "table" and isinstance(a.data, str) else a.data
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_run(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The flow, end to end up to validate, on the tiny corpus in a fresh git + DVC repo."""
+    repo = make_dvc_repo(tmp_path_factory.mktemp("flow") / "repo", TINY)
+    (repo / "reports" / "evaluate").mkdir(parents=True)
+    (repo / "reports" / "evaluate" / "bitrates.csv").write_text(EVAL_CSV)
+    (repo / "reports" / "promote").mkdir(parents=True)
+    (repo / "reports" / "promote" / "promotion.json").write_text(json.dumps(PROMOTION))
+    state = codec_pipeline(
+        repo=str(repo),
+        until="validate",
+        retry_delay_s=1,
+        evaluation_table="reports/evaluate/bitrates.csv",
+        promotion_file="reports/promote/promotion.json",
+        return_state=True,
+    )
+    return Run(repo, state)
+
+
+# ---------------------------------------------------------------- the flow, for real
+
+
+@pytest.mark.slow
+def test_flow_runs_the_data_stages_and_publishes_the_artifacts(data_run: Run) -> None:
+    assert data_run.state.is_completed(), data_run.state.message
+    arts = artifacts(data_run.state)
+    assert {art.KEY_DATA_QUALITY, art.KEY_EVALUATION, art.KEY_PROMOTION, art.KEY_RUN} <= set(arts)
+
+    dq = {row["check"]: row for row in arts[art.KEY_DATA_QUALITY]}
+    spread = dq["RMS spread, std (dB)"]
+    assert spread["raw"] > 5  # the field-level spread the corpus arrives with ...
+    assert spread["normalized"] < 1.5 and spread["result"] == "pass"  # ... gone after normalization
+    assert spread["limit"] == "std <= 1.5 dB"
+    assert abs(dq["loudness mean (LUFS)"]["normalized"] - (-16.0)) < 0.1
+    assert dq["loudness spread, std (LU)"]["raw"] > 5 > dq["loudness spread, std (LU)"]["normalized"]
+    assert dq["files"]["raw"] == dq["files"]["normalized"] == 24
+    assert dq["expectation: rms_spread"]["result"] == "pass"
+    summary = json.loads((data_run.repo / "reports" / "validate" / "summary.json").read_text())
+    assert spread["normalized"] == round(summary["normalized"]["rms_dbfs_std"], 3)
+
+    ev = arts[art.KEY_EVALUATION]
+    assert [(r["bitrate_kbps"], r["codec"]) for r in ev] == [(1.5, "opus"), (1.5, "ours"), (6.0, "opus"), (6.0, "ours")]
+    assert ev[3]["pesq"] == 2.61 and ev[2]["mel_distance"] == 1.12
+    promo = arts[art.KEY_PROMOTION]
+    assert "**champion**" in promo and "version **3**" in promo and "`0f1e2d3c4b5a`" in promo
+    assert "| amplitude_ratio | yes | 0.98 | 0.9..1.1 |" in promo
+    assert "| validate | ran |" in arts[art.KEY_RUN]
+
+    lock = yaml.safe_load((data_run.repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"corpus", "ingest", "normalize", "validate"}  # DVC recorded every stage
+
+
+@pytest.mark.slow
+def test_the_flow_tasks_are_the_dvc_stages_in_order(data_run: Run) -> None:
+    declared = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    found = [s.name for s in pipeline_stages(data_run.repo)]
+    assert sorted(found) == sorted(declared)  # the whole list, whatever stages dvc.yaml has now
+    assert found[: found.index("validate") + 1] == ["corpus", "ingest", "normalize", "validate"]
+    runs = task_runs(data_run.state)
+    assert [r.name for r in runs] == ["corpus", "ingest", "normalize", "validate"]
+    assert all(r.run_count == 1 for r in runs)
+
+
+def test_no_stage_logic_in_flows() -> None:
+    """flows/ orchestrates: it imports no audio, array or ML library and no stage module."""
+    allowed = {"__future__", "argparse", "csv", "dataclasses", "json", "math", "os", "re", "subprocess", "sys"}
+    allowed |= {"time", "typing", "collections", "pathlib", "yaml", "prefect", "dvc", "networkx", "flows"}
+    for path in sorted((REPO / "flows").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] in allowed or name == "codec.errors", f"{path.name} imports {name}"
+
+
+@pytest.mark.slow
+def test_transient_failure_is_retried_and_the_run_completes(data_run: Run) -> None:
+    """Another DVC process holds the repository lock: the first stage fails, is retried, and the run completes."""
+    lock = zc.lockfile.LockFile(str(data_run.repo / ".dvc" / "tmp" / "lock"))  # what a running `dvc` holds
+    released = threading.Event()
+
+    def release_after_first_retry() -> None:
+        # Holds the lock until Prefect has recorded a retry, so the test does not depend on timing.
+        try:
+            with get_client(sync_client=True) as client:
+                deadline = time.monotonic() + 120
+                waiting = TaskRunFilterStateName(any_=["AwaitingRetry", "Retrying"])
+                while time.monotonic() < deadline:
+                    if client.read_task_runs(task_run_filter=TaskRunFilter(state=TaskRunFilterState(name=waiting))):
+                        break
+                    time.sleep(0.2)
+        finally:
+            lock.close()
+            released.set()
+
+    ctx = contextvars.copy_context()  # the harness's API URL lives in a context variable
+    watcher = threading.Thread(target=ctx.run, args=(release_after_first_retry,), daemon=True)
+    watcher.start()
+    try:
+        state = codec_pipeline(repo=str(data_run.repo), until="ingest", retries=2, retry_delay_s=1, return_state=True)
+    finally:
+        watcher.join(timeout=150)
+    assert released.is_set()
+    assert state.is_completed(), state.message
+    runs = {r.name: r for r in task_runs(state)}
+    assert runs["corpus"].run_count == 2  # failed on the lock, then succeeded
+    assert runs["ingest"].run_count == 1  # and the run went on
+    arts = artifacts(state)
+    assert "RMS spread, std (dB)" in {r["check"] for r in arts[art.KEY_DATA_QUALITY]}
+    # Without evaluate/promote stages in dvc.yaml, those artifacts say so instead of being absent.
+    if not any(s.name == "evaluate" for s in pipeline_stages(data_run.repo)):
+        assert "not available" in arts[art.KEY_EVALUATION]
+
+
+@pytest.mark.slow
+def test_peak_mode_fails_at_validation_naming_rms_spread(data_run: Run, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(data_run.repo, repo, symlinks=True)
+    state = codec_pipeline(
+        repo=str(repo), set_params={"normalize.mode": "peak"}, until="validate", retry_delay_s=1, return_state=True
+    )
+    assert state.is_failed()
+    assert state.message is not None and "rms_spread" in state.message
+    assert "data-quality gate failed" in state.message and "limit std <= 1.5 dB" in state.message
+    with pytest.raises(DataQualityFailure):
+        state.result()
+    runs = {r.name: r for r in task_runs(state)}
+    assert runs["validate"].state_type is not None and runs["validate"].state_type.value == "FAILED"
+    assert runs["validate"].run_count == 1  # a refused gate is not retried
+    assert runs["validate"].state is not None and "rms_spread" in (runs["validate"].state.message or "")
+    dq = {row["check"]: row for row in artifacts(state)[art.KEY_DATA_QUALITY]}
+    assert dq["expectation: rms_spread"]["result"] == "FAIL" and dq["expectation: rms_spread"]["normalized"] > 1.5
+    assert dq["expectation: rms_spread"]["worst_files"]
+    # params.yaml says what the outputs were made with, as after `dvc exp run -S`.
+    assert yaml.safe_load((repo / "params.yaml").read_text())["normalize"]["mode"] == "peak"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert lock["stages"]["normalize"]["params"]["params.yaml"]["normalize"]["mode"] == "peak"
+
+
+# ---------------------------------------------------------------- the pieces, without Prefect runs
+
+
+def test_failures_are_classified_by_the_stage_exit_code() -> None:
+    def dvc_output(code: int) -> list[str]:
+        return [
+            "Running stage 'validate':",
+            "> codec validate --in data/normalized",
+            "codec validate: error: data-quality gate failed: 1 expectation(s) not met",
+            "  ✗ rms_spread [expect_column_stdev_to_be_between, column rms_dbfs]: observed 6.1, limit std <= 1.5 dB",
+            "ERROR: failed to reproduce 'validate': failed to run: codec validate --in data/normalized, "
+            f"exited with {code}",
+        ]
+
+    dq = classify_failure("validate", 255, dvc_output(3))
+    assert isinstance(dq, DataQualityFailure) and not dq.transient and dq.exit_code == 3
+    assert "rms_spread" in str(dq) and "ERROR: failed to reproduce" not in str(dq)
+    assert isinstance(classify_failure("promote", 255, dvc_output(4)), GateFailure)
+    assert isinstance(classify_failure("ingest", 255, dvc_output(2)), StageRefused)
+    for code in (1, -9, 130):  # a traceback (OSError, database is locked), OOM-killed, interrupted
+        assert isinstance(classify_failure("train", 255, dvc_output(code)), TransientStageError)
+    busy = ["ERROR: Unable to acquire lock. Most likely another DVC process is running"]
+    assert isinstance(classify_failure("ingest", 255, busy), TransientStageError)
+    bad = ["ERROR: failed to reproduce 'ingest': dependency 'data/corpus' does not exist"]
+    assert isinstance(classify_failure("ingest", 255, bad), PipelineConfigError)
+
+
+def test_retry_condition_retries_only_transient_failures() -> None:
+    def failed(exc: Exception) -> State[tp.Any]:
+        return Failed(data=exc, message=str(exc))
+
+    assert is_transient(None, tp.cast(TaskRun, None), failed(TransientStageError("ingest", 1, "boom")))
+    assert is_transient(None, tp.cast(TaskRun, None), failed(OSError(5, "Input/output error")))
+    assert not is_transient(None, tp.cast(TaskRun, None), failed(DataQualityFailure("validate", 3, "rms_spread")))
+    assert not is_transient(None, tp.cast(TaskRun, None), failed(GateFailure("promote", 4, "min_pesq")))
+    assert not is_transient(None, tp.cast(TaskRun, None), failed(ValueError("a bug")))
+    assert not is_transient(None, tp.cast(TaskRun, None), Completed())
+
+
+def test_stage_selection() -> None:
+    stages = [StageInfo(n, "", (), (), ()) for n in ("corpus", "ingest", "normalize", "validate", "train")]
+    assert [s.name for s in select_stages(stages, None, "normalize", [])] == ["corpus", "ingest", "normalize"]
+    assert [s.name for s in select_stages(stages, ["validate", "ingest"], None, [])] == ["ingest", "validate"]
+    with pytest.raises(ValueError, match="unknown stage"):
+        select_stages(stages, None, "evaluat", [])
+
+
+def test_report_paths_come_from_the_stages_declared_outputs(tmp_path: Path) -> None:
+    evaluate = StageInfo(
+        "evaluate",
+        "codec evaluate",
+        ("reports/evaluate/metrics.json", "reports/evaluate/bitrates.csv", "reports/evaluate/samples"),
+        ("reports/evaluate/metrics.json",),
+        ("reports/evaluate/bitrates.csv",),
+    )
+    assert art.evaluation_table_path(evaluate) == "reports/evaluate/bitrates.csv"
+    assert art.evaluation_table_path(None) is None
+    promote = StageInfo("promote", "codec promote", ("reports/promote/promotion.json",), (), ())
+    assert art.promotion_path(promote) == "reports/promote/promotion.json"
+    nested = tmp_path / "m.json"
+    nested.write_text(json.dumps({"per_bitrate": {"6.0": {"ours": {"pesq": 2.6}, "opus": {"pesq": 2.3}}}}))
+    assert art.evaluation_rows(nested) == [
+        {"bitrate": 6.0, "codec": "opus", "pesq": 2.3},
+        {"bitrate": 6.0, "codec": "ours", "pesq": 2.6},
+    ]
+    failed = dict(PROMOTION, decision="rejected", model_version=None, gates=[{"name": "min_pesq", "passed": False}])
+    text = art.promotion_markdown(failed, "promotion.json")
+    assert "**rejected**" in text and "| min_pesq | NO |" in text and "no version registered" in text

@@ -1,0 +1,131 @@
+"""The codec model: bitrate arithmetic, shapes, quantizer, checkpoints, the data split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from codec.dataset import read_manifest, split_clips, split_of
+from codec.errors import UserError
+from codec.model import (
+    CodecConfig,
+    build_codec,
+    load_codec,
+    model_fingerprint,
+    save_checkpoint,
+    tiny_config,
+)
+from codec.quantize import codebook_usage
+from tests.synth import write_dataset
+
+
+def test_bitrate_arithmetic_default_config() -> None:
+    cfg = CodecConfig()
+    assert cfg.hop_length == 320
+    assert cfg.frame_rate == 50.0
+    assert cfg.bits_per_code == 10
+    assert cfg.kbps_per_quantizer == pytest.approx(0.5)
+    assert [cfg.n_quantizers_for(k) for k in (1.5, 3.0, 6.0)] == [3, 6, 12]
+    assert cfg.served_n_quantizers == (3, 6, 12)
+    for n_q in range(1, cfg.n_codebooks + 1):
+        assert cfg.bitrate_kbps(n_q) == pytest.approx(n_q * 50 * 10 / 1000)
+    with pytest.raises(ValueError, match="not served"):
+        cfg.n_quantizers_for(2.0)
+
+
+def test_bitrate_arithmetic_other_codebook_size() -> None:
+    cfg = CodecConfig(codebook_size=256, n_codebooks=15, bitrates_kbps=(2.0, 6.0))
+    assert cfg.bits_per_code == 8
+    assert cfg.n_quantizers_for(2.0) == 5
+    assert cfg.n_quantizers_for(6.0) == 15
+
+
+def test_unservable_bitrate_is_a_user_error() -> None:
+    with pytest.raises(UserError, match=r"bitrate 1\.2 kbps"):
+        CodecConfig(bitrates_kbps=(1.2,)).check()
+    with pytest.raises(UserError, match="same product"):
+        CodecConfig(decoder_strides=(8, 5, 4, 4)).check()
+
+
+def test_encode_decode_shapes_and_padding() -> None:
+    model = build_codec(tiny_config(), seed=0).eval()
+    x = torch.randn(2, 1, 3000) * 0.1  # not a multiple of the hop (320)
+    codes = model.encode(x, n_quantizers=3)
+    assert codes.shape == (2, 3, 10) and codes.dtype == torch.long
+    y = model.decode(codes)
+    assert y.shape == (2, 1, 10 * 320)
+    out = model(x, 12)
+    assert out.audio.shape == x.shape and out.codes.shape == (2, 12, 10)
+    # decode(encode(x)) is forward(x) at the same number of quantizers.
+    torch.testing.assert_close(model.decode(model.encode(x, 12))[..., :3000], out.audio, atol=1e-5, rtol=1e-4)
+
+
+def test_quantizer_dropout_uses_served_settings() -> None:
+    cfg = tiny_config(quantizer_dropout=0.5)
+    model = build_codec(cfg, seed=0)
+    n_q = model.quantizer.sample_n_quantizers(4000, torch.Generator().manual_seed(0))
+    assert set(n_q.tolist()) <= set(cfg.served_n_quantizers)
+    assert (n_q == cfg.n_codebooks).float().mean().item() == pytest.approx(0.5 + 0.5 / 3, abs=0.03)
+
+
+def test_codebook_usage() -> None:
+    codes = torch.tensor([[[0, 1, 2, 3], [0, 0, 0, 0]]])  # [B=1, Q=2, F=4]
+    used, perplexity = codebook_usage(codes, codebook_size=8)
+    assert used.tolist() == [0.5, 0.125]
+    assert perplexity[0].item() == pytest.approx(4.0) and perplexity[1].item() == pytest.approx(1.0)
+
+
+def test_checkpoint_round_trip_weights_only(tmp_path: Path) -> None:
+    model = build_codec(tiny_config(), seed=1)
+    path = tmp_path / "m" / "codec.pt"
+    save_checkpoint(
+        path, model, {"params": {"lr": 0.001, "betas": [0.8, 0.99]}, "step": 5, "rng": torch.get_rng_state()}
+    )
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["step"] == 5 and ckpt["model_config"]["n_codebooks"] == 12
+    assert not list(path.parent.glob("*.tmp"))  # atomic: no temporary left
+    loaded = load_codec(path)
+    assert loaded.config == model.config
+    x = torch.randn(1, 1, 1600) * 0.1
+    model.eval()
+    torch.testing.assert_close(loaded(x, 6).audio, model(x, 6).audio)
+    fp = model_fingerprint(model)
+    assert len(fp) == 8 and model_fingerprint(loaded) == fp
+    with torch.no_grad():
+        next(loaded.parameters()).add_(1e-3)
+    assert model_fingerprint(loaded) != fp
+
+
+def test_unreadable_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    bad = tmp_path / "codec.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable codec checkpoint"):
+        load_codec(bad)
+    with pytest.raises(UserError, match="not found"):
+        load_codec(tmp_path / "missing.pt")
+
+
+def test_split_is_stable_by_id_hash(tmp_path: Path) -> None:
+    ids = [f"utt_{i:05d}" for i in range(2000)]
+    first = {i: split_of(i, 0.1) for i in ids}
+    # Adding clips never moves existing ones; the share is close to val_fraction.
+    more = {i: split_of(i, 0.1) for i in ids + [f"new_{i}" for i in range(500)]}
+    assert all(more[i] == s for i, s in first.items())
+    assert sum(s == "val" for s in first.values()) / len(ids) == pytest.approx(0.1, abs=0.02)
+    data = write_dataset(tmp_path / "data", n_clips=12, seconds=0.5)
+    train, val = split_clips(read_manifest(data), 0.3)
+    assert {c.id for c in val} == {c.id for c in read_manifest(data) if split_of(c.id, 0.3) == "val"}
+    assert len(train) + len(val) == 12
+
+
+def test_manifest_problems_are_user_errors(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", n_clips=3, seconds=0.5)
+    with pytest.raises(UserError, match="at 16000 Hz, the model at 24000 Hz"):
+        read_manifest(data, sample_rate=24000)
+    (data / "clip001.wav").unlink()
+    with pytest.raises(UserError, match=r"clip001\.wav is missing"):
+        read_manifest(data)
+    with pytest.raises(UserError, match=r"manifest\.csv not found"):
+        read_manifest(tmp_path / "nowhere")

@@ -1,0 +1,164 @@
+"""Training: resume equals uninterrupted, DDP (two CPU processes, gloo) matches one
+process, one batch overfits, a trained tiny model keeps the level, the stage logs to MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from codec.model import load_codec, tiny_config
+from codec.train import MelParams, TrainParams, train
+from tests.synth import write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_params(**overrides: object) -> TrainParams:
+    """A few-second training of the tiny model on 0.1 s segments."""
+    base = TrainParams(
+        seed=3,
+        steps=6,
+        batch_size=4,
+        segment_s=0.08,
+        lr=2e-3,
+        val_fraction=0.25,
+        val_every=1000,
+        val_clips=2,
+        val_seconds=0.5,
+        checkpoint_every=1000,
+        log_every=1,
+        progress=False,
+        audio_samples=1,
+        mel=MelParams(windows=(64, 256), n_mels=(10, 40)),
+        model=tiny_config(quantizer_dropout=0.5),
+    )
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("train") / "normalized", n_clips=12, seconds=1.0, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return dict(torch.load(path, weights_only=True)["model"])
+
+
+def test_resume_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
+    full = train(tiny_params(), data, tmp_path / "full")
+    stopped = train(tiny_params(), data, tmp_path / "resumed", stop_after=3)
+    assert stopped.step == 3 and not (tmp_path / "resumed" / "codec.pt").exists()
+    ckpt = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 3 and {"optimizer", "scheduler", "rng", "params", "model_config"} <= set(ckpt)
+    resumed = train(tiny_params(resume=True), data, tmp_path / "resumed")
+    assert resumed.step == 6
+    a, b = _weights(full.model_path), _weights(resumed.model_path)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["loss/total"] for r in full.history if "loss/total" in r] == [
+        r["loss/total"] for r in resumed.history if "loss/total" in r
+    ]
+
+
+def test_two_process_ddp_matches_one_process(data: Path, tmp_path: Path) -> None:
+    single = train(tiny_params(steps=3), data, tmp_path / "single")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(REPO / "tests" / "ddp_worker.py"), str(data), str(tmp_path / "ddp")],
+        capture_output=True, text=True, env=env, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 1 of 2 done at step 3" in proc.stdout
+    ddp = torch.load(tmp_path / "ddp" / "codec.pt", weights_only=True)
+    # Same global batches and dropout draws; only the order of float sums differs.
+    a, b = _weights(single.model_path), ddp["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3, msg=k)
+    assert ddp["val"]["val/snr_db"] == pytest.approx(single.val["val/snr_db"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_overfits_one_batch(data: Path) -> None:
+    """The tiny codec fits one batch past +10 dB SNR within 500 steps (L1, all quantizers)."""
+    from codec.dataset import SegmentSampler, read_manifest
+    from codec.losses import snr_db
+    from codec.model import build_codec
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = build_codec(cfg, seed=0)
+    sampler = SegmentSampler(read_manifest(data), 3200)
+    g = torch.Generator().manual_seed(0)
+    x = sampler.sample(2, g)
+    with torch.no_grad():
+        model.quantizer.init_codebooks(model.encode_latents(sampler.sample(64, g)), g)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.8, 0.99))
+    best = -100.0
+    for step in range(1, 501):
+        out = model(x, cfg.n_codebooks)
+        loss = (out.audio - x).abs().mean() + 0.25 * out.commitment_loss + out.codebook_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 0:
+            best = max(best, float(snr_db(out.audio.detach(), x).mean()))
+            if best > 10.0:
+                break
+    assert best > 10.0, f"SNR reached only {best:.2f} dB in {step} steps"
+
+
+def _write_params(path: Path, params: TrainParams) -> None:
+    d = params.to_dict()
+    path.write_text(yaml.safe_dump({"train": d}))
+
+
+def test_stage_logs_an_mlflow_run(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from codec import train_stage
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    _write_params(tmp_path / "params.yaml", tiny_params(steps=2, val_every=2))
+    parser = argparse.ArgumentParser()
+    train_stage.add_arguments(parser)
+    args = parser.parse_args(["--data", str(data), "--out", "models", "--params", "params.yaml"])
+    assert train_stage.run(args) == 0
+
+    assert load_codec(tmp_path / "models" / "codec.pt").config == tiny_config(quantizer_dropout=0.5)
+    metrics = yaml.safe_load((tmp_path / "reports/train/metrics.json").read_text())
+    assert metrics["step"] == 2 and "val_snr_db" in metrics
+    assert (tmp_path / "reports/train/curves.csv").read_text().startswith("step,loss,")
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(train_stage.EXPERIMENT)
+    assert exp is not None
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.n_codebooks"] == "12"
+    assert run.data.params["loss_weights.loss/l1"] == "10.0"
+    assert "val/snr_db" in run.data.metrics and "vq/usage" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/total")] == [1, 2]
+    assert run.data.tags["device"] == "cpu" and run.data.tags["data_version"].endswith(".dir")
+    assert run.data.tags["git_commit"]
+    samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert "samples/spectrograms.png" in samples and any(p.endswith("_input.wav") for p in samples)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/{train_stage.MODEL_ARTIFACT}")
+    assert model(torch.zeros(1, 1, 640)).shape == (1, 1, 640)
