@@ -344,7 +344,7 @@ def tiny_config(**overrides: tp.Any) -> CodecConfig:
 
 def cpu_demo_config() -> CodecConfig:
     """The model of the default ``params.yaml`` profile: trains in minutes on 2 cores."""
-    return CodecConfig(encoder_channels=8, latent_dim=64, decoder_channels=128, dilations=(1, 3))
+    return CodecConfig(encoder_channels=4, latent_dim=64, decoder_channels=32, dilations=(1,))
 
 
 def gpu_config() -> CodecConfig:

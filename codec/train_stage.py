@@ -208,6 +208,12 @@ def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str) -
         )
         log_samples(result.model, params, data, out)
         if result.model_path.is_file():
+            # The checkpoint names its run, so evaluate and promote log to the same run.
+            from codec.model import atomic_torch_save, read_checkpoint
+
+            ckpt = read_checkpoint(result.model_path)
+            ckpt["mlflow_run_id"] = run.info.run_id
+            atomic_torch_save(ckpt, result.model_path)
             mlflow.log_artifact(str(result.model_path), "checkpoint")
         log_model(result.model)
         print(f"MLflow run {run.info.run_id} in {mlflow.get_tracking_uri()}")

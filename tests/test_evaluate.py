@@ -1,0 +1,288 @@
+"""The evaluate stage: metrics that match hand-computed values on synthetic signals (a
+known gain gives a known SNR, amplitude ratio and mel distance, at every input level),
+Opus rows at every bitrate, and the stage end to end with a real MLflow store."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from torch import nn
+
+from codec import evaluate as ev
+from codec.model import build_codec, save_checkpoint, tiny_config
+from tests.synth import RATE, speechlike
+
+# --- shared helpers (also used by test_promote.py) --------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> tp.Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class PcmConfig:
+    """Config of :class:`PcmCodec`: one frame per sample, ``bits`` per code, 1 or 2 stages."""
+
+    def __init__(self, bits: int) -> None:
+        self.sample_rate = RATE
+        self.hop_length = 1
+        self.bits_per_code = bits
+        self.bitrates_kbps = (RATE * bits / 1000.0, 2 * RATE * bits / 1000.0)
+
+    def n_quantizers_for(self, kbps: float) -> int:
+        for n, served in enumerate(self.bitrates_kbps, start=1):
+            if math.isclose(kbps, served):
+                return n
+        raise ValueError(f"{kbps} kbps is not served")
+
+
+class PcmCodec(nn.Module):
+    """A deterministic stand-in codec: uniform PCM over [-1, 1] with ``bits`` per stage,
+    the second stage coding the first one's residual, and the decoded audio multiplied by
+    ``gain``. With 10 bits and two stages it is transparent (~20-bit PCM)."""
+
+    def __init__(self, bits: int = 10, gain: float = 1.0) -> None:
+        super().__init__()
+        self.config = PcmConfig(bits)
+        self.levels = 2**bits
+        self.gain = gain
+        self.register_buffer("step", torch.tensor(2.0 / (self.levels - 1), dtype=torch.float64))
+
+    def encode(self, audio: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor:
+        x = audio[:, 0].double().clamp(-1.0, 1.0)
+        coarse = torch.round((x + 1.0) / self.step).clamp(0, self.levels - 1)
+        residual = x - (coarse * self.step - 1.0)
+        fine = torch.round(residual / (self.step / self.levels) + self.levels // 2).clamp(0, self.levels - 1)
+        return torch.stack([coarse, fine], dim=1).long()[:, : n_quantizers or 2]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        c = codes.double()
+        x = c[:, 0] * self.step - 1.0
+        if c.shape[1] > 1:
+            x = x + (c[:, 1] - self.levels // 2) * (self.step / self.levels)
+        return (self.gain * x).float().unsqueeze(1)
+
+
+class Collapsed(nn.Module):
+    """The seed's failure: a codec whose decoder gives 47% of the input's amplitude."""
+
+    def __init__(self, inner: PcmCodec, factor: float = 0.47) -> None:
+        super().__init__()
+        self.inner = inner
+        self.factor = factor
+
+    @property
+    def config(self) -> PcmConfig:
+        return self.inner.config
+
+    def encode(self, audio: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor:
+        return self.inner.encode(audio, n_quantizers)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.inner.decode(codes) * self.factor
+
+
+def make_clips(n: int = 3, seconds: float = 1.5, seed: int = 0) -> list[ev.EvalClip]:
+    """Speech-like clips with a noise bed 10 dB down (no digital silence, so the mel floor
+    never hides a gain), at recorded levels -25, -15, -5, ... dBFS."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for i in range(n):
+        x = (
+            speechlike(seconds, rng, rms_dbfs=-20.0)
+            + rng.standard_normal(int(seconds * RATE)).astype(np.float32) * 0.01
+        )
+        level = -25.0 + 10.0 * (i % 3)
+        x = x * np.float32(10 ** (level / 20) / np.sqrt(np.mean(x.astype(np.float64) ** 2)))
+        clips.append(ev.EvalClip(f"clip{i:03d}", x.astype(np.float32), RATE))
+    return clips
+
+
+def write_data(root: Path, clips: tp.Sequence[ev.EvalClip]) -> tuple[Path, Path]:
+    """``root/raw`` and ``root/normalized`` folders with manifests, as the data stages write them."""
+    raw, norm = root / "raw", root / "normalized"
+    raw.mkdir(parents=True)
+    norm.mkdir(parents=True)
+    rows = []
+    for c in clips:
+        sf.write(str(raw / f"{c.id}.wav"), c.audio, RATE, subtype="FLOAT")
+        rows.append({"id": c.id, "path": f"{c.id}.wav", "duration_s": len(c.audio) / RATE, "sample_rate": RATE})
+    for folder in (raw, norm):
+        with (folder / "manifest.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return raw, norm
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated MLflow SQLite store (creating one takes seconds; copying it, none)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.getbasetemp() / "mlflow-template.db"  # one per session, whichever module asks first
+    if not path.is_file():
+        staging = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+        MlflowClient(f"sqlite:///{staging}").search_experiments()
+        shutil.copy(staging, path)
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh real MLflow store in ``tmp_path`` (the cwd, so artifacts land there too)."""
+    import mlflow
+
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+NO_LIMITER = ev.LevelSettings(target_lufs=-16.0, peak_ceiling_db=12.0)  # the level path is tested in test_inference
+
+
+# --- metrics on synthetic signals -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gain", [0.9, 0.47])
+def test_a_known_gain_reads_as_hand_computed_metrics_at_every_level(gain: float) -> None:
+    clips = make_clips(2)
+    params = ev.EvaluateParams(levels_dbfs=[-40.0, -16.0, -6.0], opus_modes=[])
+    result = ev.evaluate_model(PcmCodec(gain=gain), clips, params, NO_LIMITER, bitrates_kbps=[320.0])
+    row = result.row("ours", 320.0).metrics
+    # est = g·ref: SNR = -20·log10|1 - g|, amplitude ratio g, SI-SDR blind to the gain,
+    # log-mel distance |log10 g| in every bin.
+    assert row["amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
+    assert row["snr_db"] == pytest.approx(-20 * math.log10(1 - gain), abs=0.01)
+    assert row["si_sdr_db"] > 60.0
+    assert row["mel_distance"] == pytest.approx(abs(math.log10(gain)), abs=0.01)
+    assert [lv.level_dbfs for lv in result.levels] == [-40.0, -16.0, -6.0]
+    for lv in result.levels:
+        assert lv.amplitude_ratio == pytest.approx(gain, abs=2e-4)
+        assert lv.snr_db == pytest.approx(-20 * math.log10(1 - gain), abs=0.01)
+    flat = ev.flat_metrics(result)
+    assert flat["ours.320kbps.amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
+    assert flat["levels.320kbps.-40dBFS.amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
+
+
+def test_a_transparent_codec_reads_as_transparent() -> None:
+    clips = make_clips(2)
+    params = ev.EvaluateParams(levels_dbfs=[-26.0], opus_modes=[])
+    result = ev.evaluate_model(PcmCodec(), clips, params, NO_LIMITER)
+    top = result.row("ours", 320.0).metrics
+    assert top["snr_db"] > 80.0 and top["amplitude_ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert top["pesq"] > 4.4 and top["stoi"] > 0.99 and top["mel_distance"] < 0.01
+    # 10-bit PCM of speech at -16 LUFS: quantization noise step/sqrt(12) ~ -65 dBFS, SNR ~ 45 dB.
+    assert 35.0 < result.row("ours", 160.0).metrics["snr_db"] < 60.0
+
+
+# --- Opus side by side, and the stage end to end ------------------------------------------------
+
+
+def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_run(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    clips = make_clips(6, seconds=1.2)
+    raw, norm = write_data(tmp_path / "data", clips)
+    cfg = tiny_config()
+    ckpt = tmp_path / "models" / "codec.pt"
+    save_checkpoint(ckpt, build_codec(cfg, seed=0), {"params": {"val_fraction": 0.5}})
+    # A training run that logged this checkpoint (as codec train does), and a newer one that did not.
+    mlflow.set_experiment("telugu-speech-codec")
+    with mlflow.start_run(tags={"stage": "train"}) as train_run:
+        mlflow.log_artifact(str(ckpt), "checkpoint")
+    with mlflow.start_run(tags={"stage": "train"}):
+        pass
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "normalize": {"target_lufs": -16.0, "peak_ceiling_db": -1.0, "limiter_window_ms": 5.0, "mode": "lufs"},
+                "evaluate": {
+                    "max_clips": 2,
+                    "seconds": 1.0,
+                    "levels_dbfs": [-40.0, -6.0],
+                    "opus_modes": ["cbr", "vbr"],
+                    "audio_samples": 1,
+                    "threads": 1,
+                },
+                "promote": {"min_pesq": 1.0},
+            }
+        )
+    )
+    out = tmp_path / "reports" / "evaluate"
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    paths = {"metrics": "metrics.json", "table": "bitrates.csv", "plot": "vs_opus.csv", "evaluation": "evaluation.json"}
+    argv = ["--model", str(ckpt), "--data", str(norm), "--raw", str(raw), "--params", "params.yaml"]
+    argv += [x for k, v in {**paths, "report": "report.md", "media": "media"}.items() for x in (f"--{k}", str(out / v))]
+    args = parser.parse_args(argv)
+    assert ev.run(args) == 0
+
+    record = json.loads((out / "evaluation.json").read_text())
+    held_out = ev.held_out_ids(norm, 0.5)[:2]
+    assert record["clip_ids"] == held_out and len(held_out) == 2
+    assert record["mlflow_run_id"] == train_run.info.run_id  # found by the checkpoint's hash, not by recency
+    with (out / "bitrates.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for kbps in cfg.bitrates_kbps:
+        got = {r["codec"] for r in rows if float(r["kbps"]) == kbps}
+        assert got == {"ours", "opus", "opus_vbr"}, kbps
+        cbr = next(r for r in rows if r["codec"] == "opus" and float(r["kbps"]) == kbps)
+        assert float(cbr["effective_kbps"]) == pytest.approx(kbps, rel=0.25)  # CBR keeps to the request
+    vbr = next(r for r in rows if r["codec"] == "opus_vbr" and float(r["kbps"]) == 0.9)
+    assert float(vbr["effective_kbps"]) > 2.0  # libopus' VBR floor: far above the 0.9 kbps asked
+    wide = (out / "vs_opus.csv").read_text().splitlines()
+    assert wide[0].startswith("kbps,ours_mel_distance,opus_mel_distance,opus_vbr_mel_distance,ours_pesq")
+    assert [line.split(",")[0] for line in wide[1:]] == ["0.9", "1.8", "3.6"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kbps"] == 3.6 and set(metrics["opus"]) == {"0.9kbps", "1.8kbps", "3.6kbps"}
+    assert set(metrics["levels"]["3.6kbps"]) == {"-40dBFS", "-6dBFS"}
+    report = (out / "report.md").read_text()
+    assert "| 3.6 | opus |" in report and "Gates preview" in report and "amplitude_ratio_at_-40dBFS" in report
+    media = sorted(p.name for p in (out / "media").iterdir())
+    assert f"{held_out[0]}_spectrograms.png" in media and f"{held_out[0]}_opus_3.6kbps.wav" in media
+
+    client = MlflowClient(mlflow_uri)
+    logged = client.get_run(train_run.info.run_id)
+    assert logged.data.metrics["eval.ours.3.6kbps.amplitude_ratio"] == pytest.approx(
+        metrics["ours"]["3.6kbps"]["amplitude_ratio"], abs=1e-4
+    )
+    assert logged.data.tags["eval_set_fingerprint"] == record["eval_set_fingerprint"]
+    names = {a.path for a in client.list_artifacts(train_run.info.run_id, "evaluation")}
+    assert {"evaluation/report.md", "evaluation/bitrates.csv", f"evaluation/{held_out[0]}_spectrograms.png"} <= names
+
+
+def test_a_checkpoint_without_its_split_is_refused(tmp_path: Path) -> None:
+    from codec.errors import UserError
+
+    clips = make_clips(2, seconds=0.5)
+    raw, norm = write_data(tmp_path / "data", clips)
+    ckpt = tmp_path / "codec.pt"
+    save_checkpoint(ckpt, build_codec(tiny_config(), seed=0))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"max_clips": 1}}))
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    args = parser.parse_args(["--model", str(ckpt), "--data", str(norm), "--raw", str(raw), "--no-mlflow"])
+    args.params = str(tmp_path / "params.yaml")
+    with pytest.raises(UserError, match="val_fraction"):
+        ev.run(args)

@@ -1,0 +1,184 @@
+"""The promote stage on a real MLflow SQLite store: the seed's 0.47 collapse is rejected by
+the amplitude gate, a good model becomes @champion, a worse one does not replace it, a
+failure halfway leaves the registry as it was, and fail_on_gate exits 4."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing as tp
+from pathlib import Path
+
+import pytest
+import yaml
+from torch import nn
+
+from codec import evaluate as ev
+from codec import promote as pr
+from codec.errors import GateError
+from codec.models_cli import format_table, table
+from tests import test_evaluate as te
+from tests.test_evaluate import NO_LIMITER, Collapsed, PcmCodec, make_clips, write_data
+
+# The shared fixtures: a real MLflow store per test, one torch thread.
+mlflow_template = te.mlflow_template
+mlflow_uri = te.mlflow_uri
+one_torch_thread = te.one_torch_thread
+
+GATES = pr.PromoteParams(min_snr_db=10.0, min_pesq=2.0, max_mel_distance=2.0)
+EVAL = ev.EvaluateParams(levels_dbfs=[-40.0, -6.0], opus_modes=[], seconds=1.5)
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[ev.EvalClip]:
+    return make_clips(2)
+
+
+def evaluated(model: nn.Module, clips: list[ev.EvalClip], params: ev.EvaluateParams = EVAL) -> dict[str, tp.Any]:
+    """evaluation.json for ``model``, with a real MLflow run standing for its training run."""
+    import mlflow
+
+    result = ev.evaluate_model(tp.cast(tp.Any, model), clips, params, NO_LIMITER)
+    mlflow.set_experiment("telugu-speech-codec")
+    with mlflow.start_run() as run:
+        mlflow.log_metrics(ev.flat_metrics(result))
+    return ev.evaluation_record(
+        result,
+        eval_set_fingerprint=ev.eval_set_fingerprint(clips, params, NO_LIMITER),
+        mlflow_run_id=run.info.run_id,
+        model_uri=f"runs:/{run.info.run_id}/codec",
+        model_fingerprint=type(model).__name__,
+        params=dataclasses.asdict(params),
+        level_settings=dataclasses.asdict(NO_LIMITER),
+    )
+
+
+def registry(uri: str, name: str = pr.MODEL_NAME) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """(aliases, version -> tags) of the registered model; empty when it does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(uri)
+    try:
+        aliases = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
+    except MlflowException:
+        return {}, {}
+    versions = {str(mv.version): dict(mv.tags) for mv in client.search_model_versions(f"name = '{name}'")}
+    return aliases, versions
+
+
+def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
+    clips: list[ev.EvalClip], tmp_path: Path, mlflow_uri: str
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+
+    # The seed's collapse: output at 47% of the input. The amplitude gate names it.
+    collapsed = pr.promote(client, evaluated(Collapsed(PcmCodec()), clips), GATES, tmp_path / "p1.json")
+    doc = json.loads((tmp_path / "p1.json").read_text())
+    assert collapsed.decision == doc["decision"] == "rejected" and doc["alias"] is None
+    amp = next(g for g in doc["gates"] if g["name"] == "amplitude_ratio")
+    assert amp["passed"] is False and amp["value"] == pytest.approx(0.47, abs=1e-3)
+    assert amp["limit"] == [0.9, 1.1] and amp["metric"] == "ours.320kbps.amplitude_ratio"
+    assert {"amplitude_ratio", "amplitude_ratio_at_-40dBFS", "amplitude_ratio_at_-6dBFS"} <= set(doc["failed_gates"])
+    assert any("amplitude_ratio" in r and "0.47" in r for r in doc["reasons"])
+    aliases, versions = registry(mlflow_uri)
+    assert aliases == {} and versions["1"]["rejected"] == "true"
+
+    # A good model: every gate passes and there is no champion.
+    good = pr.promote(client, evaluated(PcmCodec(), clips), GATES, tmp_path / "p2.json")
+    assert good.decision == "champion" and good.all_gates_passed
+    assert registry(mlflow_uri)[0] == {"champion": good.version}
+
+    # A later, worse model (5% quieter: inside the amplitude band, mel distance 0.022 instead
+    # of ~0): passes the gates, loses on the primary metric, so it is challenger.
+    worse = pr.promote(client, evaluated(PcmCodec(gain=0.95), clips), GATES, tmp_path / "p3.json")
+    doc = json.loads((tmp_path / "p3.json").read_text())
+    assert worse.decision == doc["decision"] == "challenger" and doc["all_gates_passed"]
+    assert doc["comparison"]["champion_version"] == good.version
+    assert doc["comparison"]["source"] == "its tags (same evaluation set)"
+    assert doc["comparison"]["candidate"] > doc["comparison"]["champion"]  # mel distance: lower is better
+    aliases, versions = registry(mlflow_uri)
+    assert aliases == {"champion": good.version, "challenger": worse.version}
+    assert versions[worse.version]["eval_set_fingerprint"] == versions[good.version]["eval_set_fingerprint"]
+    assert versions[good.version]["gate.amplitude_ratio"].startswith("pass")
+    assert versions[good.version]["ours.320kbps.pesq"]
+
+    rows = table(client, pr.MODEL_NAME)
+    assert [(r["version"], r["aliases"], r["decision"]) for r in rows] == [
+        ("3", "challenger", "challenger"),
+        ("2", "champion", "champion"),
+        ("1", "-", "rejected"),
+    ]
+    assert "(fail: min_snr_db, amplitude_ratio," in rows[2]["gates"] and "mel_distance" in format_table(rows)
+
+
+def test_a_failure_halfway_leaves_the_registry_as_it_was(
+    clips: list[ev.EvalClip], tmp_path: Path, mlflow_uri: str
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    blocked = tmp_path / "blocked.json"
+    blocked.mkdir()  # promotion.json can't be written there: the last step fails, after the registry changed
+    good = evaluated(PcmCodec(), clips)
+
+    # No registered model before: none after.
+    with pytest.raises(OSError):
+        pr.promote(client, good, GATES, blocked)
+    assert registry(mlflow_uri) == ({}, {})
+
+    # A champion and a challenger before; a better candidate fails halfway: both aliases stay.
+    pr.promote(client, evaluated(PcmCodec(gain=0.95), clips), GATES, tmp_path / "a.json")
+    pr.promote(client, evaluated(PcmCodec(gain=0.93), clips), GATES, tmp_path / "b.json")
+    before = registry(mlflow_uri)
+    assert before[0] == {"champion": "1", "challenger": "2"}
+    with pytest.raises(OSError):
+        pr.promote(client, good, GATES, blocked)
+    assert registry(mlflow_uri) == before
+
+
+def test_fail_on_gate_exits_4_after_recording_the_decision(
+    clips: list[ev.EvalClip], tmp_path: Path, mlflow_uri: str
+) -> None:
+    record = evaluated(Collapsed(PcmCodec()), clips)
+    (tmp_path / "evaluation.json").write_text(json.dumps(record))
+    section = {k: v for k, v in dataclasses.asdict(GATES).items()}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"promote": {**section, "fail_on_gate": True}}))
+    parser = argparse.ArgumentParser()
+    pr.add_arguments(parser)
+    args = parser.parse_args(["--evaluation", "evaluation.json", "--out", "promotion.json", "--params", "params.yaml"])
+    with pytest.raises(GateError, match=r"amplitude_ratio 0\.47") as caught:
+        pr.run(args)
+    assert caught.value.exit_code == 4
+    doc = json.loads((tmp_path / "promotion.json").read_text())
+    assert doc["decision"] == "rejected" and doc["version"] == "1"
+
+
+def test_a_champion_from_another_evaluation_set_is_re_evaluated_on_this_one(
+    clips: list[ev.EvalClip], tmp_path: Path, mlflow_uri: str
+) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    raw, _ = write_data(tmp_path / "data", clips)
+    # The champion: measured on 1.0 s of each clip, its model logged as codec train logs one.
+    champion = PcmCodec(gain=0.95)
+    old = evaluated(champion, clips, dataclasses.replace(EVAL, seconds=1.0))
+    with mlflow.start_run(run_id=old["mlflow_run_id"]):
+        info = mlflow.pytorch.log_model(champion, name="codec", serialization_format="pickle", pip_requirements=[])
+    old.update(model_id=info.model_id, model_uri=f"models:/{info.model_id}")
+    assert pr.promote(client, old, GATES, tmp_path / "a.json").decision == "champion"
+
+    # The candidate is measured on the full 1.5 s: the champion's tags don't apply, so the
+    # stage loads the champion's registered model and measures it on the candidate's clips.
+    new = evaluated(PcmCodec(), clips)
+    assert new["eval_set_fingerprint"] != old["eval_set_fingerprint"]
+    p = pr.promote(client, new, GATES, tmp_path / "b.json", re_evaluate=pr.champion_re_evaluator(new, raw))
+    assert p.comparison.source == "re-evaluated on this evaluation set"
+    expected = ev.evaluate_model(champion, clips, EVAL, NO_LIMITER, bitrates_kbps=[320.0], sweep=False)
+    assert p.comparison.champion == pytest.approx(expected.row("ours", 320.0).metrics["mel_distance"], rel=1e-6)
+    assert p.decision == "champion" and registry(mlflow_uri)[0] == {"champion": "2"}
