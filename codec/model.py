@@ -254,9 +254,7 @@ class Codec(nn.Module):
         """Codes ``[B, Q, F]`` → audio ``[B, 1, F * hop]`` (callers trim to their length)."""
         return self.decode_latents(self.quantizer.decode(codes))
 
-    def forward(
-        self, audio: Tensor, n_quantizers: int | Tensor | None = None, quantize: bool = True
-    ) -> CodecOutput:
+    def forward(self, audio: Tensor, n_quantizers: int | Tensor | None = None, quantize: bool = True) -> CodecOutput:
         """Encode and decode ``audio`` ``[B, 1, T]``.
 
         ``n_quantizers``: ``None`` (all; quantizer dropout while training), an ``int``,

@@ -189,9 +189,7 @@ def promotion_markdown(data: dict[str, tp.Any], source: str) -> str:
     model = _first(data, "model_name", "registered_model", "name") or "telugu-speech-codec"
     version = _first(data, "model_version", "version")
     run_id = _first(data, "run_id", "mlflow_run_id")
-    decision = _first(data, "decision", "alias", "status") or (
-        "champion" if data.get("promoted") else "not promoted"
-    )
+    decision = _first(data, "decision", "alias", "status") or ("champion" if data.get("promoted") else "not promoted")
     lines = [
         f"# Promotion: **{decision}**",
         "",
