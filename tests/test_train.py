@@ -123,23 +123,27 @@ def test_overfits_one_batch(data: Path) -> None:
     assert best > 10.0, f"SNR reached only {best:.2f} dB in {step} steps"
 
 
-def test_trained_tiny_model_keeps_the_level_on_held_out_clips(tmp_path: Path) -> None:
-    """The demo recipe (autoencoder warm-up, k-means codebooks, NMSE + level + mel) on a tiny
-    model: on clips it never saw, output RMS / input RMS at the top bitrate is within 0.9–1.1
-    over the held-out set (the seed's model: 0.47), no clip strays past 0.8–1.2, and the
-    waveform is reproduced (SNR above 3 dB)."""
+def test_trained_tiny_model_keeps_the_level_on_held_out_clips(small_corpus: Path, tmp_path: Path) -> None:
+    """The demo recipe (autoencoder warm-up, k-means codebooks, NMSE + level + mel) on a
+    tiny model and the embedded Telugu corpus: on clips it never saw, output RMS / input RMS
+    at the top bitrate is within 0.9–1.1 over the held-out set (the seed's model: 0.47), no
+    clip strays past 0.8–1.2, and the waveform is reproduced (SNR above 1.5 dB in 400 steps)."""
     from codec.dataset import read_manifest, split_clips
+    from codec.ingest import IngestParams, ingest
     from codec.losses import amplitude_ratio, snr_db
+    from codec.normalize import NormalizeParams, normalize
 
-    data = write_dataset(tmp_path / "normalized", n_clips=24, seconds=2.0, seed=5)
+    ingest(small_corpus, tmp_path / "raw", IngestParams(workers=2))
+    data = tmp_path / "normalized"
+    normalize(tmp_path / "raw", data, NormalizeParams(workers=2))
     params = tiny_params(
-        steps=300,
+        steps=400,
         batch_size=8,
         segment_s=0.4,
-        lr=2e-3,
-        quantizer_warmup_steps=40,
+        lr=1e-3,
+        quantizer_warmup_steps=100,
         val_fraction=0.2,
-        loss_weights={"loss/nmse": 1.0, "loss/level": 5.0, "loss/mel": 0.1, "vq/commitment_loss": 0.1},
+        loss_weights={"loss/nmse": 1.0, "loss/level": 1.0, "loss/mel": 0.1, "vq/commitment_loss": 0.1},
         model=tiny_config(quantizer_dropout=0.3, codebook_size=256, bitrates_kbps=(1.2, 2.4, 4.8)),
     )
     result = train(params, data, tmp_path / "out")
@@ -158,7 +162,7 @@ def test_trained_tiny_model_keeps_the_level_on_held_out_clips(tmp_path: Path) ->
     x_all, y_all = torch.cat(xs, dim=-1), torch.cat(ys, dim=-1)
     assert 0.9 <= float(amplitude_ratio(y_all, x_all)) <= 1.1, ratios
     assert all(0.8 <= r <= 1.2 for r in ratios), ratios
-    assert float(snr_db(y_all, x_all)) > 3.0
+    assert float(snr_db(y_all, x_all)) > 1.5  # the seed's model: -0.9 dB
 
 
 def _write_params(path: Path, params: TrainParams) -> None:
