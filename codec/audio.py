@@ -71,6 +71,21 @@ def _k_weighting_sos(rate: int) -> npt.NDArray[np.float64]:
     return sos
 
 
+def gate_block_energies(z: npt.NDArray[np.float64]) -> float:
+    """BS.1770-4 integrated loudness (LUFS) from mono 400 ms block energies ``z``:
+    -70 LUFS absolute gate, then the -10 LU relative gate; ``-inf`` when nothing passes."""
+    with np.errstate(divide="ignore"):
+        block_lufs = -0.691 + 10.0 * np.log10(z)
+    gated = z[block_lufs >= -70.0]
+    if gated.size == 0:
+        return float("-inf")
+    relative = -0.691 + 10.0 * np.log10(np.mean(gated)) - 10.0
+    final = z[(block_lufs > relative) & (block_lufs > -70.0)]
+    if final.size == 0:
+        return float("-inf")
+    return float(-0.691 + 10.0 * np.log10(np.mean(final)))
+
+
 class LoudnessMeter:
     """BS.1770-4 integrated loudness of one mono clip, re-measurable after gain or limiting.
 
@@ -109,17 +124,7 @@ class LoudnessMeter:
 
     def _gate(self, seg: npt.NDArray[np.float64]) -> float:
         csum = np.concatenate([[0.0], np.cumsum(seg)])
-        z = (csum[self._hi] - csum[self._lo]) / (self.BLOCK_S * self.rate)
-        with np.errstate(divide="ignore"):
-            block_lufs = -0.691 + 10.0 * np.log10(z)
-        gated = z[block_lufs >= -70.0]
-        if gated.size == 0:
-            return float("-inf")
-        relative = -0.691 + 10.0 * np.log10(np.mean(gated)) - 10.0
-        final = z[(block_lufs > relative) & (block_lufs > -70.0)]
-        if final.size == 0:
-            return float("-inf")
-        return float(-0.691 + 10.0 * np.log10(np.mean(final)))
+        return gate_block_energies((csum[self._hi] - csum[self._lo]) / (self.BLOCK_S * self.rate))
 
     def lufs(self, gain: float = 1.0) -> float:
         """Integrated loudness of ``gain · x``."""

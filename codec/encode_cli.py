@@ -182,21 +182,9 @@ class StreamingLoudness:
         csum = np.concatenate([[0.0], np.cumsum(sums)])
         # Energies past the last sample are zero, so [lo, hi) = [lo, min(hi, n)) as there.
         z = (csum[np.searchsorted(self._grid, hi)] - csum[np.searchsorted(self._grid, lo)]) / (block * rate)
-        return _gate(z)
+        from codec.audio import gate_block_energies
 
-
-def _gate(z: npt.NDArray[np.float64]) -> float:
-    """BS.1770-4 gating of block energies ``z`` (as in :func:`codec.audio.integrated_lufs`)."""
-    with np.errstate(divide="ignore"):
-        block_lufs = -0.691 + 10.0 * np.log10(z)
-    gated = z[block_lufs >= -70.0]
-    if gated.size == 0:
-        return float("-inf")
-    relative = -0.691 + 10.0 * np.log10(np.mean(gated)) - 10.0
-    final = z[(block_lufs > relative) & (block_lufs > -70.0)]
-    if final.size == 0:
-        return float("-inf")
-    return float(-0.691 + 10.0 * np.log10(np.mean(final)))
+        return gate_block_energies(z)
 
 
 # --- pass 1: read, mix down, resample, meter --------------------------------------------------
