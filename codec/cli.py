@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import signal
 import sys
@@ -24,30 +23,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("codec.ingest", "read a folder of recordings (or synthesize the embedded Telugu corpus) into data/raw"),
     "normalize": ("codec.normalize", "bring every clip to one loudness (BS.1770 LUFS) under a peak ceiling"),
     "validate": ("codec.validate", "the data-quality gate: Great Expectations over the normalized manifest"),
+    "train": ("codec.train_stage", "train the codec on data/normalized (GPU when present), tracked in MLflow"),
+    "evaluate": ("codec.evaluate", "measure the trained codec against Opus on held-out speech"),
+    "promote": ("codec.promote", "register the model and set @champion when it passes the gates"),
+    "models": ("codec.models_cli", "list registered model versions with their metrics and aliases"),
+    "encode": ("codec.encode_cli", "encode a recording into a compact bitstream"),
+    "decode": ("codec.decode_cli", "decode a bitstream back to a WAV file at the input's level"),
 }
 
 
-def register(name: str, module: str, help_text: str) -> None:
-    """Add a subcommand (used by modules of later stages)."""
-    COMMANDS[name] = (module, help_text)
-
-
-def _optional_commands() -> None:
-    # Subcommands whose modules may not exist yet in a partial checkout.
-    for name, module, text in [
-        ("train", "codec.train_stage", "train the codec on data/normalized (GPU when present), tracked in MLflow"),
-        ("evaluate", "codec.evaluate", "measure the trained codec against Opus on held-out speech"),
-        ("promote", "codec.promote", "register the model and set @champion when it passes the gates"),
-        ("models", "codec.models_cli", "list registered model versions with their metrics and aliases"),
-        ("encode", "codec.encode_cli", "encode a recording into a compact bitstream"),
-        ("decode", "codec.decode_cli", "decode a bitstream back to a WAV file at the input's level"),
-    ]:
-        if importlib.util.find_spec(module) is not None:
-            COMMANDS.setdefault(name, (module, text))
-
-
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    _optional_commands()
     parser = argparse.ArgumentParser(
         prog="codec",
         description="Telugu speech codec: pipeline stages and encode/decode tools.",
