@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import io
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -107,20 +108,39 @@ class LoudnessMeter:
         self.rate, self.n = rate, n
         # float32 filtering is 4x faster than float64 and agrees with pyloudnorm to ~1e-5 LU (tested).
         self.sos = _k_weighting_sos(rate).astype(np.float32)
-        self.kx = scipy.signal.sosfilt(self.sos, x.astype(np.float32, copy=False)).astype(np.float32)
+        self.kx = scipy.signal.sosfilt(self.sos, x.astype(np.float32, copy=False)).astype(np.float32, copy=False)
         # Block j covers samples [int(0.4·j·0.25·rate), int(0.4·(j·0.25+1)·rate)), as in pyloudnorm.
         num_blocks = int(np.round((n / rate - self.BLOCK_S) / (self.BLOCK_S * self.STEP))) + 1
         j = np.arange(num_blocks, dtype=np.float64)
         lo = (self.BLOCK_S * (j * self.STEP) * rate).astype(np.int64)
         hi = np.minimum((self.BLOCK_S * (j * self.STEP + 1) * rate).astype(np.int64), n)
-        # Energy once per stretch between block edges (float64), so each block's energy
-        # is a difference of a short cumulative sum.
+        # Energy once per stretch between block edges, so each block's energy is a
+        # difference of a short (float64) cumulative sum.
         self.edges = np.unique(np.concatenate([lo, hi]))
-        self.seg = np.add.reduceat(np.square(self.kx[: self.edges[-1]]), self.edges[:-1], dtype=np.float64)
+        # Stretches are 100 ms long (the hop) except where a block's end is clipped to
+        # the clip's end: the regular ones are summed as the rows of a 2-D view in
+        # float32 (~1e-6 relative), 15x faster than ``reduceat``, the rest by ``reduceat``.
+        widths = np.diff(self.edges)
+        step = int(widths[0])
+        regular = int(np.argmax(widths != step)) if np.any(widths != step) else len(widths)
+        rows = self.kx[: regular * step].reshape(regular, step)
+        head = np.einsum("ij,ij->i", rows, rows).astype(np.float64)
+        rest = (
+            np.add.reduceat(
+                np.square(self.kx[regular * step : self.edges[-1]], dtype=np.float64),
+                self.edges[regular:-1] - regular * step,
+            )
+            if regular < len(widths)
+            else np.zeros(0)
+        )
+        self.seg = np.concatenate([head, rest])
         self._lo = np.searchsorted(self.edges, lo)
         self._hi = np.searchsorted(self.edges, hi)
-        # The K-filter's response to a span has decayed by > 120 dB after 0.2 s.
-        self.tail = int(0.2 * rate)
+        # Energy of the K-filter's impulse response left after 20/30/50 ms: -56/-75/-108 dB
+        # (the same at any rate; its slowest pole is the 38 Hz high-pass). Cutting the
+        # response to a changed span after 30 ms errs by < 1e-3 LU (tested against a
+        # fresh meter): the removed peaks carry a few percent of a block's energy.
+        self.tail = int(0.03 * rate)
 
     def _gate(self, seg: npt.NDArray[np.float64]) -> float:
         csum = np.concatenate([[0.0], np.cumsum(seg)])
@@ -130,36 +150,52 @@ class LoudnessMeter:
         """Integrated loudness of ``gain · x``."""
         return self._gate(self.seg * (gain * gain))
 
-    def lufs_minus(self, gain: float, starts: npt.NDArray[np.int64], parts: list[Array]) -> float:
-        """Integrated loudness of ``gain · x − d`` where ``d`` is ``parts[i]`` at ``starts[i]``, else 0.
+    def lufs_minus(
+        self, gain: float, starts: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64], removed: Array
+    ) -> float:
+        """Integrated loudness of ``gain · x − d``, where ``d`` is ``removed`` laid over the spans
+        ``[starts[i], starts[i] + lengths[i])`` back to back (sorted, disjoint) and 0 elsewhere.
 
-        Spans must be sorted and disjoint.
+        Spans whose filter tails overlap are grouped; the groups, each followed by
+        the filter's decay, are laid end to end and K-filtered in one call (a group
+        starts after the previous one's response has died away, as if from rest),
+        and each sample's change of energy is added to its stretch between block edges.
         """
         seg = self.seg * (gain * gain)
-        # Group spans whose filter tails overlap, so each group is filtered from rest.
-        i = 0
-        while i < len(parts):
-            a = int(starts[i])
-            k = i
-            while k + 1 < len(parts) and int(starts[k + 1]) <= int(starts[k]) + len(parts[k]) + self.tail:
-                k += 1
-            b = min(self.n, int(starts[k]) + len(parts[k]) + self.tail)
-            d = np.zeros(b - a, np.float32)
-            for m in range(i, k + 1):
-                s = int(starts[m]) - a
-                d[s : s + len(parts[m])] = parts[m]
-            old = gain * self.kx[a:b]
-            new = old - scipy.signal.sosfilt(self.sos, d).astype(np.float32)
-            delta = np.square(new, dtype=np.float64) - np.square(old, dtype=np.float64)
-            # Add each sample's change of energy to its stretch between block edges.
-            first = int(np.searchsorted(self.edges, a, side="right")) - 1
-            cuts = self.edges[(self.edges > a) & (self.edges < b)] - a
-            idx = np.concatenate([[0], cuts]).astype(np.int64)
-            sums = np.add.reduceat(delta, idx)
-            top = min(first + len(sums), len(seg))
-            seg[first:top] += sums[: top - first]
-            i = k + 1
+        if len(starts) == 0:
+            return self._gate(seg)
+        ends = starts + lengths
+        # A new group starts where a span begins after the previous span's tail.
+        new_group = np.concatenate([[True], starts[1:] > ends[:-1] + self.tail])
+        group_of = np.cumsum(new_group) - 1
+        g_start = starts[new_group]
+        g_end = np.minimum(self.n, np.maximum.reduceat(ends, np.flatnonzero(new_group)) + self.tail)
+        g_len = g_end - g_start
+        offsets = np.cumsum(g_len) - g_len
+        total = int(g_len.sum())
+        pos = concat_ranges(g_start, g_len)  # the clip sample in each slot
+        d = np.zeros(total, np.float32)
+        slot = concat_ranges(offsets[group_of] + starts - g_start[group_of], lengths)
+        d[slot] = removed
+        old = np.float32(gain) * self.kx[pos]
+        new = old - scipy.signal.sosfilt(self.sos, d).astype(np.float32)
+        delta = np.square(new, dtype=np.float64) - np.square(old, dtype=np.float64)
+        # Cut each group where block edges fall, sum the pieces, and add each sum to
+        # its stretch (stretch ``len(seg)`` is past the last edge and dropped).
+        first = np.searchsorted(self.edges, g_start, side="right") - 1
+        pieces = np.searchsorted(self.edges, g_end, side="left") - first
+        stretch = concat_ranges(first, pieces)
+        owner = np.repeat(np.arange(len(g_start)), pieces)
+        cut = offsets[owner] + np.maximum(self.edges[np.minimum(stretch, len(self.edges) - 1)] - g_start[owner], 0)
+        sums = np.add.reduceat(delta, cut)
+        seg += np.bincount(stretch, weights=sums, minlength=len(seg) + 1)[: len(seg)]
         return self._gate(np.maximum(seg, 0.0))
+
+
+def concat_ranges(starts: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """``range(starts[i], starts[i] + lengths[i])`` for every ``i``, concatenated, without a Python loop."""
+    offsets = np.cumsum(lengths) - lengths
+    return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - offsets, lengths)
 
 
 def integrated_lufs(x: Array, rate: int) -> float:
@@ -181,7 +217,12 @@ def read_audio(path: str | Path) -> tuple[Array, int]:
         declared = f.frames
         rate = f.samplerate
         fmt = f.format
-        data = f.read(dtype="float32", always_2d=True)
+        if f.subtype == "PCM_16":
+            # Reading 16-bit samples and scaling them here is twice as fast as
+            # libsndfile's own float conversion, and gives the same values.
+            data = np.multiply(f.read(dtype="int16", always_2d=True), np.float32(1 / 32768), dtype=np.float32)
+        else:
+            data = f.read(dtype="float32", always_2d=True)
     if declared > 0 and data.shape[0] < declared and fmt not in ("MP3", "OGG"):
         raise TruncatedAudioError(f"header declares {declared} frames but only {data.shape[0]} could be read")
     if fmt in ("WAV", "WAVEX"):
@@ -234,15 +275,38 @@ def resample(x: Array, rate_in: int, rate_out: int) -> Array:
     return np.asarray(soxr.resample(x, rate_in, rate_out, quality="HQ"), dtype=np.float32)
 
 
-def write_wav(path: str | Path, x: Array, rate: int, subtype: str = "FLOAT") -> None:
-    """Write mono ``[T]`` audio as a WAV file, atomically.
+def write_wav(path: str | Path, x: Array, rate: int, subtype: str = "FLOAT", atomic: bool = True) -> None:
+    """Write mono ``[T]`` audio as a WAV file, atomically unless ``atomic=False``.
 
     The WAV is formatted in memory and written with one system call: libsndfile
     fsyncs every file it closes, which costs more than the rest of a
-    normalization, and the stage's atomic rename already guarantees readers
-    never see a partial file.
+    normalization. Stages that write into a staging folder swapped in as a whole
+    pass ``atomic=False``: the folder's rename already guarantees readers never
+    see a partial file, and a temporary name plus a rename per file costs as
+    much again as the write.
     """
-    buf = io.BytesIO()
-    sf.write(buf, x, rate, subtype=subtype, format="WAV")
+    if subtype == "PCM_16" and x.ndim == 1:
+        # The standard library's writer takes the samples as they are: 4x faster than
+        # libsndfile's conversion through Python file callbacks. Scaled by 32768 to
+        # mirror ``read_audio``, so what is read back is exactly what was written.
+        pcm = np.clip(np.rint(x * np.float32(32768)), -32768, 32767).astype("<i2")
+
+        def emit(target: Path) -> None:
+            with wave.open(str(target), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(rate)
+                w.writeframes(pcm.data)
+
+    else:
+        buf = io.BytesIO()
+        sf.write(buf, x, rate, subtype=subtype, format="WAV")
+
+        def emit(target: Path) -> None:
+            target.write_bytes(buf.getbuffer())
+
+    if not atomic:
+        emit(Path(path))
+        return
     with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getbuffer())
+        emit(tmp)

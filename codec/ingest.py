@@ -190,7 +190,7 @@ def _ingest_one(job: _Job) -> dict[str, tp.Any]:
     if not math.isfinite(lufs):
         return _reject(job, "too_quiet_to_meter", "no 400 ms block above the -70 LUFS absolute gate")
     pcm16 = np.clip(np.round(mono * 32767.0), -32768, 32767).astype("<i2")
-    write_wav(Path(job.out_dir) / f"{job.clip_id}.wav", mono, p.sample_rate)
+    write_wav(Path(job.out_dir) / f"{job.clip_id}.wav", mono, p.sample_rate, atomic=False)  # into the staging folder
     return {
         "rejected": False,
         "id": job.clip_id,

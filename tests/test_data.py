@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import pyloudnorm
 import pytest
+import scipy.ndimage
 import soundfile as sf
 
-from codec.audio import integrated_lufs, rms_dbfs
+from codec.audio import integrated_lufs, read_audio, rms_dbfs, write_wav
 from codec.errors import DataQualityError
 from codec.ingest import IngestParams, ingest
-from codec.normalize import NormalizeParams, limit, normalize
+from codec.normalize import LEVEL_TOLERANCE_DB, NormalizeParams, limit, normalize, normalize_clip
 from codec.validate import ValidateParams, validate
 
 
@@ -54,6 +55,55 @@ def test_limiter_never_exceeds_ceiling_and_leaves_quiet_parts() -> None:
     far = np.r_[0:7000, 9100 : len(x)]
     assert np.allclose(gain[far], 1.0)  # only the samples around peaks are touched
     assert np.max(np.abs(np.diff(gain))) < 0.2  # smooth: no step in the gain
+
+
+def whole_clip_limiter(x: np.ndarray, ceiling: float, window: int) -> np.ndarray:
+    """The limiter's gain by its definition, over the whole clip (the reference for the span version)."""
+    need = np.minimum(1.0, ceiling / np.maximum(np.abs(x), 1e-12)).astype(np.float32)
+    floor = scipy.ndimage.minimum_filter1d(need, size=2 * window + 1, mode="nearest")
+    return np.minimum(scipy.ndimage.uniform_filter1d(floor, size=window, mode="nearest"), need)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_span_limiter_equals_the_whole_clip_definition(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = speechlike(rng, 3.0)
+    x *= 0.6 / np.max(np.abs(x))
+    for at in rng.integers(0, len(x), 12):  # clicks, some near each other and the clip's ends
+        x[at : at + 30] += rng.choice([-1, 1]) * 1.5
+    x[:5] = 1.2  # a peak on the first sample
+    _, gain = limit(x, 0.5, 80)
+    assert np.allclose(gain, whole_clip_limiter(x, 0.5, 80), atol=1e-6)
+    assert np.max(np.abs(x * gain)) <= 0.5 + 1e-6
+
+
+@pytest.mark.parametrize("rate", [11025, 16000, 44100])
+def test_limited_clip_reports_the_loudness_a_fresh_meter_measures(rate: int) -> None:
+    # normalize_clip re-meters only the limited spans; the manifest value must equal
+    # metering the output from scratch (ours and pyloudnorm's).
+    rng = np.random.default_rng(rate)
+    x = speechlike(rng, 4.0, rate) * np.float32(0.05)
+    x[rate : rate + 40] += 0.6  # bumps the ceiling must catch at -16 LUFS
+    x[3 * rate : 3 * rate + 400] -= 0.4
+    for mode in ("lufs", "rms"):
+        y, fields = normalize_clip(x, rate, NormalizeParams(mode=mode, sample_rate=rate))
+        assert fields["ceiling_applied"]
+        assert abs(fields["lufs"] - integrated_lufs(y, rate)) < 2e-3
+        assert abs(fields["lufs"] - pyloudnorm.Meter(rate).integrated_loudness(y.astype(np.float64))) < 5e-3
+        assert abs(fields["rms_dbfs"] - rms_dbfs(y)) < 2e-3
+        assert abs(fields["peak_dbfs"] - 20 * np.log10(np.max(np.abs(y)))) < 1e-3
+        level = fields["lufs"] if mode == "lufs" else fields["rms_dbfs"]
+        assert abs(level + 16.0) <= LEVEL_TOLERANCE_DB
+        assert fields["peak_dbfs"] <= -1.0 + 1e-4
+
+
+def test_16_bit_wav_reads_back_exactly(tmp_path: Path) -> None:
+    x = (np.round(np.random.default_rng(1).uniform(-0.9, 0.9, 5000) * 32768) / 32768).astype(np.float32)
+    write_wav(tmp_path / "x.wav", x, 16000, subtype="PCM_16")
+    info = sf.info(tmp_path / "x.wav")
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+    y, rate = read_audio(tmp_path / "x.wav")
+    assert rate == 16000 and np.array_equal(y[:, 0], x)
 
 
 def write_level_spread(folder: Path, levels_db: list[float], seconds: float = 3.0) -> None:
