@@ -13,6 +13,7 @@ Shapes use ``B`` (batch), ``C`` (channels), ``T`` (time steps at the block's rat
 from __future__ import annotations
 
 import math
+import typing as tp
 
 import torch
 from torch import Tensor, nn
@@ -30,8 +31,16 @@ class Snake(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        # [B, C, 1, T] too: the layout of the channels-last inference path (see ChannelsLastConv).
+        alpha = self.alpha if x.dim() == 3 else self.alpha.unsqueeze(-1)
         # The 1e-9 keeps 1/α finite if training drives an α to zero.
-        return x + torch.sin(self.alpha * x).pow(2) / (self.alpha + 1e-9)
+        if torch.is_grad_enabled():
+            return x + torch.sin(alpha * x).pow(2) / (alpha + 1e-9)
+        # Inference: one new tensor, updated in place (a third faster on a CPU, where
+        # Snake is a third of the decoder's time); the same values as above.
+        y = x * alpha
+        y.sin_().square_().mul_(1.0 / (alpha + 1e-9))
+        return y.add_(x)
 
 
 def wn_conv1d(
@@ -119,3 +128,33 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.block(x)
+
+
+class ChannelsLastConv(nn.Module):
+    """A plain ``Conv1d`` or ``ConvTranspose1d`` run as a 2-D convolution over ``[B, C, 1, T]``
+    in channels-last memory layout, for inference on a CPU.
+
+    oneDNN's 1-D convolutions are slow with few channels at audio rates (5-12 GMAC/s
+    with 8-16 channels on 2 cores); the same convolution as a ``1 × k`` channels-last
+    2-D one runs 3-7x faster. The outputs are the same up to float rounding.
+    Build from a module without weight normalization (see ``codec.model.for_inference``).
+    """
+
+    def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d) -> None:
+        super().__init__()
+        self.transposed = isinstance(conv, nn.ConvTranspose1d)
+        weight = conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+        self.stride = (1, int(conv.stride[0]))
+        self.padding = (0, int(tp.cast(tuple[int, ...], conv.padding)[0]))
+        self.dilation = (1, int(conv.dilation[0]))
+        self.groups = conv.groups
+        self.output_padding = (0, int(conv.output_padding[0])) if self.transposed else (0, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.transposed:
+            return nn.functional.conv_transpose2d(
+                x, self.weight, self.bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+            )
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from codec.errors import UserError
-from codec.model import Codec, CodecConfig, read_checkpoint
+from codec.model import Codec, CodecConfig, for_inference, read_checkpoint
 
 REGISTERED_MODEL = "telugu-speech-codec"
 CHAMPION_ALIAS = "champion"
@@ -55,7 +55,8 @@ _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>
 class LoadedModel:
     """A codec ready for inference and where it came from.
 
-    - ``model``: the :class:`Codec`, eval mode, on the CPU
+    - ``model``: the :class:`Codec`, eval mode, on the CPU, converted for fast inference
+      (:func:`codec.model.for_inference`; same outputs and fingerprint as the checkpoint's)
     - ``source``: what to print (a path, or ``models:/name@alias (version 3, run …)``)
     - ``params``: the checkpoint's resolved training params (``{}`` if it has none)
     - ``target_lufs``: the loudness the model was trained at (see :func:`training_loudness`)
@@ -70,10 +71,10 @@ class LoadedModel:
 def training_loudness(ckpt: tp.Mapping[str, tp.Any]) -> float:
     """The loudness the training data was normalized to, from the checkpoint.
 
-    Looks for ``target_lufs`` at the top of the checkpoint, in its ``params``, or in
-    ``params["normalize"]``; the train stage does not record it yet (the normalize
-    section is another stage's), so this is :data:`FALLBACK_TARGET_LUFS` (-16 LUFS, the
-    project's default) until it does.
+    Looks for ``target_lufs`` at the top of the checkpoint (the train stage records the
+    median loudness of its training clips there), in its ``params``, or in
+    ``params["normalize"]``; :data:`FALLBACK_TARGET_LUFS` (-16 LUFS, the project's
+    default) for checkpoints that carry none.
     """
     params = ckpt.get("params")
     candidates: list[tp.Any] = [ckpt.get("target_lufs")]
@@ -133,7 +134,7 @@ def load_model(spec: str | None) -> LoadedModel:
         )
     model, ckpt = codec_from_checkpoint(path)
     params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
-    return LoadedModel(model, str(path), dict(params or {}), training_loudness(ckpt))
+    return LoadedModel(for_inference(model), str(path), dict(params or {}), training_loudness(ckpt))
 
 
 def tracking_uri() -> str:
@@ -214,4 +215,4 @@ def _load_registered(uri: str) -> LoadedModel:
         model, ckpt = codec_from_checkpoint(local)
     params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
     source = f"{uri} (version {mv.version}, run {run_id})"
-    return LoadedModel(model, source, dict(params or {}), training_loudness(ckpt))
+    return LoadedModel(for_inference(model), source, dict(params or {}), training_loudness(ckpt))

@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         if rank != 0 or args.no_mlflow:
             result = train(params, data, out)
             if rank == 0:
+                if result.model_path.is_file():
+                    stamp_checkpoint(result.model_path, data)
                 write_reports(result, Path(args.metrics), Path(args.plots), Path(args.val_plots))
             return 0
         result = train_tracked(params, data, out, args.experiment)
@@ -209,15 +211,38 @@ def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str) -
         log_samples(result.model, params, data, out)
         if result.model_path.is_file():
             # The checkpoint names its run, so evaluate and promote log to the same run.
-            from codec.model import atomic_torch_save, read_checkpoint
-
-            ckpt = read_checkpoint(result.model_path)
-            ckpt["mlflow_run_id"] = run.info.run_id
-            atomic_torch_save(ckpt, result.model_path)
+            stamp_checkpoint(result.model_path, data, mlflow_run_id=run.info.run_id)
             mlflow.log_artifact(str(result.model_path), "checkpoint")
         log_model(result.model)
         print(f"MLflow run {run.info.run_id} in {mlflow.get_tracking_uri()}")
     return result
+
+
+def data_loudness(data: Path) -> float | None:
+    """Median integrated loudness (LUFS) of the training clips, from the normalize manifest."""
+    import pandas as pd
+
+    try:
+        lufs = pd.read_csv(data / "manifest.csv", usecols=["lufs"])["lufs"].astype(float)
+    except (ValueError, KeyError, OSError):  # no such column: a manifest from elsewhere
+        return None
+    lufs = lufs[lufs.between(-70.0, 0.0)]
+    return round(float(lufs.median()), 2) if len(lufs) else None
+
+
+def stamp_checkpoint(model_path: Path, data: Path, mlflow_run_id: str | None = None) -> None:
+    """Record in the final checkpoint the loudness its training data had (``target_lufs``:
+    ``codec encode`` brings inputs there) and the MLflow run it was logged to (so evaluate
+    and promote log to the same run)."""
+    from codec.model import atomic_torch_save, read_checkpoint
+
+    ckpt = read_checkpoint(model_path)
+    lufs = data_loudness(data)
+    if lufs is not None:
+        ckpt["target_lufs"] = lufs
+    if mlflow_run_id:
+        ckpt["mlflow_run_id"] = mlflow_run_id
+    atomic_torch_save(ckpt, model_path)
 
 
 def log_samples(model: Codec, params: TrainParams, data: Path, out: Path) -> None:

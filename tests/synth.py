@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from codec.audio import integrated_lufs
+
 RATE = 16000
 
 
@@ -51,7 +53,15 @@ def write_dataset(folder: Path, n_clips: int = 16, seconds: float = 2.0, seed: i
         x = speechlike(seconds, rng)
         name = f"clip{i:03d}.wav"
         sf.write(folder / name, x, RATE, subtype="FLOAT")
-        rows.append({"id": f"clip{i:03d}", "path": name, "duration_s": len(x) / RATE, "sample_rate": RATE})
+        rows.append(
+            {
+                "id": f"clip{i:03d}",
+                "path": name,
+                "duration_s": len(x) / RATE,
+                "sample_rate": RATE,
+                "lufs": round(integrated_lufs(x, RATE), 4),
+            }
+        )
     with (folder / "manifest.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

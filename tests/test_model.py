@@ -12,6 +12,7 @@ from codec.errors import UserError
 from codec.model import (
     CodecConfig,
     build_codec,
+    for_inference,
     load_codec,
     model_fingerprint,
     save_checkpoint,
@@ -96,6 +97,26 @@ def test_checkpoint_round_trip_weights_only(tmp_path: Path) -> None:
     with torch.no_grad():
         next(loaded.parameters()).add_(1e-3)
     assert model_fingerprint(loaded) != fp
+
+
+@pytest.mark.parametrize("strides", [(2, 4, 5, 8), (4, 4, 4, 5)])
+def test_inference_copy_gives_the_same_codes_audio_and_fingerprint(strides: tuple[int, ...]) -> None:
+    cfg = tiny_config(encoder_strides=strides, decoder_strides=strides[::-1], output_activation="tanh")
+    model = build_codec(cfg, seed=3).eval()
+    with torch.no_grad():  # wake the conv stacks (they start at zero output) so they count
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    fast = for_inference(model)
+    assert any(type(m).__name__ == "ChannelsLastConv" for m in fast.modules())
+    x = torch.randn(2, 1, 16000 + 123, generator=torch.Generator().manual_seed(0)) * 0.1
+    with torch.inference_mode():
+        codes = model.encode(x, 12)
+        assert torch.equal(fast.encode(x, 12), codes)
+        slow_audio, fast_audio = model.decode(codes), fast.decode(codes)
+    assert slow_audio.shape == fast_audio.shape
+    assert (slow_audio - fast_audio).abs().max() < 1e-5 * max(1.0, float(slow_audio.abs().max()))
+    assert float(slow_audio.abs().max()) > 1e-3  # not trivially equal zeros
+    assert model_fingerprint(fast) == model_fingerprint(model)
 
 
 def test_unreadable_checkpoint_is_a_user_error(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import soundfile as sf
 import torch
@@ -186,6 +187,10 @@ def test_stage_logs_an_mlflow_run(data: Path, tmp_path: Path, monkeypatch: pytes
     assert train_stage.run(args) == 0
 
     assert load_codec(tmp_path / "models" / "codec.pt").config == tiny_config(quantizer_dropout=0.5)
+    ckpt = torch.load(tmp_path / "models" / "codec.pt", weights_only=True)
+    # The loudness of the training clips, which codec encode brings inputs to.
+    expected = float(pd.read_csv(data / "manifest.csv")["lufs"].median())
+    assert ckpt["target_lufs"] == pytest.approx(expected, abs=0.01) and -30 < expected < -10
     metrics = yaml.safe_load((tmp_path / "reports/train/metrics.json").read_text())
     assert metrics["step"] == 2 and "val_snr_db" in metrics
     assert (tmp_path / "reports/train/curves.csv").read_text().startswith("step,loss,")
