@@ -1,21 +1,35 @@
-"""Training throughput in seconds of audio per second of wall time.
+"""Training throughput in seconds of audio per second of wall time, and on a GPU the
+quality reached in a fixed training time.
 
 CPU: fp32 for the demo model (params.yaml) and, side by side in this process, the
 tiny test model as an anchor; prints the ratio. GPU (when present): the GPU profile
-model in fp32 (TF32 off) and bf16 autocast, and prints bf16 / fp32.
+model in fp32 (TF32 off) and bf16 autocast, and prints bf16 / fp32; then trains the
+GPU profile (``params-gpu.yaml``) on ``data/normalized`` for each of
+``--quality-minutes`` (default 10 and 20, cumulative: one run, resumed) and prints the
+held-out SNR, mel distance and amplitude ratio at the top bitrate after each.
 
     python benchmarks/train_throughput.py [--steps 5] [--batch 4] [--segment-s 0.4]
+    python benchmarks/train_throughput.py --quality-minutes 0.5 1 --quality-device cpu  # the path, on a CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 
+from codec.dataset import read_manifest, split_clips
 from codec.losses import MultiScaleMelLoss
-from codec.model import CodecConfig, build_codec, cpu_demo_config, gpu_config, tiny_config
+from codec.metrics import amplitude_ratio, mel_distance, snr_db
+from codec.model import Codec, CodecConfig, build_codec, cpu_demo_config, for_inference, gpu_config, tiny_config
+from codec.params import load_section
+from codec.train import TrainParams, train
 
 
 def throughput(
@@ -44,12 +58,55 @@ def throughput(
     return steps * batch * seg / cfg.sample_rate / (time.perf_counter() - start)
 
 
+def held_out(model: Codec, params: TrainParams, data: Path, max_clips: int = 32) -> dict[str, float]:
+    """SNR, mel distance and amplitude ratio at the top bitrate over the held-out clips."""
+    fast = for_inference(model.to("cpu"))
+    clips = split_clips(read_manifest(data), params.val_fraction)[1][:max_clips]
+    rate, top = params.model.sample_rate, params.model.n_codebooks
+    refs, ests = [], []
+    with torch.inference_mode():
+        for clip in clips:
+            x = sf.read(clip.path, dtype="float32")[0]
+            y = fast.decode(fast.encode(torch.from_numpy(x)[None, None], top))[0, 0, : len(x)].numpy()
+            refs.append(x)
+            ests.append(y)
+    ref, est = np.concatenate(refs), np.concatenate(ests)
+    return {
+        "clips": float(len(clips)),
+        "snr_db": snr_db(ref, est),
+        "mel_distance": mel_distance(ref, est, rate),
+        "amplitude_ratio": amplitude_ratio(ref, est),
+    }
+
+
+def quality_in_time(
+    minutes: list[float], profile: str, data: Path, device: str, precision: str
+) -> list[tuple[float, int, dict[str, float]]]:
+    """Train ``profile``'s train section for ``minutes`` (cumulative marks, one run resumed at
+    each) and score the held-out clips at every mark: (minutes, step, scores)."""
+    base = load_section(TrainParams, "train", profile)
+    base = dataclasses.replace(base, device=device, precision=precision, progress=False, resume=False)  # type: ignore[arg-type]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="train-quality-") as out:
+        done = 0.0
+        for mark in sorted(minutes):
+            params = dataclasses.replace(base, resume=done > 0, time_limit_s=(mark - done) * 60.0)
+            result = train(params, data, out)
+            done = mark
+            rows.append((mark, result.step, held_out(result.model, params, data)))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--segment-s", type=float, default=0.4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quality-minutes", type=float, nargs="*", default=None, help="GPU default: 10 20")
+    ap.add_argument("--quality-device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--profile", default="params-gpu.yaml", help="params file whose train section is trained")
+    ap.add_argument("--data", type=Path, default=Path("data/normalized"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     seg = int(a.segment_s * 16000) // 320 * 320
@@ -74,6 +131,19 @@ def main() -> None:
         )
     else:
         print("no CUDA device: GPU bf16 vs fp32 not measured")
+    minutes = a.quality_minutes
+    if minutes is None:
+        minutes = [10.0, 20.0] if torch.cuda.is_available() else []
+    if minutes and a.quality_device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: quality after a fixed GPU time not measured (--quality-device cpu runs the path)")
+    elif minutes:
+        if not (a.data / "manifest.csv").is_file():
+            raise SystemExit(f"{a.data}/manifest.csv not found: run dvc repro validate first")
+        precision = "auto" if a.quality_device == "cuda" else "fp32"
+        print(f"{a.profile} train profile on {a.data}, {a.quality_device}: held-out at the top bitrate")
+        print(f"{'minutes':>7} {'steps':>6} {'SNR dB':>7} {'mel dist':>8} {'amplitude':>9}")
+        for mark, step, r in quality_in_time(minutes, a.profile, a.data, a.quality_device, precision):
+            print(f"{mark:7.1f} {step:6d} {r['snr_db']:7.2f} {r['mel_distance']:8.3f} {r['amplitude_ratio']:9.3f}")
 
 
 if __name__ == "__main__":

@@ -140,6 +140,9 @@ class ChannelsLastConv(nn.Module):
     Build from a module without weight normalization (see ``codec.model.for_inference``).
     """
 
+    weight: Tensor
+    bias: Tensor | None
+
     def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d) -> None:
         super().__init__()
         self.transposed = isinstance(conv, nn.ConvTranspose1d)

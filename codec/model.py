@@ -227,6 +227,9 @@ class Codec(nn.Module):
 
     # True in a copy made by for_inference(): the conv stacks take [B, C, 1, T] channels-last.
     channels_last_2d = False
+    # Set on copies made for serving (fold_weight_norm, for_inference): the fingerprint of
+    # the model they were made from, which model_fingerprint returns for them.
+    source_fingerprint: bytes | None = None
 
     def _to_layout(self, x: Tensor) -> Tensor:
         return x.unsqueeze(2).contiguous(memory_format=torch.channels_last) if self.channels_last_2d else x

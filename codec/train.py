@@ -85,9 +85,18 @@ class TrainParams:
     audio_samples: int = 2
     loss_weights: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     mel: MelParams = dataclasses.field(default_factory=MelParams)
-    # Multi-period and multi-resolution STFT discriminators with feature matching.
+    # Multi-period and multi-resolution STFT discriminators with feature matching
+    # (codec/discriminator.py): adv/gen_loss and adv/feat_loss join the loss from
+    # adv_start_step on (a discriminator is wasted on a codec that can't code yet).
     adversarial: bool = False
     disc_lr: float = 1e-4
+    adv_start_step: int = 0
+    # Widths: the period discriminators' conv channels, the STFT discriminators' channels.
+    disc_channels: tuple[int, ...] = (32, 128, 512, 1024)
+    disc_stft_channels: int = 32
+    # Stop after this many seconds of training in this process (0: no limit), with a
+    # checkpoint, as if stopped; train.resume continues. For fixed-time comparisons.
+    time_limit_s: float = 0.0
     model: CodecConfig = dataclasses.field(default_factory=CodecConfig)
 
     def check(self, where: str = "train params") -> None:
@@ -114,11 +123,8 @@ class TrainParams:
             raise UserError(
                 f"{where}.segment_s: {self.segment_s} s is shorter than one frame ({self.model.hop_length} samples)"
             )
-        if self.adversarial:
-            raise UserError(
-                f"{where}.adversarial: the discriminators (codec/discriminator.py) are not built yet; "
-                "set train.adversarial: false"
-            )
+        if self.adv_start_step < 0 or self.time_limit_s < 0:
+            raise UserError(f"{where}: adv_start_step and time_limit_s must not be negative")
         if len(self.betas) != 2:
             raise UserError(f"{where}.betas: {list(self.betas)} must be two numbers")
         self.model.check(f"{where}.model")
@@ -319,7 +325,14 @@ def train(
         from codec.discriminator import AdversarialTrainer
 
         adv = AdversarialTrainer(
-            cfg.sample_rate, params.disc_lr, (params.betas[0], params.betas[1]), params.lr_gamma, rt.device, params.seed
+            cfg.sample_rate,
+            params.disc_lr,
+            (params.betas[0], params.betas[1]),
+            params.lr_gamma,
+            rt.device,
+            params.seed,
+            period_channels=tuple(params.disc_channels),
+            stft_channels=params.disc_stft_channels,
         )
 
     generator = torch.Generator().manual_seed(params.seed)
@@ -414,7 +427,7 @@ def train(
             "vq/commitment_loss": res.commitment_loss,
             "vq/codebook_loss": res.codebook_loss,
         }
-        if adv is not None:
+        if adv is not None and step >= params.adv_start_step:
             losses.update(adv.step(y, x, rt.dtype))
         total = weighted_total({k: v for k, v in losses.items() if k != "adv/disc_loss"}, params.loss_weights)
         optimizer.zero_grad(set_to_none=True)
@@ -441,6 +454,8 @@ def train(
             names = ["loss/total", *losses, "train/snr_db", "train/amplitude_ratio", "train/grad_norm"]
             metrics = {k: float(v) for k, v in zip(names, stats.tolist(), strict=True)}
             metrics["train/lr"] = float(scheduler.get_last_lr()[0])
+            if adv is not None:
+                metrics["adv/lr"] = adv.lr
             if rt.is_main:
                 history.append({"step": float(step), **metrics})
                 if callback is not None:
@@ -465,12 +480,13 @@ def train(
                     f"step {step}: val snr {val['val/snr_db']:.2f} dB, amplitude ratio "
                     f"{val['val/amplitude_ratio']:.3f}, codebook usage {val['vq/usage']:.2f}"
                 )
-        if step % params.checkpoint_every == 0 or step == params.steps or step == stop_after:
+        out_of_time = params.time_limit_s > 0 and _agreed(time.perf_counter() - start >= params.time_limit_s, rt)
+        if step % params.checkpoint_every == 0 or step == params.steps or step == stop_after or out_of_time:
             if rt.is_main:
                 save(ckpt_path, with_state=True)
             if rt.world_size > 1:
                 dist.barrier()
-        if stop_after is not None and step >= stop_after:
+        if (stop_after is not None and step >= stop_after) or out_of_time:
             break
     if bar is not None:
         bar.close()
@@ -494,6 +510,15 @@ def train(
         model_path=model_path,
         checkpoint_path=ckpt_path,
     )
+
+
+def _agreed(flag: bool, rt: Runtime) -> bool:
+    """``flag`` on rank 0, on every rank (clocks differ: all ranks must stop at the same step)."""
+    if rt.world_size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=rt.device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
 
 
 def finish_distributed() -> None:
