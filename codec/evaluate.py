@@ -755,7 +755,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(params.threads)
     model_path = Path(args.model)
     ckpt = read_checkpoint(model_path)
-    model = for_inference(load_codec(model_path))  # same outputs and fingerprint, faster on a CPU
+    trained = load_codec(model_path)
+    model = for_inference(trained)  # same outputs and fingerprint, faster on a CPU
     val_fraction = (ckpt.get("params") or {}).get("val_fraction")
     if not isinstance(val_fraction, (int, float)):
         raise UserError(
@@ -810,7 +811,7 @@ def run(args: argparse.Namespace) -> int:
                 "eval_set_fingerprint": fingerprint,
                 "model_fingerprint": context["model fingerprint"],
             }
-            run_id, model_id = log_to_mlflow(train_run, args.experiment, flat_metrics(ev), tags, staged, model)
+            run_id, model_id = log_to_mlflow(train_run, args.experiment, flat_metrics(ev), tags, staged, trained)
         print(f"evaluation logged to MLflow run {run_id} in {mlflow.get_tracking_uri()}")
     record = evaluation_record(
         ev,

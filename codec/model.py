@@ -328,6 +328,8 @@ def fold_weight_norm(model: nn.Module) -> Codec:
     from torch.nn.utils import parametrize
 
     codec = unwrap(model)
+    if codec.channels_last_2d:
+        raise ValueError("fold_weight_norm needs the trained model, not a for_inference() copy")
     copy = Codec(codec.config)
     copy.load_state_dict(codec.state_dict())
     for module in copy.modules():

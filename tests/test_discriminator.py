@@ -20,6 +20,13 @@ from tests.test_train import REPO, _weights, data, tiny_params  # noqa: F401 - d
 SMALL = {"period_channels": (4, 8), "stft_channels": 4, "stft_sizes": (128, 64)}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    # As in test_train.py (its autouse fixture doesn't reach this module): two threads on
+    # a shared 2-core box oversubscribe, and these tiny convolutions run 4-20x slower.
+    torch.set_num_threads(1)
+
+
 def test_sub_discriminator_shapes() -> None:
     x = torch.randn(2, 1, 4001)  # not a multiple of the period
     logits, feats = PeriodDiscriminator(3, (4, 8))(x)
