@@ -165,10 +165,11 @@ def feature_matching_loss(real: list[Output], fake: list[Output]) -> Tensor:
 class AdversarialTrainer:
     """The discriminators with their AdamW optimizer and exponential LR decay.
 
-    :meth:`step` updates the discriminators once on (real ``x``, decoded ``y``, detached)
-    and returns the generator's adversarial and feature-matching losses (with gradients
-    into ``y``) and the discriminator loss (detached, for logging). Under DDP the
-    discriminators' gradients are averaged across ranks. Deterministic for a seed.
+    :meth:`step` updates the discriminators once on (real ``x``, decoded ``y``, detached;
+    gradient norm clipped at ``grad_clip``, 10 as in DAC) and returns the generator's
+    adversarial and feature-matching losses (with gradients into ``y``) and, detached for
+    logging, the discriminator loss and gradient norm. Under DDP the discriminators'
+    gradients are averaged across ranks. Deterministic for a seed.
     """
 
     def __init__(
@@ -179,8 +180,10 @@ class AdversarialTrainer:
         lr_gamma: float,
         device: torch.device,
         seed: int,
+        grad_clip: float = 10.0,
         **sizes: tp.Any,
     ) -> None:
+        self.grad_clip = grad_clip
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1_000_003)  # apart from the codec's own init
             self.disc = Discriminators(sample_rate, **sizes).to(device)
@@ -202,6 +205,7 @@ class AdversarialTrainer:
             d_loss = discriminator_loss(real, fake)
         self.optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         # 2. Generator terms through the updated discriminators, without gradients for
@@ -216,7 +220,12 @@ class AdversarialTrainer:
         finally:
             for p in self.disc.parameters():
                 p.requires_grad_(True)
-        return {"adv/gen_loss": gen, "adv/feat_loss": feat, "adv/disc_loss": d_loss.detach()}
+        return {
+            "adv/gen_loss": gen,
+            "adv/feat_loss": feat,
+            "adv/disc_loss": d_loss.detach(),
+            "adv/disc_grad_norm": grad_norm.detach().float(),
+        }
 
     @property
     def lr(self) -> float:

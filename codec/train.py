@@ -90,6 +90,7 @@ class TrainParams:
     # adv_start_step on (a discriminator is wasted on a codec that can't code yet).
     adversarial: bool = False
     disc_lr: float = 1e-4
+    disc_grad_clip: float = 10.0
     adv_start_step: int = 0
     # Widths: the period discriminators' conv channels, the STFT discriminators' channels.
     disc_channels: tuple[int, ...] = (32, 128, 512, 1024)
@@ -331,6 +332,7 @@ def train(
             params.lr_gamma,
             rt.device,
             params.seed,
+            grad_clip=params.disc_grad_clip,
             period_channels=tuple(params.disc_channels),
             stft_channels=params.disc_stft_channels,
         )
@@ -429,7 +431,8 @@ def train(
         }
         if adv is not None and step >= params.adv_start_step:
             losses.update(adv.step(y, x, rt.dtype))
-        total = weighted_total({k: v for k, v in losses.items() if k != "adv/disc_loss"}, params.loss_weights)
+        # adv/disc_* are the discriminators' own (logged, never weighted into the codec's loss).
+        total = weighted_total({k: v for k, v in losses.items() if not k.startswith("adv/disc_")}, params.loss_weights)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)

@@ -46,7 +46,7 @@ def test_trainer_step_updates_the_discriminators_and_passes_gradients_to_the_dec
     x = torch.randn(2, 1, 4000) * 0.1
     y = (x + 0.05 * torch.randn_like(x)).requires_grad_(True)
     losses = trainer.step(y, x, None)
-    assert set(losses) == {"adv/gen_loss", "adv/feat_loss", "adv/disc_loss"}
+    assert set(losses) == {"adv/gen_loss", "adv/feat_loss", "adv/disc_loss", "adv/disc_grad_norm"}
     assert all(torch.isfinite(v) for v in losses.values())
     assert not losses["adv/disc_loss"].requires_grad
     changed = [k for k, v in trainer.disc.state_dict().items() if not torch.equal(v, before[k])]
@@ -104,7 +104,7 @@ def test_adversarial_training_logs_checkpoints_and_resumes(data: Path, tmp_path:
     assert full.step == 6
     assert "adv/gen_loss" not in seen[0]  # before adv_start_step
     late = seen[-1]
-    assert {"adv/gen_loss", "adv/feat_loss", "adv/disc_loss", "adv/lr"} <= set(late)
+    assert {"adv/gen_loss", "adv/feat_loss", "adv/disc_loss", "adv/disc_grad_norm", "adv/lr"} <= set(late)
     assert all(math.isfinite(late[k]) for k in ("adv/gen_loss", "adv/feat_loss", "adv/disc_loss"))
     ckpt = torch.load(full.checkpoint_path, weights_only=True)
     assert {"model", "optimizer", "scheduler"} <= set(ckpt["adversarial"])
