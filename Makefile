@@ -25,7 +25,7 @@ flow:
 		python -m flows.pipeline run $(FLOW_ARGS)
 
 lint:
-	ruff check codec flows tests benchmarks
+	ruff check codec flows tests benchmarks experiments
 
 typecheck:
 	mypy codec flows
