@@ -7,6 +7,7 @@ functions are what a Dask or Ray task would call (see README: Growing past one m
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import typing as tp
@@ -28,6 +29,27 @@ def resolve_workers(workers: int) -> int:
         return os.cpu_count() or 1
 
 
+def keep_freed_memory() -> None:
+    """Pool initializer: let glibc's malloc keep and reuse freed memory in the worker.
+
+    By default, arrays over 128 KiB (every clip's audio) are mmapped fresh and returned
+    to the OS when freed, so each file's temporaries fault in new zeroed pages: a quarter
+    of the normalize stage's CPU time was spent in the kernel. Raising the mmap and trim
+    thresholds keeps those pages in the heap (measured: kernel time 2.4 s -> 1.4 s, the
+    stage ~15 % faster on an hour of audio). The heap holds at most what one file's work
+    peaks at. No-op where there is no glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
+    mallopt(m_mmap_threshold, 64 << 20)
+    mallopt(m_trim_threshold, 256 << 20)
+    mallopt(m_top_pad, 16 << 20)
+
+
 def parallel_map(fn: tp.Callable[[T], R], items: tp.Sequence[T], workers: int, desc: str) -> list[R]:
     """``[fn(x) for x in items]`` in ``workers`` processes, order kept.
 
@@ -46,7 +68,7 @@ def parallel_map(fn: tp.Callable[[T], R], items: tp.Sequence[T], workers: int, d
         # fork: workers inherit imported modules instead of importing them again.
         ctx = multiprocessing.get_context("fork")
         chunksize = max(1, min(16, len(items) // (n * 8)))
-        with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=keep_freed_memory) as pool:
             out = []
             for r in pool.map(fn, items, chunksize=chunksize):
                 out.append(r)
