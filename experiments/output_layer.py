@@ -26,6 +26,7 @@ import soundfile as sf
 import torch
 
 from codec.dataset import read_manifest, split_clips
+from codec.metrics import amplitude_ratio, snr_db
 from codec.params import load_section
 from codec.train import TrainParams, train
 
@@ -48,10 +49,10 @@ def held_out_scores(model: torch.nn.Module, params: TrainParams, data: Path) -> 
     loud = fx >= np.quantile(fx, 0.95)
     return {
         "clips": float(len(clips)),
-        "amplitude_ratio": float(np.sqrt(np.mean(y**2) / np.mean(x**2))),
-        "loud_frames_ratio": float(np.sqrt(np.mean(fy[loud] ** 2) / np.mean(fx[loud] ** 2))),
+        "amplitude_ratio": amplitude_ratio(x, y),
+        "loud_frames_ratio": amplitude_ratio(fx[loud], fy[loud]),  # RMS over the loud frames' RMS values
         "peak_ratio": float(np.max(np.abs(y)) / np.max(np.abs(x))),
-        "snr_db": float(10 * np.log10(np.sum(x**2) / np.sum((x - y) ** 2))),
+        "snr_db": snr_db(x, y),
     }
 
 
