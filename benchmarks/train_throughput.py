@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -80,12 +81,13 @@ def held_out(model: Codec, params: TrainParams, data: Path, max_clips: int = 32)
 
 
 def quality_in_time(
-    minutes: list[float], profile: str, data: Path, device: str, precision: str
+    minutes: list[float], profile: str, data: Path, device: str, precision: str | None, keep: Path | None = None
 ) -> list[tuple[float, int, dict[str, float]]]:
     """Train ``profile``'s train section for ``minutes`` (cumulative marks, one run resumed at
-    each) and score the held-out clips at every mark: (minutes, step, scores)."""
+    each) and score the held-out clips at every mark: (minutes, step, scores). With ``keep``,
+    the last checkpoint (weights, optimizer, history) is copied there."""
     base = load_section(TrainParams, "train", profile)
-    base = dataclasses.replace(base, device=device, precision=precision, progress=False, resume=False)  # type: ignore[arg-type]
+    base = dataclasses.replace(base, device=device, precision=precision or base.precision, progress=False, resume=False)  # type: ignore[arg-type]
     rows = []
     with tempfile.TemporaryDirectory(prefix="train-quality-") as out:
         done = 0.0
@@ -94,6 +96,9 @@ def quality_in_time(
             result = train(params, data, out)
             done = mark
             rows.append((mark, result.step, held_out(result.model, params, data)))
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(result.checkpoint_path, keep / "checkpoint.pt")
     return rows
 
 
@@ -107,6 +112,7 @@ def main() -> None:
     ap.add_argument("--quality-device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--profile", default="params-gpu.yaml", help="params file whose train section is trained")
     ap.add_argument("--data", type=Path, default=Path("data/normalized"))
+    ap.add_argument("--keep", type=Path, default=None, help="copy the quality run's last checkpoint into this folder")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     seg = int(a.segment_s * 16000) // 320 * 320
@@ -139,10 +145,10 @@ def main() -> None:
     elif minutes:
         if not (a.data / "manifest.csv").is_file():
             raise SystemExit(f"{a.data}/manifest.csv not found: run dvc repro validate first")
-        precision = "auto" if a.quality_device == "cuda" else "fp32"
+        precision = None if a.quality_device == "cuda" else "fp32"  # None: the profile's
         print(f"{a.profile} train profile on {a.data}, {a.quality_device}: held-out at the top bitrate")
         print(f"{'minutes':>7} {'steps':>6} {'SNR dB':>7} {'mel dist':>8} {'amplitude':>9}")
-        for mark, step, r in quality_in_time(minutes, a.profile, a.data, a.quality_device, precision):
+        for mark, step, r in quality_in_time(minutes, a.profile, a.data, a.quality_device, precision, a.keep):
             print(f"{mark:7.1f} {step:6d} {r['snr_db']:7.2f} {r['mel_distance']:8.3f} {r['amplitude_ratio']:9.3f}")
 
 

@@ -235,10 +235,10 @@ def _rng_state(generator: torch.Generator) -> dict[str, Tensor]:
 
 
 def _set_rng_state(generator: torch.Generator, state: dict[str, Tensor]) -> None:
-    generator.set_state(state["data"])
-    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"].cpu())
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
 @torch.no_grad()
@@ -343,7 +343,9 @@ def train(
     history: list[dict[str, float]] = []
     val: dict[str, float] = {}
     if params.resume and ckpt_path.is_file():
-        ckpt = read_checkpoint(ckpt_path, map_location=rt.device)
+        # Loaded on the CPU: load_state_dict moves weights and optimizer state to the
+        # parameters' device, and the RNG states must stay CPU ByteTensors.
+        ckpt = read_checkpoint(ckpt_path, map_location="cpu")
         if ckpt["model_config"] != cfg.to_dict():
             raise UserError(
                 f"{ckpt_path} was trained with another model config; set train.resume: false to start over, "
