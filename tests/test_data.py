@@ -15,9 +15,20 @@ import pandas as pd
 import pyloudnorm
 import pytest
 import scipy.ndimage
+import scipy.signal
 import soundfile as sf
+import soxr
 
-from codec.audio import integrated_lufs, read_audio, rms_dbfs, write_wav
+from codec.audio import (
+    TruncatedAudioError,
+    _k_weighting_sos,
+    integrated_lufs,
+    k_filter,
+    read_audio,
+    resample,
+    rms_dbfs,
+    write_wav,
+)
 from codec.errors import DataQualityError
 from codec.ingest import IngestParams, ingest
 from codec.normalize import LEVEL_TOLERANCE_DB, NormalizeParams, limit, normalize, normalize_clip
@@ -104,6 +115,41 @@ def test_16_bit_wav_reads_back_exactly(tmp_path: Path) -> None:
     assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
     y, rate = read_audio(tmp_path / "x.wav")
     assert rate == 16000 and np.array_equal(y[:, 0], x)
+
+
+def test_fast_reader_gives_libsndfiles_samples_and_catches_truncation(tmp_path: Path) -> None:
+    # Plain 16-bit WAVs take the standard library's reader: the same arrays as libsndfile,
+    # mono and stereo; a data chunk cut short is an error, not a shorter clip.
+    rng = np.random.default_rng(3)
+    stereo = rng.uniform(-0.9, 0.9, (7001, 2)).astype(np.float32)
+    sf.write(tmp_path / "s.wav", stereo, 22050, subtype="PCM_16")
+    sf.write(tmp_path / "m.WAV", stereo[:, 0], 8000, subtype="PCM_16")
+    for name in ("s.wav", "m.WAV"):
+        ours, rate = read_audio(tmp_path / name)
+        ref, ref_rate = sf.read(tmp_path / name, dtype="float32", always_2d=True)
+        assert rate == ref_rate and ours.dtype == np.float32 and np.array_equal(ours, ref)
+    data = (tmp_path / "s.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) - 1000])
+    with pytest.raises(TruncatedAudioError, match="declares 7001 frames"):
+        read_audio(tmp_path / "cut.wav")
+    # What the standard reader refuses (WAVE_FORMAT_EXTENSIBLE here) is read by libsndfile.
+    sf.write(tmp_path / "ext.wav", np.repeat(stereo, 2, axis=1), 16000, subtype="PCM_16", format="WAVEX")
+    ours, rate = read_audio(tmp_path / "ext.wav")
+    assert rate == 16000 and np.array_equal(ours, sf.read(tmp_path / "ext.wav", dtype="float32", always_2d=True)[0])
+
+
+def test_k_filter_and_resampler_equal_the_library_calls() -> None:
+    # The meter's direct call into scipy's cascade and the reused soxr resampler are
+    # shortcuts: each must give exactly what the public call gives, every time.
+    rng = np.random.default_rng(5)
+    sos = _k_weighting_sos(16000).astype(np.float32)
+    for n in (1, 300, 48000):
+        x = rng.standard_normal(n).astype(np.float32)
+        assert np.array_equal(k_filter(sos, x), scipy.signal.sosfilt(sos, x).astype(np.float32))
+    for rates in [(22050, 16000), (48000, 16000), (8000, 16000), (22050, 16000)]:
+        for n in (5, 16001, 99999):
+            x = rng.standard_normal(n).astype(np.float32)
+            assert np.array_equal(resample(x, *rates), soxr.resample(x, rates[0], rates[1], "HQ"))
 
 
 def write_level_spread(folder: Path, levels_db: list[float], seconds: float = 3.0) -> None:
