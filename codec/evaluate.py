@@ -554,28 +554,12 @@ def _spectrogram_png(clip_id: str, audios: tp.Mapping[str, Array], sample_rate: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
+
+    from codec.plots import spectrogram_panel
 
     fig, axes = plt.subplots(len(audios), 1, figsize=(9, 1.9 * len(audios)), squeeze=False)
     for ax, (name, x) in zip(axes[:, 0], audios.items(), strict=True):
-        spec = torch.stft(
-            torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-            n_fft=512,
-            hop_length=128,
-            window=torch.hann_window(512),
-            return_complex=True,
-        ).abs()
-        ax.imshow(
-            20 * np.log10(spec.numpy() + 1e-6),
-            origin="lower",
-            aspect="auto",
-            vmin=-110,
-            vmax=10,
-            extent=(0, x.shape[0] / sample_rate, 0, sample_rate / 2000),
-        )
-        ax.set_title(f"{clip_id}: {name}", fontsize=9)
-        ax.set_ylabel("kHz")
-    axes[-1, 0].set_xlabel("s")
+        spectrogram_panel(ax, x, sample_rate, f"{clip_id}: {name}")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=70)

@@ -252,11 +252,11 @@ def log_samples(model: Codec, params: TrainParams, data: Path, out: Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import mlflow
-    import numpy as np
     import soundfile as sf
     import torch
 
     from codec.dataset import read_manifest, split_clips, validation_audio
+    from codec.plots import spectrogram_panel
 
     if params.audio_samples <= 0:
         return
@@ -283,21 +283,7 @@ def log_samples(model: Codec, params: TrainParams, data: Path, out: Path) -> Non
                     )
             y = decoded[max(cfg.bitrates_kbps)]
             for col, (title, sig) in enumerate([("input", x), (f"decoded {cfg.bitrate_kbps(top):g} kbps", y)]):
-                spec = torch.stft(
-                    sig[0, 0], n_fft=512, hop_length=128, window=torch.hann_window(512), return_complex=True
-                ).abs()
-                ax = axes[row][col]
-                ax.imshow(
-                    20 * np.log10(spec.numpy() + 1e-5),
-                    origin="lower",
-                    aspect="auto",
-                    vmin=-100,
-                    vmax=20,
-                    extent=(0, sig.shape[-1] / cfg.sample_rate, 0, cfg.sample_rate / 2000),
-                )
-                ax.set_title(f"{clip_id}: {title}")
-                ax.set_xlabel("s")
-                ax.set_ylabel("kHz")
+                spectrogram_panel(axes[row][col], sig[0, 0].numpy(), cfg.sample_rate, f"{clip_id}: {title}")
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
