@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
 import threading
 import wave
 from pathlib import Path
@@ -274,14 +275,17 @@ def _read_pcm16_wav(path: Path) -> tuple[Array, int] | None:
     if path.suffix.lower() != ".wav":
         return None
     try:
-        with wave.open(str(path), "rb") as w:
+        with open(path, "rb") as f, wave.open(f, "rb") as w:
             channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
             if width != 2 or rate <= 0 or frames <= 0 or frames * channels * 2 >= 0xFFFFFFFF - 3:
                 return None
-            raw = w.readframes(frames)
+            # The reader stops at the start of the samples: a header that declares more
+            # than the file holds is refused before anything that size is allocated.
+            available = (os.fstat(f.fileno()).st_size - f.tell()) // (2 * channels)
+            raw = w.readframes(frames) if available >= frames else b""
     except (wave.Error, EOFError, OSError, ValueError):
         return None
-    got = len(raw) // (2 * channels)
+    got = len(raw) // (2 * channels) if raw else available
     if got < frames:
         raise TruncatedAudioError(f"header declares {frames} frames but only {got} could be read")
     pcm = np.frombuffer(raw, dtype="<i2").reshape(frames, channels)

@@ -132,6 +132,13 @@ def test_fast_reader_gives_libsndfiles_samples_and_catches_truncation(tmp_path: 
     (tmp_path / "cut.wav").write_bytes(data[: len(data) - 1000])
     with pytest.raises(TruncatedAudioError, match="declares 7001 frames"):
         read_audio(tmp_path / "cut.wav")
+    # A header claiming ~4 GB over a small file is refused without reading (or allocating) that much.
+    huge = bytearray(data)
+    at = huge.find(b"data")
+    huge[at + 4 : at + 8] = (0xFFFFFF00).to_bytes(4, "little")
+    (tmp_path / "huge.wav").write_bytes(bytes(huge))
+    with pytest.raises(TruncatedAudioError, match="only 7001 could be read"):
+        read_audio(tmp_path / "huge.wav")
     # What the standard reader refuses (WAVE_FORMAT_EXTENSIBLE here) is read by libsndfile.
     sf.write(tmp_path / "ext.wav", np.repeat(stereo, 2, axis=1), 16000, subtype="PCM_16", format="WAVEX")
     ours, rate = read_audio(tmp_path / "ext.wav")
