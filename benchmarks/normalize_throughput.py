@@ -12,8 +12,10 @@ cores, soxr, vectorized gating, a look-ahead limiter that keeps loudness on targ
 prints each side's throughput as a multiple of real time and their ratio. The
 speech is the embedded corpus (espeak-ng at 22.05 kHz), synthesized once into
 ``benchmarks/.cache/`` (about a minute). Outputs go to a temporary folder
-(``--out-dir`` to choose): on some hosts creating a file under a watched
-workspace costs ~1 ms, which is the host's cost, not either side's.
+(``--out-dir`` to choose): on some hosts creating a file costs ~0.5–1 ms (a watched
+workspace; ext4 after many deletes), which is the host's cost, not either side's,
+and which the single-process loop pays on one core: ``--out-dir /dev/shm`` (tmpfs)
+leaves it out.
 
 The stage writes 16-bit WAVs by default (``normalize.subtype``: the limiter keeps
 peaks under -1 dBFS, so nothing clips, and quantization noise sits ~80 dB under
