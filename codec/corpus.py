@@ -251,10 +251,16 @@ def write_corpus(out: Path, params: CorpusParams, workers: int = 0) -> int:
                 pool.imap(_render_to_file, jobs, chunksize=1), total=len(jobs), desc="corpus", leave=False, disable=None
             ):
                 pass
-            pool.close()
-        finally:
+        except BaseException:
             pool.terminate()
             pool.join()
+            raise
+        # Not terminate() after the last result: with one task per child the pool may just
+        # have started a replacement worker that terminate() misses, and join() then waits
+        # on it forever (CPython issues #78178, #82980; it hung the test suite once here).
+        # close() + join() lets every worker take its sentinel and exit.
+        pool.close()
+        pool.join()
     return len(utterances)
 
 
