@@ -106,13 +106,20 @@ def tracking_uri() -> str:
 
 
 def git_commit(root: Path) -> str:
-    """``HEAD``'s hash with ``-dirty`` when the work tree has changes; ``unknown`` outside git."""
+    """``HEAD``'s hash, with ``-dirty`` when tracked files differ from it; ``unknown`` outside git.
+
+    What the pipeline itself writes while ``dvc repro`` runs (``dvc.lock`` and the outs,
+    metrics and plots that ``dvc.yaml`` declares) does not count: a run from a clean
+    checkout is recorded as that commit, not as ``-dirty`` because an earlier stage
+    updated its lock entry or metrics.
+    """
+    excludes = [f":(exclude){p}" for p in ["dvc.lock", *pipeline_outputs(root)]]
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes],
             cwd=root,
             capture_output=True,
             text=True,
@@ -121,6 +128,22 @@ def git_commit(root: Path) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("-dirty" if dirty else "")
+
+
+def pipeline_outputs(root: Path) -> list[str]:
+    """The paths that ``root/dvc.yaml``'s stages declare as outs, metrics or plots."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    paths = []
+    for stage in stages.values():
+        for key in ("outs", "metrics", "plots"):
+            for entry in (stage or {}).get(key) or []:
+                paths.extend([entry] if isinstance(entry, str) else list(entry))
+    return sorted(set(paths))
 
 
 def dvc_dir_md5(folder: Path) -> str:

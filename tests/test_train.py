@@ -210,3 +210,34 @@ def test_stage_logs_an_mlflow_run(data: Path, tmp_path: Path, monkeypatch: pytes
     assert "samples/spectrograms.png" in samples and any(p.endswith("_input.wav") for p in samples)
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/{train_stage.MODEL_ARTIFACT}")
     assert model(torch.zeros(1, 1, 640)).shape == (1, 1, 640)
+
+
+def test_git_commit_is_dirty_for_source_changes_not_for_what_the_pipeline_writes(tmp_path: Path) -> None:
+    from codec.train_stage import git_commit
+
+    def git(*args: str) -> str:
+        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+        env["GIT_COMMITTER_EMAIL"] = "t@t"
+        return subprocess.run(["git", *args], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
+
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {"stages": {"s": {"cmd": "x", "outs": ["models"], "metrics": [{"reports/m.json": {"cache": False}}]}}}
+        )
+    )
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/m.json").write_text("{}")
+    (tmp_path / "dvc.lock").write_text("a")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    head = git("rev-parse", "HEAD").strip()
+    assert git_commit(tmp_path) == head
+    # A stage ran: its lock entry and metrics changed. Still the clean commit.
+    (tmp_path / "dvc.lock").write_text("b")
+    (tmp_path / "reports/m.json").write_text('{"snr": 1}')
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2")
+    assert git_commit(tmp_path) == head + "-dirty"
+    assert git_commit(tmp_path / "nowhere") == "unknown"
