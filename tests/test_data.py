@@ -159,6 +159,21 @@ def test_k_filter_and_resampler_equal_the_library_calls() -> None:
             assert np.array_equal(resample(x, *rates), soxr.resample(x, rates[0], rates[1], "HQ"))
 
 
+def test_float_wavs_are_byte_identical_from_run_to_run(tmp_path: Path) -> None:
+    # DVC hashes the stage outputs: the same audio must give the same bytes, also a
+    # second later (libsndfile stamps float WAVs with the time of writing).
+    x = np.random.default_rng(7).uniform(-1, 1, (4000, 2)).astype(np.float32)
+    write_wav(tmp_path / "a.wav", x[:, 0], 16000)
+    write_wav(tmp_path / "s.wav", x, 16000)
+    time.sleep(1.1)
+    write_wav(tmp_path / "b.wav", x[:, 0], 16000)
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    for name, ref in (("a.wav", x[:, :1]), ("s.wav", x)):
+        assert sf.info(tmp_path / name).subtype == "FLOAT"
+        y, rate = read_audio(tmp_path / name)
+        assert rate == 16000 and np.array_equal(y, ref)
+
+
 def write_level_spread(folder: Path, levels_db: list[float], seconds: float = 3.0) -> None:
     rng = np.random.default_rng(42)
     for i, level in enumerate(levels_db):
