@@ -568,14 +568,15 @@ def _spectrogram_png(clip_id: str, audios: tp.Mapping[str, Array], sample_rate: 
 
 
 def write_media(ev: Evaluation, folder: Path) -> None:
-    """Spectrogram PNGs (input, ours and Opus at each bitrate) and the decoded WAVs of the sample clips."""
-    import soundfile as sf
+    """Spectrogram PNGs (input, ours and Opus at each bitrate) and the decoded WAVs of the sample clips
+    (float WAVs with the same bytes for the same audio, so the out's DVC hash only moves with the audio)."""
+    from codec.audio import write_wav
 
     folder.mkdir(parents=True, exist_ok=True)
     for clip_id, audios in ev.samples.items():
         (folder / f"{clip_id}_spectrograms.png").write_bytes(_spectrogram_png(clip_id, audios, ev.sample_rate))
         for name, x in audios.items():
-            sf.write(str(folder / f"{clip_id}_{name}.wav"), np.clip(x, -1.0, 1.0), ev.sample_rate, subtype="FLOAT")
+            write_wav(folder / f"{clip_id}_{name}.wav", np.clip(x, -1.0, 1.0), ev.sample_rate, subtype="FLOAT")
 
 
 def evaluation_record(ev: Evaluation, **extra: tp.Any) -> dict[str, tp.Any]:
