@@ -3,18 +3,18 @@
 Side by side in one process, interleaved round by round (the machines are shared and
 noisy: only the ratio means much):
 
-- ``gpu-profile``: :func:`codec.model.gpu_config`'s architecture (the real model);
-- ``cpu-demo``: :func:`codec.model.cpu_demo_config` (the default ``params.yaml`` profile);
+- ``gpu-profile``: :func:`codec.model.codec.gpu_config`'s architecture (the real model);
+- ``cpu-demo``: :func:`codec.model.codec.cpu_demo_config` (the default ``params.yaml`` profile);
 - each as trained (weight-normalized 1-D convolutions) and as ``codec encode``/``decode``
-  run it (:func:`codec.model.for_inference`: weight norm folded, convolutions as
+  run it (:func:`codec.model.serving.for_inference`: weight norm folded, convolutions as
   channels-last 2-D ones; same codes and audio);
 - ``encodec-24k``: ``EncodecModel.encodec_model_24khz(pretrained=False)`` with
   ``set_target_bandwidth(6.0)``: the anchor.
 
 Ours runs the whole inference path that ``codec encode``/``codec decode`` run, at 6 kbps
-(12 quantizers), minus file I/O and model loading: :func:`codec.inference.encode_to_stream`
+(12 quantizers), minus file I/O and model loading: :func:`codec.inference.pipeline.encode_to_stream`
 (resample check, loudness, gain, limiter, chunked encode with context, bit packing) into
-memory, then :func:`codec.inference.decode_from_stream` (unpacking, chunked decode with
+memory, then :func:`codec.inference.pipeline.decode_from_stream` (unpacking, chunked decode with
 context, level restore). EnCodec runs ``encode`` then ``decode`` on the same duration at
 24 kHz. Weights are random: speed does not depend on them.
 
@@ -35,8 +35,9 @@ import typing as tp
 import numpy as np
 import torch
 
-from codec import inference as inf
-from codec.model import Codec, build_codec, cpu_demo_config, for_inference, gpu_config
+from codec.inference import pipeline as inf
+from codec.model.codec import Codec, build_codec, cpu_demo_config, gpu_config
+from codec.model.serving import for_inference
 
 SR = 16000
 KBPS = 6.0

@@ -4,7 +4,7 @@ Both sides do the same job on the same files: read 22.05 kHz speech, resample to
 16 kHz, meter BS.1770 loudness, gain to -16 LUFS, keep peaks under -1 dBFS, write
 a WAV. The anchor is the loop a practitioner would write first (soundfile,
 scipy's polyphase resampler, pyloudnorm's meter and normalize, a peak scale-down
-for the ceiling); ours is ``codec.normalize.normalize`` as the stage runs it (all
+for the ceiling); ours is ``codec.data.normalize.normalize`` as the stage runs it (all
 cores, soxr, vectorized gating, a look-ahead limiter that keeps loudness on target).
 
     python benchmarks/normalize_throughput.py --minutes 60
@@ -38,8 +38,8 @@ import pyloudnorm
 import scipy.signal
 import soundfile as sf
 
-from codec.corpus import CorpusParams, write_corpus
-from codec.normalize import NormalizeParams, normalize
+from codec.data.corpus import CorpusParams, write_corpus
+from codec.data.normalize import NormalizeParams, normalize
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 

@@ -25,12 +25,15 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from codec.dataset import read_manifest, split_clips
-from codec.losses import MultiScaleMelLoss
-from codec.metrics import amplitude_ratio, mel_distance, snr_db
-from codec.model import Codec, CodecConfig, build_codec, cpu_demo_config, for_inference, gpu_config, tiny_config
+from codec.evaluation.metrics import amplitude_ratio, mel_distance, snr_db
+from codec.model.codec import Codec, CodecConfig, build_codec, cpu_demo_config, gpu_config
+from codec.model.serving import for_inference
 from codec.params import load_section
-from codec.train import TrainParams, train
+from codec.training.dataset import read_clips, split_clips
+from codec.training.loop import train
+from codec.training.losses import MultiScaleMelLoss
+from codec.training.params import TrainParams
+from tests.presets import tiny_config
 
 
 def throughput(
@@ -62,7 +65,7 @@ def throughput(
 def held_out(model: Codec, params: TrainParams, data: Path, max_clips: int = 32) -> dict[str, float]:
     """SNR, mel distance and amplitude ratio at the top bitrate over the held-out clips."""
     fast = for_inference(model.to("cpu"))
-    clips = split_clips(read_manifest(data), params.val_fraction)[1][:max_clips]
+    clips = split_clips(read_clips(data), params.val_fraction)[1][:max_clips]
     rate, top = params.model.sample_rate, params.model.n_codebooks
     refs, ests = [], []
     with torch.inference_mode():

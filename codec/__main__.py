@@ -1,5 +1,5 @@
 import sys
 
-from codec.cli import main
+from codec.cli.main import main
 
 sys.exit(main())

@@ -25,14 +25,15 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from codec.dataset import read_manifest, split_clips
-from codec.metrics import amplitude_ratio, snr_db
+from codec.evaluation.metrics import amplitude_ratio, snr_db
 from codec.params import load_section
-from codec.train import TrainParams, train
+from codec.training.dataset import read_clips, split_clips
+from codec.training.loop import train
+from codec.training.params import TrainParams
 
 
 def held_out_scores(model: torch.nn.Module, params: TrainParams, data: Path) -> dict[str, float]:
-    clips = split_clips(read_manifest(data), params.val_fraction)[1]
+    clips = split_clips(read_clips(data), params.val_fraction)[1]
     top = params.model.n_codebooks
     xs, ys = [], []
     with torch.inference_mode():

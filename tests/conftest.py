@@ -19,7 +19,7 @@ os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 Telugu utterances from the embedded corpus, levels spread as in the field."""
-    from codec.corpus import CorpusParams, write_corpus
+    from codec.data.corpus import CorpusParams, write_corpus
 
     out = tmp_path_factory.mktemp("corpus") / "corpus"
     write_corpus(out, CorpusParams(n_utterances=24, seed=7, transient_fraction=0.3), workers=2)

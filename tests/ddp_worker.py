@@ -6,7 +6,8 @@ import sys
 
 import torch
 
-from codec.train import finish_distributed, train
+from codec.training.loop import train
+from codec.training.runtime import finish_distributed
 from tests.test_train import tiny_params
 
 if __name__ == "__main__":

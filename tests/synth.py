@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from codec.audio import integrated_lufs
+from codec.audio.loudness import integrated_lufs
 
 RATE = 16000
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codec import bitstream as bs
 from codec.errors import UserError
+from codec.inference import bitstream as bs
 
 FP = bytes.fromhex("0123456789abcdef")
 

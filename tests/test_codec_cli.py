@@ -7,7 +7,7 @@ Most runs call ``codec.cli.main([...])`` in-process (the same argument parsing, 
 and error printing as the console script, without a second torch import per call);
 one test runs the installed ``codec`` script to see what a shell sees.
 
-The model is the tiny architecture of :func:`codec.model.tiny_config`, untrained, with
+The model is the tiny architecture of :func:`tests.presets.tiny_config`, untrained, with
 its output layer scaled so that it gives back the training loudness on speech (what
 training teaches it; an untrained decoder's output level is arbitrary). The level test
 then measures what the CLI owns: measuring the input, normalizing it, carrying the gain
@@ -34,13 +34,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codec import bitstream as bs
-from codec import inference as inf
-from codec.audio import integrated_lufs, read_audio, resample, rms_dbfs
-from codec.cli import main
-from codec.decode_cli import EXIT_BAD_BITSTREAM, EXIT_MODEL_MISMATCH
-from codec.encode_cli import StreamingLoudness
-from codec.model import Codec, build_codec, model_fingerprint, save_checkpoint, tiny_config
+from codec.audio.io import read_audio
+from codec.audio.levels import rms_dbfs
+from codec.audio.loudness import StreamingLoudness, integrated_lufs
+from codec.audio.resample import resample
+from codec.cli.decode import EXIT_BAD_BITSTREAM, EXIT_MODEL_MISMATCH
+from codec.cli.main import main
+from codec.inference import bitstream as bs
+from codec.inference import pipeline as inf
+from codec.model.checkpoint import model_fingerprint, save_checkpoint
+from codec.model.codec import Codec, build_codec
+from tests.presets import tiny_config
 
 SR = 16000
 KBPS = 3.6  # tiny_config: 12 quantizers x 6 bits x 50 frames/s
@@ -58,7 +62,7 @@ def one_torch_thread() -> tp.Iterator[None]:
 @functools.lru_cache(maxsize=1)
 def telugu_speech() -> np.ndarray:
     """About 6 s of Telugu from espeak-ng at 16 kHz, unit RMS."""
-    from codec.corpus import Espeak, load_sentences
+    from codec.data.corpus import Espeak, load_sentences
 
     engine = Espeak()
     sentences = load_sentences()
@@ -146,7 +150,7 @@ def test_cli_bitstream_is_byte_identical_to_encode_to_stream(tmp_path: Path, ckp
     assert encode(src, tmp_path / "out.tscb", ckpt) == 0
     audio, rate = read_audio(src)
     assert inf.prepare(audio, rate).limiter_db > 1.0  # the limiter was exercised
-    from codec.model_source import load_model
+    from codec.inference.model_source import load_model
 
     expected = io.BytesIO()
     inf.encode_to_stream(load_model(str(ckpt)).model, audio, rate, KBPS, expected)
@@ -359,7 +363,7 @@ FIELDS = [(16, "<I"), (20, "<Q"), (28, "<H"), (30, "<H"), (32, "<I"), (36, "<B")
 def _valid_stream(ckpt: Path) -> bytes:
     x = telugu_speech()[: 3 * SR] * np.float32(0.1)
     buf = io.BytesIO()
-    from codec.model_source import load_model
+    from codec.inference.model_source import load_model
 
     inf.encode_to_stream(load_model(str(ckpt)).model, x, SR, KBPS, buf, chunk_frames=40)
     return buf.getvalue()
@@ -391,10 +395,10 @@ def hostile_streams(draw: st.DrawFn, valid: bytes) -> bytes:
 def test_hostile_bitstreams_fail_cleanly_in_bounded_memory(
     tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import codec.model_source
+    import codec.inference.model_source
 
     # The whole decode command runs for each example except the model load (0.3 s), cached.
-    monkeypatch.setattr(codec.model_source, "load_model", functools.cache(codec.model_source.load_model))
+    monkeypatch.setattr(codec.inference.model_source, "load_model", functools.cache(codec.inference.model_source.load_model))
     valid = _valid_stream(ckpt)
     src, out = tmp_path / "in.tscb", tmp_path / "out.wav"
     peaks: list[int] = []
@@ -437,7 +441,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     """
     import sys, time, torch
     torch.set_num_threads(1)
-    from codec.cli import main
+    from codec.cli.main import main
 
     def rss_mb(field):  # VmHWM: peak resident set since the last reset; VmRSS: now
         for line in open("/proc/self/status"):
@@ -499,7 +503,7 @@ def test_default_model_is_the_registry_champion_then_models_codec_pt(
     import mlflow
     from mlflow import MlflowClient
 
-    from codec.model_source import DEFAULT_URI, REGISTERED_MODEL, default_model_spec, load_model
+    from codec.inference.model_source import DEFAULT_URI, REGISTERED_MODEL, default_model_spec, load_model
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")

@@ -19,20 +19,15 @@ import scipy.signal
 import soundfile as sf
 import soxr
 
-from codec.audio import (
-    TruncatedAudioError,
-    _k_weighting_sos,
-    integrated_lufs,
-    k_filter,
-    read_audio,
-    resample,
-    rms_dbfs,
-    write_wav,
-)
+from codec.audio.io import TruncatedAudioError, read_audio, write_wav
+from codec.audio.levels import rms_dbfs
+from codec.audio.limiter import limit
+from codec.audio.loudness import _k_weighting_sos, integrated_lufs, k_filter
+from codec.audio.resample import resample
+from codec.data.ingest import IngestParams, ingest
+from codec.data.normalize import LEVEL_TOLERANCE_DB, NormalizeParams, normalize, normalize_clip
+from codec.data.validate import ValidateParams, validate
 from codec.errors import DataQualityError
-from codec.ingest import IngestParams, ingest
-from codec.normalize import LEVEL_TOLERANCE_DB, NormalizeParams, limit, normalize, normalize_clip
-from codec.validate import ValidateParams, validate
 
 
 def speechlike(rng: np.random.Generator, seconds: float, sr: int = 16000) -> np.ndarray:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from codec.discriminator import AdversarialTrainer, Discriminators, PeriodDiscriminator, STFTDiscriminator
-from codec.train import train
+from codec.model.discriminator import AdversarialTrainer, Discriminators, PeriodDiscriminator, STFTDiscriminator
+from codec.training.loop import train
 from tests.test_train import REPO, _weights, data, tiny_params  # noqa: F401 - data is a fixture
 
 SMALL = {"period_channels": (4, 8), "stft_channels": 4, "stft_sizes": (128, 64)}
@@ -45,7 +45,7 @@ def test_trainer_step_updates_the_discriminators_and_passes_gradients_to_the_dec
     before = {k: v.clone() for k, v in trainer.disc.state_dict().items()}
     x = torch.randn(2, 1, 4000) * 0.1
     y = (x + 0.05 * torch.randn_like(x)).requires_grad_(True)
-    losses = trainer.step(y, x, None)
+    losses = trainer.step(x, y, None)
     assert set(losses) == {"adv/gen_loss", "adv/feat_loss", "adv/disc_loss", "adv/disc_grad_norm"}
     assert all(torch.isfinite(v) for v in losses.values())
     assert not losses["adv/disc_loss"].requires_grad
@@ -72,7 +72,7 @@ def test_discriminators_learn_to_tell_speechlike_tones_from_noise() -> None:
     first, last = [], []
     for i in range(40):
         fake = 0.3 * torch.randn(4, 1, 4000)
-        loss = float(trainer.step(fake.requires_grad_(True), real_batch(), None)["adv/disc_loss"])
+        loss = float(trainer.step(real_batch(), fake.requires_grad_(True), None)["adv/disc_loss"])
         (first if i < 5 else last if i >= 35 else []).append(loss)
     # LSGAN: (r - 1)² + f² is 0.5 for outputs of 0.5 on everything (no telling apart).
     assert sum(last) / len(last) < 0.5 * sum(first) / len(first)

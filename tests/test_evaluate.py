@@ -19,8 +19,10 @@ import torch
 import yaml
 from torch import nn
 
-from codec import evaluate as ev
-from codec.model import build_codec, save_checkpoint, tiny_config
+from codec.evaluation import evaluate as ev
+from codec.model.checkpoint import save_checkpoint
+from codec.model.codec import build_codec
+from tests.presets import tiny_config
 from tests.synth import RATE, speechlike
 
 # --- shared helpers (also used by test_promote.py) --------------------------------------------

@@ -17,12 +17,16 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from codec import bitstream as bs
-from codec import inference as inf
-from codec.audio import integrated_lufs, read_audio, resample, rms_dbfs
-from codec.corpus import Espeak, load_sentences
-from codec.metrics import amplitude_ratio, snr_db
-from codec.model import build_codec, tiny_config
+from codec.audio.io import read_audio
+from codec.audio.levels import rms_dbfs
+from codec.audio.loudness import integrated_lufs
+from codec.audio.resample import resample
+from codec.data.corpus import Espeak, load_sentences
+from codec.evaluation.metrics import amplitude_ratio, snr_db
+from codec.inference import bitstream as bs
+from codec.inference import pipeline as inf
+from codec.model.codec import build_codec
+from tests.presets import tiny_config
 
 SR = 16000
 

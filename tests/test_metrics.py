@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from codec import metrics
+from codec.evaluation import metrics
 
 SR = 16000
 

@@ -7,18 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from codec.dataset import read_manifest, split_clips, split_of
+from codec.data.split import split_of
 from codec.errors import UserError
-from codec.model import (
-    CodecConfig,
-    build_codec,
-    for_inference,
-    load_codec,
-    model_fingerprint,
-    save_checkpoint,
-    tiny_config,
-)
-from codec.quantize import codebook_usage
+from codec.model.checkpoint import load_codec, model_fingerprint, save_checkpoint
+from codec.model.codec import CodecConfig, build_codec
+from codec.model.quantize import codebook_usage
+from codec.model.serving import for_inference
+from codec.training.dataset import read_clips, split_clips
+from tests.presets import tiny_config
 from tests.synth import write_dataset
 
 
@@ -136,29 +132,29 @@ def test_split_is_stable_by_id_hash(tmp_path: Path) -> None:
     assert all(more[i] == s for i, s in first.items())
     assert sum(s == "val" for s in first.values()) / len(ids) == pytest.approx(0.1, abs=0.02)
     data = write_dataset(tmp_path / "data", n_clips=12, seconds=0.5)
-    train, val = split_clips(read_manifest(data), 0.3)
-    assert {c.id for c in val} == {c.id for c in read_manifest(data) if split_of(c.id, 0.3) == "val"}
+    train, val = split_clips(read_clips(data), 0.3)
+    assert {c.id for c in val} == {c.id for c in read_clips(data) if split_of(c.id, 0.3) == "val"}
     assert len(train) + len(val) == 12
 
 
 def test_manifest_problems_are_user_errors(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data", n_clips=3, seconds=0.5)
     with pytest.raises(UserError, match="at 16000 Hz, the model at 24000 Hz"):
-        read_manifest(data, sample_rate=24000)
+        read_clips(data, sample_rate=24000)
     (data / "clip001.wav").unlink()
     with pytest.raises(UserError, match=r"clip001\.wav is missing"):
-        read_manifest(data)
+        read_clips(data)
     with pytest.raises(UserError, match=r"manifest\.csv not found"):
-        read_manifest(tmp_path / "nowhere")
+        read_clips(tmp_path / "nowhere")
 
 
 def test_gpu_profile_file_matches_gpu_config() -> None:
     # The benchmarks time gpu_config(); params-gpu.yaml is what users train. Keep them one model.
     import yaml
 
-    from codec.model import gpu_config
+    from codec.model.codec import gpu_config
     from codec.params import from_dict
-    from codec.train import TrainParams
+    from codec.training.params import TrainParams
 
     root = Path(__file__).resolve().parents[1]
     section = yaml.safe_load((root / "params-gpu.yaml").read_text())["train"]

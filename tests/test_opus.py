@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from codec.audio import resample
-from codec.corpus import Espeak, load_sentences
+from codec.audio.resample import resample
+from codec.data.corpus import Espeak, load_sentences
 from codec.errors import UserError
-from codec.metrics import pesq_wb, snr_db
-from codec.opus import OpusError, opus_roundtrip
+from codec.evaluation.metrics import pesq_wb, snr_db
+from codec.evaluation.opus import OpusError, opus_roundtrip
 
 SR = 16000
 

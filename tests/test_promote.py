@@ -14,10 +14,10 @@ import pytest
 import yaml
 from torch import nn
 
-from codec import evaluate as ev
-from codec import promote as pr
 from codec.errors import GateError
-from codec.models_cli import format_table, table
+from codec.evaluation import evaluate as ev
+from codec.registry import promote as pr
+from codec.registry.versions import format_table, table
 from tests import test_evaluate as te
 from tests.test_evaluate import NO_LIMITER, Collapsed, PcmCodec, make_clips, write_data
 

@@ -1,0 +1,36 @@
+"""``codec models``: the registered versions side by side, with metrics, gates and aliases.
+
+The tags come from ``codec promote`` (:func:`codec.registry.promote.version_tags`). For plots and
+run-level detail, open the MLflow UI: ``mlflow ui --backend-store-uri sqlite:///mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing as tp
+
+from codec.registry.versions import format_table, table
+from codec.tracking import MODEL_NAME
+
+if tp.TYPE_CHECKING:
+    pass
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default=MODEL_NAME, help="registered model (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from codec.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    rows = table(MlflowClient(), args.name)
+    if not rows:
+        print(f"no versions of {args.name} in {mlflow.get_tracking_uri()}; run the pipeline (dvc repro promote)")
+        return 0
+    print(f"{args.name} in {mlflow.get_tracking_uri()} (metrics at the gate bitrate; opus_*: Opus there)")
+    print(format_table(rows))
+    return 0

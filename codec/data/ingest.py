@@ -1,0 +1,274 @@
+"""The ingest stage: a folder of recordings in, mono clips at one sample rate out.
+
+Every entry under the source folder is accounted for: it becomes a clip in
+``data/raw/`` with a row in ``manifest.csv``, or a row in ``rejected.csv`` with a
+reason. ``accepted + rejected == inputs``, always. Levels are measured here and
+left alone (normalization is the next stage), so the raw manifest shows the
+spread of recording levels the data arrived with.
+
+Reasons a file is rejected (the ``reason`` column):
+
+=================== ==========================================================
+not_a_file          a directory (or other non-file) with an audio extension
+unsupported_format  not an audio extension (.wav, .flac, .ogg, .oga, .mp3)
+unreadable          the decoder refused it (corrupt header, wrong format…)
+truncated           shorter than its header declares
+empty               no samples
+nan_or_inf          holds NaN or infinite samples
+too_short/too_long  outside [ingest.min_duration_s, ingest.max_duration_s]
+silent              peak below ingest.silence_peak_dbfs
+too_quiet_to_meter  no 400 ms block above BS.1770's -70 LUFS gate
+duplicate           same audio content as an accepted clip (hash of the samples)
+=================== ==========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import math
+import os
+import re
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from codec.audio.io import TruncatedAudioError, read_audio, to_mono, write_wav
+from codec.audio.levels import clipped_fraction, peak_dbfs, rms_dbfs
+from codec.audio.loudness import integrated_lufs
+from codec.audio.resample import resample
+from codec.data.corpus import CorpusParams
+from codec.errors import UserError
+from codec.files import staged_dir, write_text_atomic
+from codec.parallel import parallel_map
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
+MANIFEST_COLUMNS = [
+    "id",
+    "path",
+    "source_path",
+    "duration_s",
+    "sample_rate",
+    "source_sample_rate",
+    "channels",
+    "source_format",
+    "peak_dbfs",
+    "rms_dbfs",
+    "lufs",
+    "clipped_fraction",
+    "dc_offset",
+    "content_hash",
+]
+REJECTED_COLUMNS = ["source_path", "reason", "detail"]
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestParams:
+    """``ingest`` in params.yaml."""
+
+    source: str = "data/corpus"
+    sample_rate: int = 16000
+    min_duration_s: float = 0.5
+    max_duration_s: float = 60.0
+    silence_peak_dbfs: float = -60.0
+    clip_threshold: float = 0.999
+    workers: int = 0
+    corpus: CorpusParams = dataclasses.field(default_factory=CorpusParams)
+
+    def check(self, where: str) -> None:
+        if not 4000 <= self.sample_rate <= 192000:
+            raise UserError(f"{where}.sample_rate must be within 4000..192000 Hz, got {self.sample_rate}")
+        if not 0.4 <= self.min_duration_s < self.max_duration_s:
+            raise UserError(
+                f"{where}: need 0.4 <= min_duration_s < max_duration_s (BS.1770 needs a 400 ms block), "
+                f"got {self.min_duration_s} and {self.max_duration_s}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    accepted: pd.DataFrame  # MANIFEST_COLUMNS
+    rejected: pd.DataFrame  # REJECTED_COLUMNS
+    inputs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    source: str  # absolute path
+    rel: str  # path relative to the source folder (POSIX)
+    clip_id: str
+    out_dir: str
+    params: IngestParams
+
+
+def list_inputs(source: Path) -> list[tuple[Path, str]]:
+    """Every entry under ``source`` that ingest must account for: (path, relative path).
+
+    Files of any kind, plus directories whose name looks like an audio file
+    (``take.wav/``), which are inputs a user meant as audio. Sorted, so ids and
+    duplicate resolution do not depend on the file system's order.
+    """
+    found: list[tuple[Path, str]] = []
+    for root, dirs, files in os.walk(source):
+        dirs.sort()
+        base = Path(root)
+        for d in dirs:
+            if d.lower().endswith(AUDIO_EXTENSIONS):
+                p = base / d
+                found.append((p, p.relative_to(source).as_posix()))
+        for f in files:
+            p = base / f
+            found.append((p, p.relative_to(source).as_posix()))
+    return sorted(found, key=lambda t: t[1])
+
+
+def make_ids(rels: list[str]) -> list[str]:
+    """A readable, unique id per relative path: ``spk1/utt 01.wav`` -> ``spk1__utt_01``."""
+    ids: list[str] = []
+    seen: set[str] = set()
+    for rel in rels:
+        stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
+        base = re.sub(r"[^0-9A-Za-z_-]+", "_", stem.replace("/", "__")).strip("_") or "clip"
+        cand, k = base, 1
+        while cand in seen:
+            k += 1
+            cand = f"{base}_{k}"
+        seen.add(cand)
+        ids.append(cand)
+    return ids
+
+
+def _reject(job: _Job, reason: str, detail: str) -> dict[str, tp.Any]:
+    return {"rejected": True, "source_path": job.rel, "reason": reason, "detail": detail}
+
+
+def _ingest_one(job: _Job) -> dict[str, tp.Any]:
+    """Decode, check, convert and measure one input. Runs in a worker process."""
+    p = job.params
+    src = Path(job.source)
+    if not src.is_file():
+        kind = "a directory" if src.is_dir() else "not a regular file"
+        return _reject(job, "not_a_file", f"{kind} with an audio file name")
+    if not job.rel.lower().endswith(AUDIO_EXTENSIONS):
+        return _reject(job, "unsupported_format", f"extension not one of {', '.join(AUDIO_EXTENSIONS)}")
+    if src.stat().st_size == 0:
+        return _reject(job, "empty", "zero bytes")
+    try:
+        data, rate = read_audio(src)
+        fmt = sf.info(str(src)).format
+    except TruncatedAudioError as e:
+        return _reject(job, "truncated", str(e))
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        return _reject(job, "unreadable", str(e).replace(str(src), job.rel))
+    if data.shape[0] == 0:
+        return _reject(job, "empty", "no samples")
+    if not np.all(np.isfinite(data)):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        return _reject(job, "nan_or_inf", f"{bad} of {data.size} samples are NaN or infinite")
+    duration = data.shape[0] / rate
+    if duration < p.min_duration_s:
+        return _reject(job, "too_short", f"{duration:.3f} s < min_duration_s {p.min_duration_s}")
+    if duration > p.max_duration_s:
+        return _reject(job, "too_long", f"{duration:.3f} s > max_duration_s {p.max_duration_s}")
+    peak = peak_dbfs(data)
+    if peak < p.silence_peak_dbfs:
+        return _reject(job, "silent", f"peak {peak:.1f} dBFS < silence_peak_dbfs {p.silence_peak_dbfs}")
+    mono_src = to_mono(data)
+    mono = resample(mono_src, rate, p.sample_rate)
+    lufs = integrated_lufs(mono, p.sample_rate)
+    if not math.isfinite(lufs):
+        return _reject(job, "too_quiet_to_meter", "no 400 ms block above the -70 LUFS absolute gate")
+    pcm16 = np.clip(np.round(mono * 32767.0), -32768, 32767).astype("<i2")
+    write_wav(Path(job.out_dir) / f"{job.clip_id}.wav", mono, p.sample_rate, atomic=False)  # into the staging folder
+    return {
+        "rejected": False,
+        "id": job.clip_id,
+        "path": f"{job.clip_id}.wav",
+        "source_path": job.rel,
+        "duration_s": round(mono.shape[0] / p.sample_rate, 6),
+        "sample_rate": p.sample_rate,
+        "source_sample_rate": rate,
+        "channels": int(data.shape[1]),
+        "source_format": fmt,
+        "peak_dbfs": round(peak, 4),
+        "rms_dbfs": round(rms_dbfs(mono), 4),
+        "lufs": round(lufs, 4),
+        "clipped_fraction": clipped_fraction(data, p.clip_threshold),
+        "dc_offset": float(np.mean(mono_src, dtype=np.float64)),
+        "content_hash": hashlib.sha256(pcm16.tobytes()).hexdigest(),
+    }
+
+
+def ingest(source: Path, out: Path, params: IngestParams) -> IngestResult:
+    """Read every recording under ``source`` into ``out`` (replaced as a whole).
+
+    Writes ``out/<id>.wav`` (float32 mono at ``params.sample_rate``),
+    ``out/manifest.csv`` and ``out/rejected.csv``.
+    """
+    if not source.exists():
+        raise UserError(
+            f"ingest source {source} does not exist; set ingest.source in params.yaml to a folder of "
+            "recordings (or to data/corpus for the embedded Telugu corpus)"
+        )
+    if not source.is_dir():
+        raise UserError(f"ingest source {source} is not a folder; point ingest.source at a folder of recordings")
+    inputs = list_inputs(source)
+    ids = make_ids([rel for _, rel in inputs])
+    with staged_dir(out) as staging:
+        jobs = [
+            _Job(str(path.resolve()), rel, cid, str(staging), params)
+            for (path, rel), cid in zip(inputs, ids, strict=True)
+        ]
+        results = parallel_map(_ingest_one, jobs, params.workers, desc="ingest")
+        accepted, rejected = [], []
+        first_by_hash: dict[str, str] = {}
+        for r in results:
+            if r["rejected"]:
+                rejected.append({k: r[k] for k in REJECTED_COLUMNS})
+            elif r["content_hash"] in first_by_hash:
+                (staging / r["path"]).unlink()
+                rejected.append(
+                    {
+                        "source_path": r["source_path"],
+                        "reason": "duplicate",
+                        "detail": f"same audio content as {first_by_hash[r['content_hash']]}",
+                    }
+                )
+            else:
+                first_by_hash[r["content_hash"]] = r["source_path"]
+                accepted.append({k: r[k] for k in MANIFEST_COLUMNS})
+        acc = pd.DataFrame(accepted, columns=MANIFEST_COLUMNS)
+        rej = pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
+        if len(acc) + len(rej) != len(inputs):  # the invariant users rely on
+            raise AssertionError(f"ingest lost files: {len(inputs)} in, {len(acc)} + {len(rej)} out")
+        write_text_atomic(staging / "manifest.csv", acc.to_csv(index=False))
+        write_text_atomic(staging / "rejected.csv", rej.to_csv(index=False))
+    return IngestResult(acc, rej, len(inputs))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", type=Path, required=True, help="folder of recordings (any format, nested)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (data/raw)")
+    parser.add_argument("--params", default="params.yaml", help="params file (reads the ingest section)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from codec.params import load_section
+
+    params = load_section(IngestParams, "ingest", args.params)
+    result = ingest(args.source, args.out, params)
+    hours = result.accepted["duration_s"].sum() / 3600 if len(result.accepted) else 0.0
+    print(
+        f"codec ingest: {result.inputs} inputs -> {len(result.accepted)} accepted ({hours * 60:.1f} min of audio), "
+        f"{len(result.rejected)} rejected (see {args.out / 'rejected.csv'})"
+    )
+    if len(result.rejected):
+        for reason, n in result.rejected["reason"].value_counts().items():
+            print(f"  rejected {n:4d} x {reason}")
+    if result.accepted.empty:
+        raise UserError(f"no usable recordings under {args.source}: every input was rejected (see rejected.csv)")
+    return 0

@@ -1,0 +1,376 @@
+"""The validate stage: the data-quality gate between normalization and training.
+
+A Great Expectations suite runs over the normalized manifest. The expectation
+that matters most is the spread (standard deviation) of per-file RMS levels: when
+every clip has been peak-normalized on its own, levels carry no consistent
+meaning, the spread is several dB, and a codec trained on it learns to shrink its
+output (the seed's model came out at 47 % amplitude). That is refused here,
+before a GPU hour is spent.
+
+The same suite also runs, for information only, over the raw manifest, so the
+Data Docs and the summary show the spread before and after normalization.
+
+Outputs: a JSON summary (a DVC metric), GX Data Docs (HTML), and on failure exit
+code 3 with a message naming each failed expectation, the observed value, the
+limit and the worst files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import typing as tp
+from pathlib import Path
+
+import pandas as pd
+
+from codec.data.manifest import read_manifest
+from codec.errors import DataQualityError, UserError
+from codec.files import write_text_atomic
+
+LEVEL_COLUMNS = ("lufs", "rms_dbfs", "peak_dbfs", "duration_s", "clipped_fraction")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidateParams:
+    """``validate`` in params.yaml (plus the targets it checks against, from ``normalize``/``ingest``)."""
+
+    lufs_tolerance: float = 0.5
+    max_rms_spread_db: float = 1.5
+    max_clipped_fraction: float = 0.0001
+    min_duration_s: float = 0.5
+    max_duration_s: float = 60.0
+    min_files: int = 20
+    peak_margin_db: float = 0.05
+    target_lufs: float = -16.0
+    peak_ceiling_db: float = -1.0
+    sample_rate: int = 16000
+    mode: str = "lufs"
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One expectation of the gate, with what a user needs to act on a failure."""
+
+    name: str
+    column: str | None
+    limit: str
+    worst: tp.Callable[[pd.DataFrame], pd.Series] | None  # larger = worse, per file
+    unit: str = ""
+
+
+@dataclasses.dataclass
+class CheckResult:
+    name: str
+    expectation: str
+    column: str | None
+    success: bool
+    observed: tp.Any
+    limit: str
+    worst_files: list[str]
+
+
+def _checks(p: ValidateParams) -> list[tuple[Check, tp.Any]]:
+    import great_expectations.expectations as gxe
+
+    lo, hi = p.target_lufs - p.lufs_tolerance, p.target_lufs + p.lufs_tolerance
+    ceiling = p.peak_ceiling_db + p.peak_margin_db
+    columns = ["id", "path", "duration_s", "sample_rate", "lufs", "rms_dbfs", "peak_dbfs", "clipped_fraction"]
+
+    def dist_from_median(col: str) -> tp.Callable[[pd.DataFrame], pd.Series]:
+        return lambda df: (df[col] - df[col].median()).abs()
+
+    def outside(col: str, a: float, b: float) -> tp.Callable[[pd.DataFrame], pd.Series]:
+        return lambda df: (df[col] - df[col].clip(a, b)).abs()
+
+    return [
+        (
+            Check("rms_spread", "rms_dbfs", f"std <= {p.max_rms_spread_db} dB", dist_from_median("rms_dbfs"), " dB"),
+            gxe.ExpectColumnStdevToBeBetween(column="rms_dbfs", min_value=0.0, max_value=p.max_rms_spread_db),
+        ),
+        (
+            Check("loudness", "lufs", f"{lo:.2f}..{hi:.2f} LUFS", outside("lufs", lo, hi), " LUFS"),
+            gxe.ExpectColumnValuesToBeBetween(column="lufs", min_value=lo, max_value=hi),
+        ),
+        (
+            Check("peak_ceiling", "peak_dbfs", f"<= {ceiling:.2f} dBFS", outside("peak_dbfs", -1e9, ceiling), " dBFS"),
+            gxe.ExpectColumnValuesToBeBetween(column="peak_dbfs", max_value=ceiling),
+        ),
+        (
+            Check(
+                "clipping",
+                "clipped_fraction",
+                f"<= {p.max_clipped_fraction}",
+                outside("clipped_fraction", 0.0, p.max_clipped_fraction),
+            ),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="clipped_fraction", min_value=0.0, max_value=p.max_clipped_fraction
+            ),
+        ),
+        (
+            Check(
+                "duration",
+                "duration_s",
+                f"{p.min_duration_s}..{p.max_duration_s} s",
+                outside("duration_s", p.min_duration_s, p.max_duration_s),
+                " s",
+            ),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="duration_s", min_value=p.min_duration_s, max_value=p.max_duration_s
+            ),
+        ),
+        (
+            Check(
+                "sample_rate",
+                "sample_rate",
+                f"== {p.sample_rate} Hz",
+                _differs("sample_rate", p.sample_rate),
+            ),
+            gxe.ExpectColumnValuesToBeInSet(column="sample_rate", value_set=[p.sample_rate]),
+        ),
+        *[
+            (
+                Check(f"not_null:{c}", c, "no nulls", _is_null(c)),
+                gxe.ExpectColumnValuesToNotBeNull(column=c),
+            )
+            for c in columns
+        ],
+        (
+            Check("min_files", None, f">= {p.min_files} files", None),
+            gxe.ExpectTableRowCountToBeBetween(min_value=p.min_files),
+        ),
+    ]
+
+
+def _differs(col: str, value: float) -> tp.Callable[[pd.DataFrame], pd.Series]:
+    return lambda df: (df[col] != value).astype(float)
+
+
+def _is_null(col: str) -> tp.Callable[[pd.DataFrame], pd.Series]:
+    return lambda df: df[col].isna().astype(float)
+
+
+def _worst(check: Check, df: pd.DataFrame, n: int = 5) -> list[str]:
+    if check.worst is None or df.empty or (check.column and check.column not in df.columns):
+        return []
+    score = check.worst(df).fillna(float("inf"))
+    top = score[score > 0].sort_values(ascending=False).head(n)
+    out = []
+    for i in top.index:
+        row = df.loc[i]
+        value = row[check.column] if check.column else ""
+        out.append(f"{row['id']} ({check.column}={value}{check.unit})")
+    return out
+
+
+def _observed(result: tp.Any) -> tp.Any:
+    r = dict(result.result)
+    if "observed_value" in r:
+        v = r["observed_value"]
+        return float(v) if isinstance(v, (int, float)) or hasattr(v, "__float__") else v
+    if "unexpected_count" in r:
+        return {
+            "unexpected_count": int(r["unexpected_count"]),
+            "unexpected_percent": float(r.get("unexpected_percent") or 0.0),
+        }
+    return None
+
+
+def run_suite(
+    df: pd.DataFrame, p: ValidateParams, docs_dir: Path | None, raw: pd.DataFrame | None = None
+) -> list[CheckResult]:
+    """Validate ``df`` (the normalized manifest) with GX; build Data Docs into ``docs_dir``.
+
+    When ``raw`` is given, the same suite also runs over it (information only).
+    """
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    ctx = gx.get_context(mode="ephemeral")
+    with contextlib.suppress(Exception):  # cosmetic only: GX's per-metric progress bars
+        ctx.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore[assignment]
+    if docs_dir is not None:
+        docs_dir.mkdir(parents=True, exist_ok=True)
+        ctx.add_data_docs_site(
+            site_name="local",
+            site_config={
+                "class_name": "SiteBuilder",
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir.resolve()),
+                },
+            },
+        )
+    source = ctx.data_sources.add_pandas("manifests")
+    results: list[CheckResult] = []
+    frames = [("normalized_audio", df)] + ([("raw_audio_profile", raw)] if raw is not None else [])
+    for suite_name, frame in frames:
+        asset = source.add_dataframe_asset(suite_name)
+        batch = asset.add_batch_definition_whole_dataframe("all")
+        suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name))
+        # Fresh expectation objects per suite: GX binds each to the suite it is added to.
+        applicable = [(c, e) for c, e in _checks(p) if c.column is None or c.column in frame.columns]
+        for c, e in applicable:
+            e.meta = {"check": c.name}  # GX may return results in another order
+            suite.add_expectation(e)
+        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
+        actions: list[tp.Any] = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if docs_dir else []
+        cp = ctx.checkpoints.add(
+            gx.Checkpoint(name=f"{suite_name}_checkpoint", validation_definitions=[vd], actions=actions)
+        )
+        res = cp.run(batch_parameters={"dataframe": frame})
+        if suite_name != "normalized_audio":
+            continue
+        (vr,) = res.run_results.values()
+        by_name = {c.name: c for c, _ in applicable}
+        for r in vr.results:
+            config = r.expectation_config
+            assert config is not None and config.meta is not None
+            check = by_name[config.meta["check"]]
+            results.append(
+                CheckResult(
+                    name=check.name,
+                    expectation=config.type,
+                    column=check.column,
+                    success=bool(r.success),
+                    observed=_observed(r),
+                    limit=check.limit,
+                    worst_files=[] if r.success else _worst(check, frame),
+                )
+            )
+    return results
+
+
+def level_profile(df: pd.DataFrame) -> dict[str, float]:
+    """Mean, std, min and max of the level columns (for the summary and the Prefect artifact)."""
+    out: dict[str, float] = {"files": float(len(df))}
+    for c in ("lufs", "rms_dbfs", "peak_dbfs"):
+        if c in df.columns and len(df):
+            s = df[c].astype(float)
+            out.update(
+                {
+                    f"{c}_mean": s.mean(),
+                    f"{c}_std": s.std() if len(s) > 1 else 0.0,
+                    f"{c}_min": s.min(),
+                    f"{c}_max": s.max(),
+                }
+            )
+    return {k: round(float(v), 4) for k, v in out.items()}
+
+
+def failure_message(failed: list[CheckResult], p: ValidateParams) -> str:
+    lines = [f"data-quality gate failed: {len(failed)} expectation(s) not met — training was not started"]
+    for r in failed:
+        if isinstance(r.observed, float):
+            obs = f"{r.observed:.4g}"
+        elif isinstance(r.observed, dict) and "unexpected_count" in r.observed:
+            obs = f"{r.observed['unexpected_count']} file(s) outside ({r.observed['unexpected_percent']:.1f} %)"
+        else:
+            obs = str(r.observed)
+        where = f"{r.expectation}, column {r.column}" if r.column else r.expectation
+        lines.append(f"  ✗ {r.name} [{where}]: observed {obs}, limit {r.limit}")
+        if r.worst_files:
+            lines.append(f"      worst files: {', '.join(r.worst_files)}")
+    names = {r.name for r in failed}
+    if "rms_spread" in names:
+        hint = "per-file RMS levels are inconsistent, so a codec trained on them learns no consistent output level" + (
+            " — normalize.mode is 'peak' (per-clip peak normalization, the bug that collapsed output to 47 %); "
+            "set normalize.mode: lufs"
+            if p.mode == "peak"
+            else "; check normalize.mode (lufs is the default) and the worst files above"
+        )
+        lines.append(f"  what to do: {hint}")
+    else:
+        lines.append(
+            "  what to do: inspect the worst files in data/normalized/manifest.csv and the Data Docs, "
+            "then fix the data or the limits in params.yaml (validate)"
+        )
+    return "\n".join(lines)
+
+
+def validate(
+    normalized: Path, raw: Path | None, p: ValidateParams, summary_path: Path, docs_dir: Path | None
+) -> dict[str, tp.Any]:
+    """Run the gate; write the summary (and Data Docs). Raises ``DataQualityError`` on failure."""
+    df = read_manifest(normalized, required=("id", "path"))
+    raw_df = read_manifest(raw) if raw is not None else None
+    results = run_suite(df, p, docs_dir, raw_df)
+    failed = [r for r in results if not r.success]
+
+    def clean(v: tp.Any) -> tp.Any:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    summary: dict[str, tp.Any] = {
+        "success": not failed,
+        "files": len(df),
+        "failed_expectations": len(failed),
+        "raw": level_profile(raw_df) if raw_df is not None else {},
+        "normalized": level_profile(df),
+        "expectations": {
+            r.name: {
+                "success": r.success,
+                "observed": clean(r.observed),
+                "limit": r.limit,
+                "worst_files": r.worst_files,
+            }
+            for r in results
+        },
+    }
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    if failed:
+        raise DataQualityError(failure_message(failed, p))
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--in", dest="normalized", type=Path, required=True, help="normalized clips (data/normalized)")
+    parser.add_argument("--raw", type=Path, help="ingested clips (data/raw), profiled for comparison")
+    parser.add_argument("--summary", type=Path, required=True, help="JSON summary to write (a DVC metric)")
+    parser.add_argument("--docs", type=Path, help="folder for the Great Expectations Data Docs (HTML)")
+    parser.add_argument("--params", default="params.yaml")
+
+
+def load_params(path: str) -> ValidateParams:
+    from codec.params import from_dict, read_params
+
+    allp = read_params(path)
+    section = dict(allp.get("validate") or {})
+    norm = allp.get("normalize") or {}
+    for key in ("target_lufs", "peak_ceiling_db", "mode"):
+        if key in norm:
+            section.setdefault(key, norm[key])
+    if "sample_rate" in (allp.get("ingest") or {}):
+        section.setdefault("sample_rate", allp["ingest"]["sample_rate"])
+    return from_dict(ValidateParams, section, f"{path}: validate")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    if args.docs is not None and args.docs.exists():
+        import shutil
+
+        shutil.rmtree(args.docs)
+    try:
+        summary = validate(args.normalized, args.raw, params, args.summary, args.docs)
+    except UserError:
+        if args.docs is not None:
+            print(f"codec validate: Data Docs: {args.docs / 'index.html'}")
+        raise
+    n = summary["normalized"]
+    r = summary["raw"]
+    print(f"codec validate: all {len(summary['expectations'])} expectations met on {summary['files']} files")
+    if r:
+        print(
+            f"  RMS spread {r.get('rms_dbfs_std', float('nan')):.2f} dB raw -> {n['rms_dbfs_std']:.2f} dB normalized; "
+            f"loudness {r.get('lufs_mean', float('nan')):.1f} ± {r.get('lufs_std', float('nan')):.1f} -> "
+            f"{n['lufs_mean']:.2f} ± {n['lufs_std']:.2f} LUFS"
+        )
+    if args.docs is not None:
+        print(f"  Data Docs: {args.docs / 'index.html'}")
+    return 0

@@ -1,0 +1,289 @@
+"""Measuring a codec against Opus on an evaluation set, through the one inference path.
+
+Everything of ours goes through :func:`codec.inference.pipeline.roundtrip_with_codes` (level
+normalization, encode, decode, level restore: exactly what a user gets):
+
+- :func:`measure_ours`: at each bitrate the model serves, SNR, SI-SDR, amplitude ratio,
+  multi-scale mel distance, wide-band PESQ, STOI (means over clips) and codebook usage;
+- :func:`level_sweep`: the same clips played in at each of ``levels_dbfs`` (RMS dBFS, float:
+  a -6 dBFS clip may peak above full scale), amplitude ratio and SNR per level at the top
+  bitrate, so a model that collapses quiet or loud input is caught;
+- :func:`measure_opus`: libopus (:func:`codec.evaluation.opus.opus_roundtrip`) at the same
+  nominal bitrates on the same clips, per ``opus_modes`` (``cbr`` keeps to the bitrate;
+  ``vbr`` spends ~5.5 kbps at any lower request), with the effective bitrate of its packets.
+
+Audio is mono float32 ``[T]``; metrics take ``(reference, estimate)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing as tp
+
+import numpy as np
+
+from codec.audio import Array
+from codec.errors import UserError
+from codec.evaluation import metrics as m
+from codec.evaluation.opus import opus_roundtrip
+from codec.evaluation.params import EvaluateParams, LevelSettings
+from codec.evaluation.sets import EvalClip
+from codec.inference.pipeline import RoundTrip, roundtrip_with_codes
+
+if tp.TYPE_CHECKING:
+    from codec.inference.pipeline import CodecLike
+
+Measured = tuple[dict[str, float], dict[str, str]]  # metric values, reasons for NaNs
+
+OURS = "ours"
+OPUS_NAMES: dict[str, str] = {"cbr": "opus", "vbr": "opus_vbr"}
+# Metrics of a row of the per-bitrate table, in column order; lower is better only for mel_distance.
+CLIP_METRICS = ("snr_db", "si_sdr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the per-bitrate table: a codec at a nominal bitrate, means over clips."""
+
+    codec: str
+    kbps: float
+    effective_kbps: float
+    metrics: dict[str, float]
+    n_clips: int
+    failures: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # metric -> reasons
+
+
+@dataclasses.dataclass
+class LevelRow:
+    """Our codec at one bitrate with the clips played in at ``level_dbfs``."""
+
+    kbps: float
+    level_dbfs: float
+    snr_db: float
+    amplitude_ratio: float
+    min_amplitude_ratio: float
+    max_amplitude_ratio: float
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """What :func:`evaluate_model` returns (``samples``: clip id -> name -> audio, not serialized)."""
+
+    clip_ids: list[str]
+    sample_rate: int
+    bitrates_kbps: list[float]
+    rows: list[Row]
+    levels: list[LevelRow]
+    per_clip: list[dict[str, tp.Any]]
+    samples: dict[str, dict[str, Array]] = dataclasses.field(default_factory=dict)
+
+    def row(self, codec: str, kbps: float) -> Row:
+        for r in self.rows:
+            if r.codec == codec and math.isclose(r.kbps, kbps):
+                return r
+        raise KeyError(f"no {codec} row at {kbps:g} kbps")
+
+    @property
+    def top_kbps(self) -> float:
+        return max(self.bitrates_kbps)
+
+
+def kbps_key(kbps: float) -> str:
+    """``6.0`` → ``"6kbps"``, ``1.5`` → ``"1.5kbps"`` (the key in the metrics JSON)."""
+    return f"{kbps:g}kbps"
+
+
+def measure(ref: Array, est: Array, sample_rate: int) -> tuple[dict[str, float], dict[str, str]]:
+    """Every clip metric of ``est`` against ``ref`` (``[T]`` each): (values, reasons for NaNs)."""
+    values = {
+        "snr_db": m.snr_db(ref, est),
+        "si_sdr_db": m.si_sdr_db(ref, est),
+        "amplitude_ratio": m.amplitude_ratio(ref, est),
+        "mel_distance": m.mel_distance(ref, est, sample_rate),
+    }
+    reasons: dict[str, str] = {}
+    for name, fn in [("pesq", m.pesq_wb), ("stoi", m.stoi)]:
+        try:
+            score = fn(ref, est, sample_rate)
+        except ValueError as e:
+            # The pesq extension raises a bare ValueError ("cannot convert float NaN to
+            # integer") from its own error path on some degenerate estimates; one clip must
+            # not stop the evaluation.
+            score = m.Score(float("nan"), f"{name} failed: {e}")
+        values[name] = score.value
+        if not score.ok:
+            reasons[name] = score.reason
+    return values, reasons
+
+
+def _mean(values: tp.Iterable[float]) -> float:
+    """Mean of the finite values (NaN when none); ±inf values (a perfect SNR) are capped at ±200 dB."""
+    arr = np.clip(np.asarray(list(values), dtype=np.float64), -200.0, 200.0)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def _at_level(audio: Array, level_dbfs: float) -> Array:
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    if rms == 0.0:
+        return audio
+    return (audio * np.float32(10.0 ** (level_dbfs / 20.0) / rms)).astype(np.float32)
+
+
+def summarize(codec: str, kbps: float, clips: tp.Sequence[EvalClip], eff: list[float], results: list[Measured]) -> Row:
+    """One table row: the means over ``clips`` of ``results``, with the reasons for NaNs per metric."""
+    failures: dict[str, list[str]] = {}
+    for clip, (_, reasons) in zip(clips, results, strict=True):
+        for name, reason in reasons.items():
+            failures.setdefault(name, []).append(f"{clip.id}: {reason}")
+    return Row(
+        codec=codec,
+        kbps=float(kbps),
+        effective_kbps=_mean(eff),
+        metrics={k: _mean(v[k] for v, _ in results) for k in CLIP_METRICS},
+        n_clips=len(clips),
+        failures=failures,
+    )
+
+
+def code(model: CodecLike, x: Array, rate: int, kbps: float, levels: LevelSettings) -> RoundTrip:
+    """``x`` through the user's inference path at ``kbps``."""
+    return roundtrip_with_codes(
+        model,
+        x,
+        rate,
+        kbps,
+        levels.target_lufs,
+        peak_ceiling_db=levels.peak_ceiling_db,
+        limiter_window_ms=levels.limiter_window_ms,
+    )
+
+
+@dataclasses.dataclass
+class Measurement:
+    """One codec at one bitrate on every clip: the table row, per-clip records, sample audio."""
+
+    row: Row
+    per_clip: list[dict[str, tp.Any]]
+    samples: dict[tuple[str, str], Array]  # (clip id, name) -> audio, for the sample clips
+
+
+def measure_ours(
+    model: CodecLike,
+    clips: tp.Sequence[EvalClip],
+    kbps: float,
+    levels: LevelSettings,
+    codebook_size: int,
+    sample_ids: tp.Collection[str] = (),
+) -> Measurement:
+    """Our codec at ``kbps`` on ``clips``, with codebook usage and perplexity."""
+    results: list[Measured] = []
+    codes, per_clip = [], []
+    samples: dict[tuple[str, str], Array] = {}
+    for clip in clips:
+        rt = code(model, clip.audio, clip.sample_rate, kbps, levels)
+        values, reasons = measure(clip.audio, rt.audio, clip.sample_rate)
+        results.append((values, reasons))
+        codes.append(rt.codes)
+        per_clip.append({"codec": OURS, "kbps": kbps, "id": clip.id, **values, "reasons": reasons})
+        if clip.id in sample_ids:
+            samples[clip.id, f"{OURS}_{kbps_key(kbps)}"] = rt.audio
+    row = summarize(OURS, kbps, clips, [kbps] * len(clips), results)
+    usage = m.codebook_usage(np.concatenate(codes, axis=1), codebook_size)
+    row.metrics["codebook_usage"] = usage.mean_used_fraction
+    row.metrics["codebook_perplexity"] = usage.mean_perplexity
+    return Measurement(row, per_clip, samples)
+
+
+def level_sweep(
+    model: CodecLike, clips: tp.Sequence[EvalClip], kbps: float, levels: LevelSettings, levels_dbfs: tp.Sequence[float]
+) -> list[LevelRow]:
+    """Our codec at ``kbps`` with every clip played in at each RMS level of ``levels_dbfs``."""
+    out = []
+    for level in levels_dbfs:
+        snrs, ratios = [], []
+        for clip in clips:
+            x = _at_level(clip.audio, level)
+            y = code(model, x, clip.sample_rate, kbps, levels).audio
+            snrs.append(m.snr_db(x, y))
+            ratios.append(m.amplitude_ratio(x, y))
+        finite = [r for r in ratios if math.isfinite(r)] or [float("nan")]
+        out.append(LevelRow(float(kbps), float(level), _mean(snrs), _mean(ratios), min(finite), max(finite)))
+    return out
+
+
+def measure_opus(
+    clips: tp.Sequence[EvalClip], kbps: float, mode: str, frame_ms: int, sample_ids: tp.Collection[str] = ()
+) -> Measurement:
+    """Opus in ``mode`` (``cbr`` or ``vbr``) at the nominal ``kbps`` on ``clips``."""
+    name = OPUS_NAMES[mode]
+    results: list[Measured] = []
+    eff, per_clip = [], []
+    samples: dict[tuple[str, str], Array] = {}
+    for clip in clips:
+        res = opus_roundtrip(clip.audio, clip.sample_rate, round(kbps * 1000), vbr=mode == "vbr", frame_ms=frame_ms)
+        values, reasons = measure(clip.audio, res.audio, clip.sample_rate)
+        results.append((values, reasons))
+        eff.append(res.effective_kbps)
+        per_clip.append(
+            {
+                "codec": name,
+                "kbps": kbps,
+                "id": clip.id,
+                **values,
+                "reasons": reasons,
+                "effective_kbps": res.effective_kbps,
+            }
+        )
+        if clip.id in sample_ids:
+            samples[clip.id, f"{name}_{kbps_key(kbps)}"] = res.audio
+    return Measurement(summarize(name, kbps, clips, eff, results), per_clip, samples)
+
+
+def evaluate_model(
+    model: CodecLike,
+    clips: tp.Sequence[EvalClip],
+    params: EvaluateParams,
+    levels: LevelSettings | None = None,
+    *,
+    bitrates_kbps: tp.Sequence[float] | None = None,
+    opus: bool = True,
+    sweep: bool = True,
+    codebook_size: int | None = None,
+) -> Evaluation:
+    """Measure ``model`` (and Opus) on ``clips``: see the module docstring.
+
+    ``bitrates_kbps`` defaults to every bitrate the model serves; ``opus=False`` and
+    ``sweep=False`` skip the baseline and the level sweep (re-evaluating a champion needs
+    neither). ``codebook_size`` defaults to ``2 ** model.config.bits_per_code``.
+    """
+    if not clips:
+        raise UserError("no held-out clips to evaluate; add clips or raise train.val_fraction")
+    levels = levels or LevelSettings()
+    rates = list(bitrates_kbps if bitrates_kbps is not None else model.config.bitrates_kbps)
+    size = codebook_size or 2 ** int(model.config.bits_per_code)
+    sample_ids = [c.id for c in clips[: params.audio_samples]]
+    ev = Evaluation(
+        clip_ids=[c.id for c in clips],
+        sample_rate=int(clips[0].sample_rate),
+        bitrates_kbps=[float(k) for k in rates],
+        rows=[],
+        levels=[],
+        per_clip=[],
+        samples={c.id: {"input": c.audio} for c in clips if c.id in sample_ids},
+    )
+    for kbps in rates:
+        measured = [measure_ours(model, clips, kbps, levels, size, sample_ids)]
+        ev.rows.append(measured[0].row)
+        if sweep and kbps == max(rates):  # the level path is the same at every bitrate; time is not
+            ev.levels.extend(level_sweep(model, clips, kbps, levels, params.levels_dbfs))
+        if opus:
+            for mode in params.opus_modes:
+                measured.append(measure_opus(clips, kbps, mode, params.opus_frame_ms, sample_ids))
+                ev.rows.append(measured[-1].row)
+        for meas in measured:
+            ev.per_clip.extend(meas.per_clip)
+            for (clip_id, name), audio in meas.samples.items():
+                ev.samples[clip_id][name] = audio
+    return ev

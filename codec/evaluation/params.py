@@ -1,0 +1,47 @@
+"""``params.yaml: evaluate``, and the loudness keys of ``normalize`` that inference uses."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+
+from codec.errors import UserError
+
+OpusMode = tp.Literal["cbr", "vbr"]
+
+
+@dataclasses.dataclass
+class EvaluateParams:
+    """``params.yaml: evaluate``."""
+
+    # Input levels of the sweep, RMS dBFS.
+    levels_dbfs: list[float] = dataclasses.field(default_factory=lambda: [-40.0, -26.0, -16.0, -6.0])
+    # Held-out clips evaluated (the first in id order), and seconds of each.
+    max_clips: int = 8
+    seconds: float = 4.0
+    # Opus encoder modes to compare with: cbr (keeps to the bitrate) and/or vbr (libopus' default).
+    opus_modes: list[OpusMode] = dataclasses.field(default_factory=lambda: tp.cast(list[OpusMode], ["cbr"]))
+    opus_frame_ms: int = 20
+    # Clips whose decoded audio and spectrograms are written and logged.
+    audio_samples: int = 2
+    # torch threads (0 = leave torch's default).
+    threads: int = 1
+
+    def check(self, where: str) -> None:
+        if self.max_clips < 1:
+            raise UserError(f"{where}.max_clips is {self.max_clips}; evaluate at least 1 clip")
+        if self.seconds <= 0:
+            raise UserError(f"{where}.seconds is {self.seconds}; it must be positive")
+        if self.audio_samples < 0 or self.threads < 0:
+            raise UserError(f"{where}: audio_samples and threads must be >= 0")
+        if len(set(self.opus_modes)) != len(self.opus_modes):
+            raise UserError(f"{where}.opus_modes {self.opus_modes} lists a mode twice")
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelSettings:
+    """The training data's loudness (``params.yaml: normalize``), which inference normalizes to."""
+
+    target_lufs: float = -16.0
+    peak_ceiling_db: float = -1.0
+    limiter_window_ms: float = 5.0

@@ -1,0 +1,212 @@
+"""TODO docstring (codec/evaluation/report.py)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+
+from codec.audio import Array
+from codec.evaluation.evaluate import CLIP_METRICS, OURS, Evaluation, kbps_key
+from codec.evaluation.sets import EVALUATION_VERSION
+
+
+def _num(v: float, digits: int = 5) -> float | None:
+    """JSON-safe rounded number (``None`` for NaN/inf, which JSON can't hold)."""
+    return round(float(v), digits) if math.isfinite(v) else None
+
+
+def metrics_dict(ev: Evaluation) -> dict[str, tp.Any]:
+    """The DVC metrics JSON: summary at the top bitrate, then codec → kbps → metric, and levels."""
+    top = ev.top_kbps
+    ours = ev.row(OURS, top)
+    out: dict[str, tp.Any] = {"kbps": top, "n_clips": len(ev.clip_ids)}
+    out.update({k: _num(v) for k, v in ours.metrics.items()})
+    for r in ev.rows:
+        if r.codec != OURS and math.isclose(r.kbps, top):
+            out.update({f"{r.codec}_{k}": _num(r.metrics[k]) for k in ("mel_distance", "pesq", "snr_db")})
+            out[f"{r.codec}_effective_kbps"] = _num(r.effective_kbps, 3)
+    worst = [lv for lv in ev.levels if math.isclose(lv.kbps, top)]
+    if worst:
+        out["worst_level_amplitude_ratio"] = _num(
+            max((lv.amplitude_ratio for lv in worst), key=lambda a: abs(math.log(a)) if a > 0 else math.inf)
+        )
+    for r in ev.rows:
+        entry = {k: _num(v) for k, v in r.metrics.items()}
+        entry["effective_kbps"] = _num(r.effective_kbps, 3)
+        out.setdefault(r.codec, {})[kbps_key(r.kbps)] = entry
+    for lv in ev.levels:
+        out.setdefault("levels", {}).setdefault(kbps_key(lv.kbps), {})[f"{lv.level_dbfs:g}dBFS"] = {
+            "snr_db": _num(lv.snr_db),
+            "amplitude_ratio": _num(lv.amplitude_ratio),
+        }
+    return out
+
+
+def flat_metrics(ev: Evaluation) -> dict[str, float]:
+    """``{"ours.6kbps.snr_db": ..., "levels.6kbps.-40dBFS.amplitude_ratio": ...}`` (finite values only)."""
+    out: dict[str, float] = {}
+
+    def walk(d: tp.Mapping[str, tp.Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out[f"{prefix}{k}"] = float(v)
+
+    walk(metrics_dict(ev), "")
+    return out
+
+
+TABLE_COLUMNS = ("codec", "kbps", "effective_kbps", *CLIP_METRICS, "codebook_usage", "n_clips")
+
+
+def table_csv(ev: Evaluation) -> str:
+    """The per-bitrate table (one row per codec and bitrate), the DVC plot."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(TABLE_COLUMNS)
+    for r in sorted(ev.rows, key=lambda r: (r.kbps, r.codec != OURS, r.codec)):
+        cells = [f"{r.metrics[k]:.6g}" if k in r.metrics else "" for k in (*CLIP_METRICS, "codebook_usage")]
+        w.writerow([r.codec, f"{r.kbps:g}", f"{r.effective_kbps:.4g}", *cells, r.n_clips])
+    return buf.getvalue()
+
+
+def plot_csv(ev: Evaluation, metrics: tp.Sequence[str] = ("mel_distance", "pesq", "stoi", "snr_db")) -> str:
+    """The same table wide, one row per bitrate (``kbps, ours_mel_distance, opus_mel_distance, …``):
+    what ``dvc plots`` draws as one line per codec."""
+    codecs = sorted({r.codec for r in ev.rows}, key=lambda c: (c != OURS, c))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["kbps", *(f"{c}_{m}" for m in metrics for c in codecs)])
+    for kbps in sorted(ev.bitrates_kbps):
+        w.writerow([f"{kbps:g}", *(f"{ev.row(c, kbps).metrics[m]:.6g}" for m in metrics for c in codecs)])
+    return buf.getvalue()
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def report_markdown(ev: Evaluation, context: tp.Mapping[str, str]) -> str:
+    """``report.md``: ours vs Opus per bitrate and the level sweep (the gates are the promote stage's)."""
+    lines = ["# Evaluation: ours vs Opus on held-out Telugu speech", ""]
+    lines += [f"- {k}: `{v}`" for k, v in context.items()]
+    lines += [
+        f"- clips: {len(ev.clip_ids)} held-out clips at their recorded level ({', '.join(ev.clip_ids)})",
+        "",
+        "## Per bitrate",
+        "",
+        "Means over clips. Mel distance: lower is better; the others higher, amplitude ratio 1.0. "
+        "`eff. kbps`: what the codec spent (Opus from its packets).",
+        "",
+        "| kbps | codec | eff. kbps | SNR dB | SI-SDR dB | amplitude | mel dist. | PESQ | STOI | codebook use |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in sorted(ev.rows, key=lambda r: (r.kbps, r.codec != OURS, r.codec)):
+        m = r.metrics
+        use = _fmt(m["codebook_usage"]) if "codebook_usage" in m else ""
+        lines.append(
+            f"| {r.kbps:g} | {r.codec} | {r.effective_kbps:.2f} | {_fmt(m['snr_db'])} | {_fmt(m['si_sdr_db'])} | "
+            f"{_fmt(m['amplitude_ratio'], 3)} | {_fmt(m['mel_distance'], 3)} | {_fmt(m['pesq'])} | "
+            f"{_fmt(m['stoi'], 3)} | {use} |"
+        )
+    verdicts = []
+    for kbps in ev.bitrates_kbps:
+        ours = ev.row(OURS, kbps).metrics
+        for r in ev.rows:
+            if r.codec == OURS or not math.isclose(r.kbps, kbps):
+                continue
+            mel = "beats" if ours["mel_distance"] < r.metrics["mel_distance"] else "does not beat"
+            pesq = "beats" if ours["pesq"] > r.metrics["pesq"] else "does not beat"
+            verdicts.append(
+                f"- {kbps:g} kbps: ours {mel} {r.codec} on mel distance ({_fmt(ours['mel_distance'], 3)} vs "
+                f"{_fmt(r.metrics['mel_distance'], 3)}) and {pesq} it on PESQ ({_fmt(ours['pesq'])} vs "
+                f"{_fmt(r.metrics['pesq'])}); {r.codec} spent {r.effective_kbps:.2f} kbps"
+            )
+    lines += ["", *verdicts]
+    failures = [(r, k, v) for r in ev.rows for k, v in r.failures.items()]
+    if failures:
+        lines += ["", "Metrics left out of a mean (NaN) and why:", ""]
+        for r, k, reasons in failures:
+            lines.append(f"- {r.codec} {r.kbps:g} kbps {k}: {len(reasons)} clip(s), e.g. {reasons[0]}")
+    if ev.levels:
+        levels = sorted({lv.level_dbfs for lv in ev.levels})
+        lines += [
+            "",
+            "## Per input level (ours)",
+            "",
+            "The same clips played in at each RMS level; amplitude ratio should read 1.0 at every level.",
+            "",
+            "| kbps | " + " | ".join(f"{lv:g} dBFS: amp. / SNR" for lv in levels) + " |",
+            "| ---: |" + " ---: |" * len(levels),
+        ]
+        for kbps in sorted({lv.kbps for lv in ev.levels}):
+            cells = []
+            for level in levels:
+                lv = next(x for x in ev.levels if math.isclose(x.kbps, kbps) and x.level_dbfs == level)
+                cells.append(f"{_fmt(lv.amplitude_ratio, 3)} / {_fmt(lv.snr_db, 1)}")
+            lines.append(f"| {kbps:g} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _spectrogram_png(clip_id: str, audios: tp.Mapping[str, Array], sample_rate: int) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from codec.plots import spectrogram_panel
+
+    fig, axes = plt.subplots(len(audios), 1, figsize=(9, 1.9 * len(audios)), squeeze=False)
+    for ax, (name, x) in zip(axes[:, 0], audios.items(), strict=True):
+        spectrogram_panel(ax, x, sample_rate, f"{clip_id}: {name}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=70)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_media(ev: Evaluation, folder: Path) -> None:
+    """Spectrogram PNGs (input, ours and Opus at each bitrate) and the decoded WAVs of the sample clips
+    (float WAVs with the same bytes for the same audio, so the out's DVC hash only moves with the audio)."""
+    from codec.audio.io import write_wav
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for clip_id, audios in ev.samples.items():
+        (folder / f"{clip_id}_spectrograms.png").write_bytes(_spectrogram_png(clip_id, audios, ev.sample_rate))
+        for name, x in audios.items():
+            write_wav(folder / f"{clip_id}_{name}.wav", np.clip(x, -1.0, 1.0), ev.sample_rate, subtype="FLOAT")
+
+
+def evaluation_record(ev: Evaluation, **extra: tp.Any) -> dict[str, tp.Any]:
+    """``evaluation.json``: everything measured, JSON-safe, with ``extra`` (run, fingerprints, params)."""
+
+    def clean(v: tp.Any) -> tp.Any:
+        if isinstance(v, float):
+            return _num(v, 6)
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(
+        {
+            "version": EVALUATION_VERSION,
+            **extra,
+            "clip_ids": ev.clip_ids,
+            "bitrates_kbps": ev.bitrates_kbps,
+            "metrics": metrics_dict(ev),
+            "rows": [dataclasses.asdict(r) for r in ev.rows],
+            "levels": [dataclasses.asdict(lv) for lv in ev.levels],
+            "per_clip": ev.per_clip,
+        }
+    )

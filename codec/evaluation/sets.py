@@ -1,0 +1,87 @@
+"""The evaluation set: held-out clips at their recorded level, and its fingerprint.
+
+Clips are mono float32 ``[T]`` read from ``data/raw`` (before normalization). Two
+evaluations compare only when their fingerprints (clip ids, samples, settings) are equal.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+
+from codec.audio import Array
+from codec.errors import UserError
+from codec.evaluation.params import EvaluateParams, LevelSettings
+
+EVALUATION_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalClip:
+    """One held-out clip: mono float32 ``audio`` ``[T]`` at ``sample_rate``, at its recorded level."""
+
+    id: str
+    audio: Array
+    sample_rate: int
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise UserError(f"{path} not found; run the data stages first (dvc repro validate)")
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def held_out_ids(normalized: Path, val_fraction: float) -> list[str]:
+    """Ids of the validation split among the clips that passed normalization, in id order."""
+    from codec.data.split import split_of
+
+    rows = _read_csv(normalized / "manifest.csv")
+    return sorted(r["id"] for r in rows if split_of(r["id"], val_fraction) == "val")
+
+
+def load_eval_clips(raw: Path, ids: tp.Sequence[str], seconds: float, sample_rate: int) -> list[EvalClip]:
+    """The clips ``ids`` from ``raw`` (at their recorded level), each cut to its first ``seconds``."""
+    from codec.training.dataset import read_audio
+
+    by_id = {r["id"]: r for r in _read_csv(raw / "manifest.csv")}
+    clips = []
+    for clip_id in ids:
+        row = by_id.get(clip_id)
+        if row is None:
+            raise UserError(
+                f"held-out clip {clip_id} is in the normalized manifest but not in {raw / 'manifest.csv'}; "
+                "re-run the data stages (dvc repro normalize)"
+            )
+        rate = int(float(row["sample_rate"]))
+        if rate != sample_rate:
+            raise UserError(f"{raw / row['path']} is at {rate} Hz, the model at {sample_rate} Hz; re-run ingest")
+        path = raw / row["path"]
+        if not path.is_file():
+            raise UserError(f"{path} (clip {clip_id}) is missing; re-run the data stages (dvc repro ingest)")
+        audio = read_audio(path, frames=round(seconds * rate))
+        clips.append(EvalClip(clip_id, audio.astype(np.float32), rate))
+    return clips
+
+
+def eval_set_fingerprint(clips: tp.Sequence[EvalClip], params: EvaluateParams, levels: LevelSettings) -> str:
+    """SHA-256 (first 16 hex digits) of the clip ids, their samples and every setting that
+    changes our metrics: two evaluations compare only when their fingerprints are equal."""
+    h = hashlib.sha256()
+    settings = {
+        "version": EVALUATION_VERSION,
+        "levels_dbfs": [float(v) for v in params.levels_dbfs],
+        "seconds": params.seconds,
+        "level_settings": dataclasses.asdict(levels),
+    }
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    for clip in clips:
+        h.update(clip.id.encode() + b"\0" + str(clip.sample_rate).encode() + b"\0")
+        h.update(np.ascontiguousarray(clip.audio, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]

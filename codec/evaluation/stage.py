@@ -1,0 +1,193 @@
+"""``codec evaluate``: the DVC stage entry around :func:`codec.evaluation.evaluate.evaluate_model`.
+
+Reads ``params.yaml: evaluate`` (and the loudness keys of ``normalize``), evaluates the
+checkpoint on its held-out clips at their recorded level from ``data/raw``, and writes (paths
+from ``dvc.yaml``) the metrics JSON, the per-bitrate CSVs, ``evaluation.json`` (what ``codec
+promote`` reads), ``report.md`` and a media folder. All of it is logged to the MLflow run that
+trained the model (:func:`codec.tracking.find_model_run`), else to a new run that logs the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import typing as tp
+from pathlib import Path
+
+import torch
+
+from codec.errors import UserError
+from codec.evaluation.evaluate import Evaluation, evaluate_model
+from codec.evaluation.params import EvaluateParams, LevelSettings
+from codec.evaluation.report import (
+    evaluation_record,
+    flat_metrics,
+    metrics_dict,
+    plot_csv,
+    report_markdown,
+    table_csv,
+    write_media,
+)
+from codec.evaluation.sets import EvalClip, eval_set_fingerprint, held_out_ids, load_eval_clips
+from codec.files import write_text_atomic
+from codec.model.checkpoint import load_codec, model_fingerprint, read_checkpoint
+from codec.model.codec import Codec
+from codec.model.serving import for_inference, log_model
+from codec.params import PARAMS_FILE, from_dict, read_params
+from codec.provenance import data_version, git_commit, repo_root
+from codec.tracking import EXPERIMENT, find_model_run, logged_model_id, tracking_uri
+
+
+def log_to_mlflow(
+    run_id: str | None,
+    experiment: str,
+    flat: tp.Mapping[str, float],
+    tags: tp.Mapping[str, str],
+    folder: Path,
+    model: Codec,
+) -> tuple[str, str]:
+    """Log the evaluation into run ``run_id`` (artifacts under ``evaluation/``, metrics as
+    ``eval.<key>``), or into a new run tagged ``stage=evaluate`` when ``run_id`` is None.
+    ``model`` is logged there too unless the run already holds it. Returns (run id, model id)."""
+    import mlflow  # heavy: only when logging
+
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_id=run_id) as run:
+        if run_id is None:
+            mlflow.set_tag("stage", "evaluate")
+        model_id = logged_model_id(run.info.run_id)
+        if model_id is None:
+            log_model(model)
+            model_id = logged_model_id(run.info.run_id)
+        if model_id is None:  # pragma: no cover (log_model always records one)
+            raise UserError(f"MLflow run {run.info.run_id}: the logged model could not be found after logging it")
+        mlflow.set_tags(dict(tags))
+        mlflow.log_metrics({f"eval.{k}": v for k, v in flat.items()})
+        mlflow.log_artifacts(str(folder), "evaluation")
+        return str(run.info.run_id), model_id
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="models/codec.pt", help="checkpoint to evaluate (default: %(default)s)")
+    parser.add_argument("--data", default="data/normalized", help="normalized data: the split (default: %(default)s)")
+    parser.add_argument("--raw", default="data/raw", help="the clips at their recorded level (default: %(default)s)")
+    parser.add_argument("--metrics", default="reports/evaluate/metrics.json", help="DVC metrics JSON")
+    parser.add_argument("--table", default="reports/evaluate/bitrates.csv", help="per-bitrate table CSV (DVC plot)")
+    parser.add_argument("--plot", default="reports/evaluate/vs_opus.csv", help="wide per-bitrate CSV (DVC plot)")
+    parser.add_argument("--evaluation", default="reports/evaluate/evaluation.json", help="full results JSON")
+    parser.add_argument("--report", default="reports/evaluate/report.md", help="Markdown report")
+    parser.add_argument("--media", default="reports/evaluate/media", help="folder for spectrograms and WAVs")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
+    parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment (default: %(default)s)")
+    parser.add_argument("--no-mlflow", action="store_true", help="evaluate without logging to MLflow")
+
+
+def load_params(path: str | Path) -> tuple[EvaluateParams, LevelSettings]:
+    """(``evaluate``, the loudness keys of ``normalize``)."""
+    data = read_params(path)
+    if "evaluate" not in data:
+        raise UserError(f"{path}: section 'evaluate' is missing; add it (see README: Parameters)")
+    params = from_dict(EvaluateParams, data["evaluate"], f"{path}: evaluate")
+    norm = data.get("normalize") or {}
+    levels = from_dict(
+        LevelSettings,
+        {k: norm[k] for k in ("target_lufs", "peak_ceiling_db", "limiter_window_ms") if k in norm},
+        f"{path}: normalize",
+    )
+    return params, levels
+
+
+def held_out_clips(
+    model_path: Path, ckpt: tp.Mapping[str, tp.Any], args: argparse.Namespace, params: EvaluateParams, sample_rate: int
+) -> tuple[list[EvalClip], float]:
+    """The checkpoint's held-out clips (its own ``val_fraction``) at their recorded level, and that fraction."""
+    val_fraction = (ckpt.get("params") or {}).get("val_fraction")
+    if not isinstance(val_fraction, (int, float)):
+        raise UserError(
+            f"{model_path} does not record the val_fraction it was trained with (params.val_fraction), so the "
+            "held-out clips are unknown; retrain with codec train"
+        )
+    ids = held_out_ids(Path(args.data), float(val_fraction))[: params.max_clips]
+    if not ids:
+        raise UserError(f"no held-out clips in {args.data} with val_fraction={val_fraction}; add clips")
+    return load_eval_clips(Path(args.raw), ids, params.seconds, sample_rate), float(val_fraction)
+
+
+def log_evaluation(
+    args: argparse.Namespace,
+    ev: Evaluation,
+    report: str,
+    ckpt: tp.Mapping[str, tp.Any],
+    tags: dict[str, str],
+    trained: Codec,
+) -> tuple[str, str]:
+    """Stage the report, tables and media and log them to the model's MLflow run: (run id, model id)."""
+    import mlflow  # heavy: only when logging
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    model_path = Path(args.model)
+    train_run = find_model_run(MlflowClient(), args.experiment, model_path, ckpt)
+    if train_run is None:
+        print(f"no MLflow training run holds {model_path}; logging the model in a new evaluation run")
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp)
+        (staged / "report.md").write_text(report, encoding="utf-8")
+        (staged / "bitrates.csv").write_text(table_csv(ev), encoding="utf-8")
+        (staged / "metrics.json").write_text(json.dumps(metrics_dict(ev), indent=2), encoding="utf-8")
+        for f in Path(args.media).iterdir():
+            (staged / f.name).write_bytes(f.read_bytes())
+        run_id, model_id = log_to_mlflow(train_run, args.experiment, flat_metrics(ev), tags, staged, trained)
+    print(f"evaluation logged to MLflow run {run_id} in {mlflow.get_tracking_uri()}")
+    return run_id, model_id
+
+
+def run(args: argparse.Namespace) -> int:
+    params, levels = load_params(args.params)
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    model_path = Path(args.model)
+    ckpt = read_checkpoint(model_path)
+    trained = load_codec(model_path)
+    model = for_inference(trained)  # same outputs and fingerprint, faster on a CPU
+    clips, val_fraction = held_out_clips(model_path, ckpt, args, params, model.config.sample_rate)
+    fingerprint = eval_set_fingerprint(clips, params, levels)
+    ev = evaluate_model(model, clips, params, levels)
+
+    root = repo_root()
+    context = {
+        "model": str(model_path),
+        "model fingerprint": model_fingerprint(model).hex(),
+        "evaluation-set fingerprint": fingerprint,
+        "git commit": git_commit(root),
+        "data version (data/normalized)": data_version(Path(args.data), root)[0],
+    }
+    report = report_markdown(ev, context)
+    write_media(ev, Path(args.media))
+    run_id: str | None = None
+    model_id: str | None = None
+    if not args.no_mlflow:
+        tags = {"eval_set_fingerprint": fingerprint, "model_fingerprint": context["model fingerprint"]}
+        run_id, model_id = log_evaluation(args, ev, report, ckpt, tags, trained)
+    record = evaluation_record(
+        ev,
+        model_path=str(model_path),
+        model_fingerprint=context["model fingerprint"],
+        eval_set_fingerprint=fingerprint,
+        mlflow_run_id=run_id,
+        model_id=model_id,
+        model_uri=f"models:/{model_id}" if model_id else None,
+        git_commit=context["git commit"],
+        params=dataclasses.asdict(params),
+        level_settings=dataclasses.asdict(levels),
+        val_fraction=val_fraction,
+    )
+    write_text_atomic(args.evaluation, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(args.metrics, json.dumps(metrics_dict(ev), indent=2) + "\n")
+    write_text_atomic(args.table, table_csv(ev))
+    write_text_atomic(args.plot, plot_csv(ev))
+    write_text_atomic(args.report, report)
+    print(report)
+    return 0

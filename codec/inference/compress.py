@@ -1,0 +1,300 @@
+"""TODO docstring (codec/inference/compress.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+
+from codec.audio import Array
+from codec.audio.loudness import StreamingLoudness
+from codec.errors import UserError
+
+if tp.TYPE_CHECKING:
+    from codec.inference.bitstream import Header
+    from codec.inference.model_source import LoadedModel
+    from codec.inference.pipeline import CodecLike
+
+
+READ_BLOCK = 1 << 16  # input frames per read
+
+
+SLICE_MARGIN_WINDOWS = 4  # limiter support is 1.5 windows each side; 4 leaves room
+
+
+def check_input_path(path: Path) -> None:
+    """:class:`UserError` unless ``path`` is an existing, readable file."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file; pass an existing recording")
+    if not path.is_file():
+        raise UserError(f"{path}: not a file; pass a recording")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e}); check its permissions") from None
+
+
+class FloatFile:
+    """Float32 samples in a binary file, read by slices (``x[a:b]``) without mapping the
+    file, so reading it does not grow the resident memory by the file's size."""
+
+    def __init__(self, fileobj: tp.BinaryIO, length: int) -> None:
+        self._f = fileobj
+        self.shape = (int(length),)
+
+    def __getitem__(self, index: slice) -> Array:
+        start, stop, step = index.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("FloatFile supports contiguous slices only")
+        if stop <= start:
+            return np.zeros(0, np.float32)
+        self._f.seek(4 * start)
+        data = self._f.read(4 * (stop - start))
+        return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+@dataclasses.dataclass
+class Ingested:
+    """What :func:`ingest_stream` returns: the mono model-rate samples (``audio``, in a
+    temporary file) and what :func:`codec.inference.pipeline.prepare` would have measured."""
+
+    audio: FloatFile
+    sample_rate: int
+    length: int
+    channels: int
+    model_rate: int
+    input_lufs: float
+    silent: bool
+
+
+def ingest_stream(path: Path, model_rate: int, tmp: tp.BinaryIO) -> Ingested:
+    """Pass 1 over ``path``: mono at ``model_rate`` into ``tmp``, loudness metered on the way.
+
+    :class:`UserError` for an unreadable, empty, truncated or non-finite input.
+    """
+    import soundfile as sf
+    import soxr
+
+    from codec.audio.io import TruncatedAudioError, _check_riff_data_size, to_mono
+    from codec.audio.loudness import loudness_lufs
+    from codec.inference.bitstream import MAX_SECONDS
+
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # libsndfile's message names the problem (format, header, …)
+        raise UserError(f"{path}: not an audio file this tool can read ({_one_line(e)})") from None
+    with f:
+        rate, channels, declared, fmt = int(f.samplerate), int(f.channels), int(f.frames), f.format
+        if declared > rate * MAX_SECONDS:
+            raise UserError(f"{path}: {declared / rate / 3600:.1f} h is longer than the {MAX_SECONDS // 3600} h limit")
+        meter = StreamingLoudness(model_rate)
+        stream = soxr.ResampleStream(rate, model_rate, 1, dtype="float32", quality="HQ") if rate != model_rate else None
+        length = 0
+        nonzero = False
+
+        def emit(y: Array) -> None:
+            nonlocal nonzero
+            if y.shape[0]:
+                nonzero = nonzero or bool(np.any(y))
+                meter.add(y)
+                tmp.write(np.ascontiguousarray(y, dtype="<f4").tobytes())
+
+        try:
+            for block in f.blocks(blocksize=READ_BLOCK, dtype="float32", always_2d=True):
+                if not np.all(np.isfinite(block)):
+                    raise UserError(
+                        f"{path}: holds NaN or infinite samples (near {length / rate:.2f} s); fix or re-export it"
+                    )
+                length += block.shape[0]
+                if length > rate * MAX_SECONDS:
+                    raise UserError(f"{path}: longer than the {MAX_SECONDS // 3600} h limit")
+                mono = to_mono(block)
+                emit(stream.resample_chunk(mono, last=False) if stream is not None else mono)
+            if stream is not None:
+                emit(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+        except UserError:
+            raise
+        except Exception as e:  # a decoder error in the middle of the file
+            raise UserError(f"{path}: cannot be decoded after {length / rate:.2f} s ({_one_line(e)})") from None
+    if declared > 0 and length < declared and fmt not in ("MP3", "OGG"):
+        raise UserError(f"{path}: truncated: the header declares {declared} frames but only {length} could be read")
+    if fmt in ("WAV", "WAVEX"):
+        try:
+            _check_riff_data_size(path)
+        except TruncatedAudioError as e:
+            raise UserError(f"{path}: truncated: {e}") from None
+    if length == 0:
+        raise UserError(f"{path}: holds no audio samples (an empty file); pass a recording")
+    n = meter.samples
+    if n == 0:  # a few samples at a high rate resample to nothing: one zero, as prepare does
+        tmp.write(np.zeros(1, "<f4").tobytes())
+        n = 1
+    tmp.flush()
+    audio = FloatFile(tmp, n)
+    if not nonzero:
+        lufs = -math.inf
+    elif n < StreamingLoudness.BLOCK_S * model_rate:  # short: the whole clip is a few KB
+        lufs = loudness_lufs(audio[0:n], model_rate)
+    else:
+        lufs = meter.integrated()
+    return Ingested(audio, rate, length, channels, int(model_rate), lufs, not nonzero)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().replace("\n", " ")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def gain_for(input_lufs: float, silent: bool, target_lufs: float, max_gain_db: float) -> float:
+    """The gain :func:`codec.inference.pipeline.prepare` applies, rounded to float32 as there."""
+    # Silence, or below BS.1770's absolute gate: nothing to normalize (0 dB).
+    quiet = silent or not math.isfinite(input_lufs)
+    return float(np.float32(0.0 if quiet else min(target_lufs - input_lufs, max_gain_db)))
+
+
+class PreparedAudio:
+    """The gained, peak-limited samples of a :class:`FloatFile`, sliced on demand.
+
+    ``x[a:b]`` reads ``[a - m, b + m)`` (``m`` a few limiter windows), applies the gain
+    and :func:`codec.audio.limiter.limit` as :func:`codec.inference.pipeline.prepare` does to the
+    whole signal, and returns ``[a, b)``: the limiter's gain curve at a sample depends
+    only on samples within 1.5 windows of it, so the slice equals the whole-signal result.
+    """
+
+    def __init__(self, raw: FloatFile, gain_db: float, peak_ceiling_db: float | None, window: int) -> None:
+        self._raw = raw
+        self.shape = raw.shape
+        self._scale = np.float32(10.0 ** (gain_db / 20.0))
+        self._ceiling = None if peak_ceiling_db is None else 10.0 ** (peak_ceiling_db / 20.0)
+        self._window = int(window)
+        self.limiter_db = 0.0
+
+    def __getitem__(self, index: slice) -> Array:
+        from codec.audio.limiter import limit
+
+        start, stop, _ = index.indices(self.shape[0])
+        stop = max(start, stop)
+        margin = SLICE_MARGIN_WINDOWS * self._window + 2
+        lo, hi = max(0, start - margin), min(self.shape[0], stop + margin)
+        y = (self._raw[lo:hi] * self._scale).astype(np.float32)
+        if self._ceiling is not None and y.shape[0]:
+            y, reduction = limit(y, self._ceiling, self._window)
+            self.limiter_db = max(self.limiter_db, float(-20.0 * np.log10(np.min(reduction))))
+        return np.ascontiguousarray(y[start - lo : stop - lo], dtype=np.float32)
+
+
+def encode_file(
+    loaded: LoadedModel,
+    src: Path,
+    out: Path,
+    kbps: float,
+    target_lufs: float,
+    *,
+    fingerprint: bytes,
+    allow_silence: bool = False,
+    chunk_frames: int | None = None,
+) -> Header:
+    """Encode the recording ``src`` to the bitstream ``out`` (atomically); returns the header."""
+    from codec.files import atomic_path
+    from codec.inference import bitstream
+    from codec.inference import pipeline as inf
+
+    model = loaded.model
+    config = model.config
+    n_q = inf.n_quantizers_for(model, kbps)  # an unserved bitrate fails before any work
+    chunk = bitstream.DEFAULT_CHUNK_FRAMES if chunk_frames is None else int(chunk_frames)
+    model_rate = int(config.sample_rate)
+    with tempfile.TemporaryFile(prefix="codec-encode-") as tmp:
+        ing = ingest_stream(src, model_rate, tp.cast(tp.BinaryIO, tmp))
+        if ing.silent and not allow_silence:
+            raise UserError(
+                f"{src}: holds only digital silence ({ing.length / ing.sample_rate:.2f} s of zeros); "
+                "nothing to encode (pass --allow-silence to encode it anyway)"
+            )
+        gain_db = gain_for(ing.input_lufs, ing.silent, target_lufs, inf.DEFAULT_MAX_GAIN_DB)
+        window = max(1, round(inf.DEFAULT_LIMITER_WINDOW_MS * 1e-3 * model_rate))
+        audio = PreparedAudio(ing.audio, gain_db, inf.DEFAULT_PEAK_CEILING_DB, window)
+        header = bitstream.Header(
+            fingerprint=fingerprint,
+            sample_rate=ing.sample_rate,
+            length=ing.length,
+            channels=min(ing.channels, bitstream.MAX_CHANNELS),
+            model_rate=model_rate,
+            hop_length=int(config.hop_length),
+            n_quantizers=n_q,
+            bits_per_code=int(config.bits_per_code),
+            frame_count=inf.n_frames(audio.shape[0], int(config.hop_length)),
+            chunk_frames=chunk,
+            input_lufs=ing.input_lufs,
+            gain_db=gain_db,
+        )
+        header.check(str(src))
+        blocks = inf.encode_codes(model, tp.cast(Array, audio), kbps, chunk_frames=chunk)
+        try:
+            with atomic_path(out) as part, part.open("wb") as f:
+                bitstream.write_stream(tp.cast(tp.BinaryIO, f), header, blocks)
+        except OSError as e:
+            raise UserError(f"{out}: cannot be written ({e.strerror or e}); check the folder and free space") from None
+    return header
+
+
+# Our encoder writes 500-frame (10 s) chunks; a crafted header may ask for up to 4096, whose
+# decode would need ~8x the activations. Refuse more than this before decoding anything.
+MAX_CHUNK_FRAMES = 1000
+
+
+SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
+
+
+WAV_LIMIT_BYTES = 2**32 - 1024  # past this a RIFF size field overflows: write RF64
+
+
+def decode_file(
+    model: CodecLike,
+    src: Path,
+    out: Path,
+    *,
+    fingerprint: bytes,
+    max_frames: int | None = None,
+    subtype: str = "FLOAT",
+) -> Header:
+    """Decode the bitstream ``src`` to the WAV ``out`` (atomically); returns the header.
+
+    Raises :class:`codec.inference.bitstream.BitstreamError` for a bad stream (nothing is left at ``out``).
+    """
+    import soundfile as sf
+
+    from codec.files import atomic_path
+    from codec.inference import bitstream
+    from codec.inference.pipeline import decode_from_stream
+
+    name = str(src)
+    with src.open("rb") as f:
+        header, blocks = decode_from_stream(
+            model, tp.cast(tp.BinaryIO, f), fingerprint=fingerprint, max_frames=max_frames, name=name
+        )
+        if header.chunk_frames > MAX_CHUNK_FRAMES:
+            raise bitstream.BitstreamError(
+                f"{name}: chunks of {header.chunk_frames} frames exceed this decoder's limit of {MAX_CHUNK_FRAMES}; "
+                "re-encode with codec encode"
+            )
+        sample_bytes = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}[subtype]
+        fmt = "WAV" if header.length * sample_bytes < WAV_LIMIT_BYTES else "RF64"
+        pcm = subtype != "FLOAT"
+        try:
+            with (
+                atomic_path(out) as part,
+                sf.SoundFile(
+                    str(part), "w", samplerate=header.sample_rate, channels=1, subtype=subtype, format=fmt
+                ) as wav,
+            ):
+                for block in blocks:
+                    wav.write(np.clip(block, -1.0, 1.0) if pcm else block)
+        except (OSError, sf.LibsndfileError) as e:
+            raise UserError(f"{out}: cannot be written ({e}); check the folder and free space") from None
+    return header

@@ -1,0 +1,220 @@
+"""Where ``codec encode``/``codec decode`` get their model, and loading it safely.
+
+A model is named by ``--model``:
+
+- a checkpoint path (``models/codec.pt``, written by ``codec train``), or
+- a registry URI, ``models:/telugu-speech-codec@champion`` (an alias) or
+  ``models:/telugu-speech-codec/3`` (a version).
+
+Without ``--model``: the registry's champion when a registry with one exists
+(``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` at the repository root, the
+train stage's default), else ``models/codec.pt`` when it exists, else a
+:class:`~codec.errors.UserError` saying how to get a model.
+
+Checkpoints are untrusted (a registry or a file can come from anywhere):
+
+- never unpickled: the train stage logs the model twice, through
+  ``mlflow.pytorch.log_model`` (a pickled module, for serving) and as the plain
+  checkpoint ``checkpoint/codec.pt`` beside it (``state_dict`` + config). A registry
+  URI is resolved to the version's run and that checkpoint is read with
+  ``torch.load(weights_only=True)``; the pickled model is never loaded;
+- built without allocating from the config: the module is created on the ``meta``
+  device and takes its tensors from the checkpoint (``load_state_dict(assign=True)``,
+  which also refuses shapes that do not match the config), so a checkpoint whose
+  config claims a huge model costs no more memory than the file's own tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import re
+import sys
+import tempfile
+import typing as tp
+from pathlib import Path
+
+import torch
+
+from codec.errors import UserError
+from codec.model.checkpoint import read_checkpoint
+from codec.model.codec import Codec, CodecConfig
+from codec.model.serving import for_inference
+
+REGISTERED_MODEL = "telugu-speech-codec"
+CHAMPION_ALIAS = "champion"
+DEFAULT_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}"
+DEFAULT_CHECKPOINT = Path("models") / "codec.pt"
+# Where the train stage logs models/codec.pt in its run (mlflow.log_artifact(path, "checkpoint")).
+CHECKPOINT_ARTIFACT = "checkpoint/codec.pt"
+FALLBACK_TARGET_LUFS = -16.0  # normalize.target_lufs of the default params
+
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A codec ready for inference and where it came from.
+
+    - ``model``: the :class:`Codec`, eval mode, on the CPU, converted for fast inference
+      (:func:`codec.model.serving.for_inference`; same outputs and fingerprint as the checkpoint's)
+    - ``source``: what to print (a path, or ``models:/name@alias (version 3, run …)``)
+    - ``params``: the checkpoint's resolved training params (``{}`` if it has none)
+    - ``target_lufs``: the loudness the model was trained at (see :func:`training_loudness`)
+    """
+
+    model: Codec
+    source: str
+    params: dict[str, tp.Any]
+    target_lufs: float
+
+
+def training_loudness(ckpt: tp.Mapping[str, tp.Any]) -> float:
+    """The loudness the training data was normalized to, from the checkpoint.
+
+    Looks for ``target_lufs`` at the top of the checkpoint (the train stage records the
+    median loudness of its training clips there), in its ``params``, or in
+    ``params["normalize"]``; :data:`FALLBACK_TARGET_LUFS` (-16 LUFS, the project's
+    default) for checkpoints that carry none.
+    """
+    params = ckpt.get("params")
+    candidates: list[tp.Any] = [ckpt.get("target_lufs")]
+    if isinstance(params, dict):
+        candidates.append(params.get("target_lufs"))
+        normalize = params.get("normalize")
+        if isinstance(normalize, dict):
+            candidates.append(normalize.get("target_lufs"))
+    for value in candidates:
+        if isinstance(value, (int, float)) and math.isfinite(value) and -70.0 <= value <= 0.0:
+            return float(value)
+    return FALLBACK_TARGET_LUFS
+
+
+def codec_from_checkpoint(path: str | Path) -> tuple[Codec, dict[str, tp.Any]]:
+    """The :class:`Codec` in the checkpoint at ``path`` (read with ``weights_only=True``)
+    and the checkpoint dict; :class:`UserError` for anything that is not a codec checkpoint."""
+    ckpt = read_checkpoint(path, "cpu")
+    where = f"{path}: model_config"
+    config_dict = ckpt["model_config"]
+    if not isinstance(config_dict, dict) or not isinstance(ckpt["model"], dict):
+        raise UserError(f"{path} is not a codec checkpoint (model_config and model must be dicts)")
+    known = {f.name for f in dataclasses.fields(CodecConfig)}
+    unknown = sorted(set(config_dict) - known)
+    if unknown:
+        raise UserError(
+            f"{where} has unknown field(s) {', '.join(map(str, unknown))}; it was written by another codec version"
+        )
+    try:
+        config = CodecConfig.from_dict(config_dict)
+        config.check(where)
+        with torch.device("meta"):  # no allocation from the (untrusted) config
+            model = Codec(config)
+        model.load_state_dict(ckpt["model"], strict=True, assign=True)
+    except UserError:
+        raise
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: the weights do not fit the model config ({first}); retrain or restore it") from None
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if tensor.is_meta:  # a tensor the module has but the checkpoint did not give it
+            raise UserError(f"{path}: tensor {name} is missing; retrain or restore it")
+    return model.float().eval(), ckpt
+
+
+def load_model(spec: str | None) -> LoadedModel:
+    """Resolve ``--model`` (``None``: the default, see the module docstring) and load it."""
+    if spec is None:
+        spec = default_model_spec()
+    if spec.startswith("models:/"):
+        return _load_registered(spec)
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(
+            f"model checkpoint {path} not found; pass --model PATH or --model {DEFAULT_URI} "
+            "(train one with: dvc repro train)"
+        )
+    model, ckpt = codec_from_checkpoint(path)
+    params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
+    return LoadedModel(for_inference(model), str(path), dict(params or {}), training_loudness(ckpt))
+
+
+def tracking_uri() -> str:
+    """The train stage's tracking URI (``MLFLOW_TRACKING_URI``, else the repo's ``mlflow.db``)."""
+    from codec.tracking import tracking_uri as stage_uri
+
+    return stage_uri()
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :])
+    return None
+
+
+def default_model_spec() -> str:
+    """The registry's champion if there is one, else ``models/codec.pt`` if it exists."""
+    uri = tracking_uri()
+    db = _sqlite_file(uri)
+    # Opening a missing sqlite store would create an empty registry as a side effect.
+    if db is None or db.is_file():
+        try:
+            _client(uri).get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+            return DEFAULT_URI
+        except Exception as e:  # no such model or alias, or the server is unreachable
+            reason = type(e).__name__
+            if DEFAULT_CHECKPOINT.is_file():
+                print(f"note: no {DEFAULT_URI} at {uri} ({reason}); using {DEFAULT_CHECKPOINT}", file=sys.stderr)
+    if DEFAULT_CHECKPOINT.is_file():
+        return str(DEFAULT_CHECKPOINT)
+    raise UserError(
+        f"no model: no {DEFAULT_URI} in the registry at {uri} and no {DEFAULT_CHECKPOINT} here; "
+        "train and promote one (dvc repro), or pass --model PATH|models:/NAME@ALIAS"
+    )
+
+
+def _client(uri: str) -> tp.Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _load_registered(uri: str) -> LoadedModel:
+    match = _URI.match(uri)
+    if match is None:
+        raise UserError(f"model URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+    name, alias, version = match["name"], match["alias"], match["version"]
+    tracking = tracking_uri()
+    client = _client(tracking)
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except Exception as e:
+        raise UserError(
+            f"{uri} not found in the registry at {tracking} ({type(e).__name__}); "
+            "list versions with: codec models, or pass --model PATH"
+        ) from None
+    run_id = mv.run_id
+    if not run_id and getattr(mv, "model_id", None):  # registered from a logged model
+        try:
+            run_id = client.get_logged_model(mv.model_id).source_run_id
+        except Exception:
+            run_id = None
+    if not run_id:
+        raise UserError(f"{uri} (version {mv.version}) has no source run, so no checkpoint to load; pass --model PATH")
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory(prefix="codec-model-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=tmp, tracking_uri=tracking
+            )
+        except Exception as e:
+            raise UserError(
+                f"{uri} (version {mv.version}, run {run_id}) has no {CHECKPOINT_ARTIFACT} artifact "
+                f"({type(e).__name__}); this tool never unpickles the logged mlflow.pytorch model: "
+                "retrain with codec train (it logs the checkpoint) or pass --model PATH"
+            ) from None
+        model, ckpt = codec_from_checkpoint(local)
+    params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
+    source = f"{uri} (version {mv.version}, run {run_id})"
+    return LoadedModel(for_inference(model), source, dict(params or {}), training_loudness(ckpt))

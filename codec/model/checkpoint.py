@@ -1,0 +1,87 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)`` (no pickled
+code runs), and the 8-byte model fingerprint that bitstreams carry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import typing as tp
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from codec.errors import UserError
+from codec.files import atomic_path
+from codec.model.codec import Codec, CodecConfig
+
+
+def unwrap(model: nn.Module) -> Codec:
+    """The :class:`Codec` inside a DDP (or other ``.module``) wrapper."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "codec", inner)  # a ServingCodec
+    if not isinstance(inner, Codec):
+        raise TypeError(f"expected a Codec, got {type(inner).__name__}")
+    return inner
+
+
+def atomic_torch_save(obj: tp.Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, synced, then renamed over it."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, extra: tp.Mapping[str, tp.Any] | None = None) -> None:
+    """Write ``{"model_config", "model", **extra}`` atomically.
+
+    ``extra`` must hold only what ``torch.load(weights_only=True)`` reads back: tensors,
+    plain dicts/lists/tuples, numbers, strings (e.g. ``params``, ``optimizer``, ``step``,
+    ``rng``).
+    """
+    codec = unwrap(model)
+    state: dict[str, tp.Any] = {"model_config": codec.config.to_dict(), "model": codec.state_dict()}
+    state.update(extra or {})
+    atomic_torch_save(state, path)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, tp.Any]:
+    """The checkpoint dict, read with ``weights_only=True``; ``UserError`` when unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"checkpoint not found: {p} (train a model first: codec train, or dvc repro train)")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated file, or not a checkpoint at all
+        raise UserError(
+            f"{p} is not a readable codec checkpoint ({type(e).__name__}: {e}); retrain or restore it"
+        ) from None
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
+        raise UserError(f"{p} is not a codec checkpoint (no model_config/model entries)")
+    return ckpt
+
+
+def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> Codec:
+    """The :class:`Codec` saved at ``path``, in eval mode."""
+    ckpt = read_checkpoint(path, map_location)
+    model = Codec(CodecConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(map_location).eval()
+
+
+def model_fingerprint(model: nn.Module) -> bytes:
+    """8 bytes identifying a model: SHA-256 of its config and weights (in key order).
+
+    The bitstream carries it so that a decoder refuses codes from another model.
+    """
+    codec = unwrap(model)
+    source = getattr(codec, "source_fingerprint", None)
+    if isinstance(source, bytes):  # a copy made for serving: identified as the model it came from
+        return source
+    h = hashlib.sha256(json.dumps(codec.config.to_dict(), sort_keys=True).encode())
+    for key, tensor in sorted(codec.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.digest()[:8]

@@ -1,0 +1,128 @@
+"""TODO docstring (codec/registry/gates.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing as tp
+
+from codec.errors import UserError
+from codec.tracking import MODEL_NAME
+
+Direction = tp.Literal["lower", "higher"]
+
+
+Decision = tp.Literal["champion", "challenger", "rejected"]
+
+
+METRICS = ("snr_db", "si_sdr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")
+
+
+class PromotionError(UserError):
+    """The promotion cannot be made as asked (no MLflow run, a bitrate not evaluated)."""
+
+
+@dataclasses.dataclass
+class PromoteParams:
+    """``params.yaml: promote``."""
+
+    model_name: str = MODEL_NAME
+    # The bitrate the gates and the comparison apply to; null = the model's top bitrate.
+    bitrate_kbps: float | None = None
+    min_snr_db: float = 3.0
+    amplitude_ratio_band: list[float] = dataclasses.field(default_factory=lambda: [0.9, 1.1])
+    # Also hold the amplitude ratio to the band at every input level of the sweep.
+    amplitude_band_at_every_level: bool = True
+    min_pesq: float = 1.5
+    max_mel_distance: float = 1.0
+    primary_metric: str = "mel_distance"
+    primary_direction: Direction = "lower"
+    fail_on_gate: bool = False
+
+    def check(self, where: str) -> None:
+        band = self.amplitude_ratio_band
+        if len(band) != 2 or not 0 < band[0] < band[1]:
+            raise UserError(f"{where}.amplitude_ratio_band {band} must be [low, high] with 0 < low < high")
+        if self.primary_metric not in METRICS:
+            raise UserError(f"{where}.primary_metric {self.primary_metric!r} is not one of {', '.join(METRICS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """One gate: ``metric`` (a key of the metrics JSON), its ``value``, the ``limit`` and the rule."""
+
+    name: str
+    metric: str
+    value: float
+    limit: float | list[float]
+    rule: str
+    passed: bool
+
+
+def gate_kbps(metrics: tp.Mapping[str, tp.Any], params: PromoteParams) -> str:
+    """The metrics-JSON key of the gate bitrate (``"6kbps"``)."""
+    kbps = params.bitrate_kbps if params.bitrate_kbps is not None else float(metrics["kbps"])
+    key = f"{kbps:g}kbps"
+    if key not in metrics.get("ours", {}):
+        served = ", ".join(metrics.get("ours", {}))
+        raise PromotionError(f"promote.bitrate_kbps {kbps:g} was not evaluated (evaluated: {served}); change it")
+    return key
+
+
+def _value(v: tp.Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
+
+
+def check_gates(metrics: tp.Mapping[str, tp.Any], params: PromoteParams) -> list[Gate]:
+    """The gates on ``metrics`` (the evaluate stage's metrics JSON); a missing or NaN value fails."""
+    k = gate_kbps(metrics, params)
+    ours = metrics["ours"][k]
+    lo, hi = params.amplitude_ratio_band
+    gates: list[Gate] = []
+
+    def add(name: str, metric: str, value: float, limit: float | list[float], rule: str, ok: bool) -> None:
+        gates.append(Gate(name, metric, value, limit, rule, bool(ok) and math.isfinite(value)))
+
+    snr = _value(ours.get("snr_db"))
+    add(
+        "min_snr_db",
+        f"ours.{k}.snr_db",
+        snr,
+        params.min_snr_db,
+        f">= {params.min_snr_db:g} dB",
+        snr >= params.min_snr_db,
+    )
+    amp = _value(ours.get("amplitude_ratio"))
+    add("amplitude_ratio", f"ours.{k}.amplitude_ratio", amp, [lo, hi], f"within [{lo:g}, {hi:g}]", lo <= amp <= hi)
+    if params.amplitude_band_at_every_level:
+        for level, entry in (metrics.get("levels", {}).get(k) or {}).items():
+            a = _value(entry.get("amplitude_ratio"))
+            add(
+                f"amplitude_ratio_at_{level}",
+                f"levels.{k}.{level}.amplitude_ratio",
+                a,
+                [lo, hi],
+                f"within [{lo:g}, {hi:g}]",
+                lo <= a <= hi,
+            )
+    pesq = _value(ours.get("pesq"))
+    add("min_pesq", f"ours.{k}.pesq", pesq, params.min_pesq, f">= {params.min_pesq:g}", pesq >= params.min_pesq)
+    mel = _value(ours.get("mel_distance"))
+    add(
+        "max_mel_distance",
+        f"ours.{k}.mel_distance",
+        mel,
+        params.max_mel_distance,
+        f"<= {params.max_mel_distance:g}",
+        mel <= params.max_mel_distance,
+    )
+    return gates
+
+
+def beats(candidate: float, champion: float, direction: Direction) -> bool:
+    """Strictly better (a tie keeps the champion); NaN never beats."""
+    if not math.isfinite(candidate):
+        return False
+    if not math.isfinite(champion):
+        return True
+    return candidate < champion if direction == "lower" else candidate > champion

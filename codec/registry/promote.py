@@ -1,0 +1,352 @@
+"""``codec promote``: quality gates, then the MLflow model registry.
+
+Reads ``evaluation.json`` (written by ``codec evaluate``), checks the gates of
+``params.yaml: promote`` at one bitrate (the top one unless ``bitrate_kbps`` says),
+compares the candidate with the current ``@champion`` of ``telugu-speech-codec`` on the
+primary metric, and registers a model version with the evidence as tags:
+
+- every gate passes and the candidate beats the champion (or there is none):
+  alias ``champion`` moves to the new version;
+- every gate passes but it does not beat the champion: alias ``challenger``;
+- a gate fails: tag ``rejected=true`` with the reasons (no alias).
+
+**Comparing on the same evaluation set.** Each version carries the fingerprint of the
+set it was measured on (:func:`codec.evaluation.sets.eval_set_fingerprint`: clip ids, their
+samples and the settings that move our metrics). When the champion's fingerprint equals
+the candidate's, its tagged metric is used. When it differs (new held-out clips, other
+evaluation params), the champion's registered model is loaded and re-evaluated on the
+candidate's clips at the gate bitrate, so the two numbers always come from the same
+audio; if that fails (the model can't be loaded), the candidate cannot be shown to beat
+it and is at most ``challenger``, with the reason in ``promotion.json``.
+
+**All or nothing.** The registry is changed only inside :func:`codec.registry.transaction.register`, which notes the
+aliases first and, on any exception (including writing ``promotion.json``, the last
+step), deletes the version it created (and the registered model if it created it) and
+puts the aliases back.
+
+Exit status: 0 whatever the decision, unless ``fail_on_gate`` is true and a gate failed
+(:class:`codec.errors.GateError`, exit code 4), after everything is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import typing as tp
+from pathlib import Path
+
+from codec.errors import GateError, UserError
+from codec.params import PARAMS_FILE, load_section
+from codec.registry.gates import (
+    Decision,
+    Direction,
+    Gate,
+    PromoteParams,
+    PromotionError,
+    _value,
+    beats,
+    check_gates,
+    gate_kbps,
+)
+from codec.registry.transaction import champion_version, register
+
+if tp.TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+
+@dataclasses.dataclass
+class Comparison:
+    """The candidate against the champion on the primary metric at the gate bitrate."""
+
+    metric: str
+    direction: Direction
+    candidate: float
+    champion: float | None = None
+    champion_version: str | None = None
+    source: str = "no champion yet"
+    beats: bool = True
+    note: str = ""
+
+
+ReEvaluate = tp.Callable[["ModelVersion", str, str], float]
+
+
+def compare(
+    client: MlflowClient,
+    record: tp.Mapping[str, tp.Any],
+    params: PromoteParams,
+    k: str,
+    re_evaluate: ReEvaluate | None,
+) -> Comparison:
+    """See the module docstring: tags on the same set, else a re-evaluation of the champion."""
+    metric = params.primary_metric
+    cand = _value(record["metrics"]["ours"][k].get(metric))
+    cmp = Comparison(metric, params.primary_direction, cand)
+    champ = champion_version(client, params.model_name)
+    if champ is None:
+        return cmp
+    cmp.champion_version = str(champ.version)
+    tag = champ.tags.get(f"ours.{k}.{metric}")
+    if champ.tags.get("eval_set_fingerprint") == record["eval_set_fingerprint"] and tag is not None:
+        cmp.champion, cmp.source = float(tag), "its tags (same evaluation set)"
+    elif re_evaluate is None:
+        cmp.source, cmp.note = "not compared", "the champion was evaluated on another set and re-evaluation is off"
+    else:
+        try:
+            cmp.champion = re_evaluate(champ, k, metric)
+            cmp.source = "re-evaluated on this evaluation set"
+        except Exception as e:  # any failure to load or run the old model: say so, don't promote over it
+            cmp.source, cmp.note = (
+                "not compared",
+                f"re-evaluating version {champ.version} failed: {type(e).__name__}: {e}",
+            )
+    cmp.beats = cmp.champion is not None and beats(cand, cmp.champion, params.primary_direction)
+    return cmp
+
+
+def decide(gates: tp.Sequence[Gate], cmp: Comparison) -> tuple[Decision, list[str]]:
+    """The decision and the reasons for it, in words."""
+    failed = [g for g in gates if not g.passed]
+    if failed:
+        return "rejected", [f"gate {g.name}: {g.metric} = {g.value:.4g}, required {g.rule}" for g in failed]
+    if cmp.beats:
+        if cmp.champion is None:
+            return "champion", ["every gate passed; there was no champion"]
+        return "champion", [
+            f"every gate passed and {cmp.metric} {cmp.candidate:.4g} beats the champion's {cmp.champion:.4g} "
+            f"(version {cmp.champion_version}, {cmp.direction} is better, {cmp.source})"
+        ]
+    if cmp.champion is None:
+        return "challenger", [f"every gate passed, but it was not compared with the champion: {cmp.note}"]
+    return "challenger", [
+        f"every gate passed, but {cmp.metric} {cmp.candidate:.4g} does not beat the champion's {cmp.champion:.4g} "
+        f"(version {cmp.champion_version}, {cmp.direction} is better, {cmp.source})"
+    ]
+
+
+def version_tags(
+    record: tp.Mapping[str, tp.Any],
+    gates: tp.Sequence[Gate],
+    decision: Decision,
+    reasons: tp.Sequence[str],
+    k: str,
+    extra: tp.Mapping[str, str],
+) -> dict[str, str]:
+    """Tags of the new version: every metric of every codec and bitrate, the gates, the provenance."""
+    tags: dict[str, str] = {}
+    metrics = record["metrics"]
+    for codec, by_rate in metrics.items():
+        if codec == "levels" or not isinstance(by_rate, dict):
+            continue
+        for kbps, entry in by_rate.items():
+            for name, v in entry.items():
+                if v is not None:
+                    tags[f"{codec}.{kbps}.{name}"] = f"{v:.6g}"
+    for g in gates:
+        tags[f"gate.{g.name}"] = f"{'pass' if g.passed else 'fail'}: {g.value:.4g} {g.rule}"
+    tags.update(
+        {
+            "decision": decision,
+            "reasons": " | ".join(reasons)[:4900],
+            "gate_kbps": k,
+            "eval_set_fingerprint": str(record["eval_set_fingerprint"]),
+            "model_fingerprint": str(record.get("model_fingerprint", "")),
+            "eval_run_id": str(record["mlflow_run_id"]),
+            "all_gates_passed": str(all(g.passed for g in gates)).lower(),
+            **extra,
+        }
+    )
+    if decision == "rejected":
+        tags["rejected"] = "true"
+    return tags
+
+
+@dataclasses.dataclass
+class Promotion:
+    """What :func:`promote` returns (and ``promotion.json`` holds)."""
+
+    model_name: str
+    version: str
+    decision: Decision
+    reasons: list[str]
+    gates: list[Gate]
+    comparison: Comparison
+    bitrate: str
+    mlflow_run_id: str
+    model_uri: str
+    eval_set_fingerprint: str
+    tags: dict[str, str]
+
+    @property
+    def all_gates_passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def to_dict(self) -> dict[str, tp.Any]:
+        def num(v: float | None) -> float | None:
+            return None if v is None or not math.isfinite(v) else round(v, 6)
+
+        return {
+            "model_name": self.model_name,
+            "version": self.version,
+            "decision": self.decision,
+            "alias": self.decision if self.decision != "rejected" else None,
+            "all_gates_passed": self.all_gates_passed,
+            "failed_gates": [g.name for g in self.gates if not g.passed],
+            "reasons": self.reasons,
+            "bitrate": self.bitrate,
+            "gates": [{**dataclasses.asdict(g), "value": num(g.value)} for g in self.gates],
+            "comparison": {
+                **dataclasses.asdict(self.comparison),
+                "candidate": num(self.comparison.candidate),
+                "champion": num(self.comparison.champion),
+            },
+            "mlflow_run_id": self.mlflow_run_id,
+            "model_uri": self.model_uri,
+            "eval_set_fingerprint": self.eval_set_fingerprint,
+            "git_commit": self.tags.get("git_commit"),
+            "data_version": self.tags.get("data_version"),
+        }
+
+
+def promote(
+    client: MlflowClient,
+    record: tp.Mapping[str, tp.Any],
+    params: PromoteParams,
+    out: Path,
+    *,
+    provenance: tp.Mapping[str, str] | None = None,
+    re_evaluate: ReEvaluate | None = None,
+) -> Promotion:
+    """Gate, compare, register and write ``out`` (``promotion.json``); see the module docstring."""
+    from codec.files import write_text_atomic
+
+    run_id, source = record.get("mlflow_run_id"), record.get("model_uri")
+    if not run_id or not source:
+        raise PromotionError(
+            "the evaluation was not logged to MLflow (evaluation.json has no mlflow_run_id), so there is no model "
+            "to register; re-run codec evaluate without --no-mlflow"
+        )
+    k = gate_kbps(record["metrics"], params)
+    gates = check_gates(record["metrics"], params)
+    cmp = (
+        compare(client, record, params, k, re_evaluate)
+        if all(g.passed for g in gates)
+        else Comparison(
+            params.primary_metric,
+            params.primary_direction,
+            _value(record["metrics"]["ours"][k].get(params.primary_metric)),
+            source="not compared (a gate failed)",
+            beats=False,
+        )
+    )
+    decision, reasons = decide(gates, cmp)
+    tags = version_tags(record, gates, decision, reasons, k, dict(provenance or {}))
+    result: list[Promotion] = []
+
+    def finish(version: str) -> None:
+        p = Promotion(
+            params.model_name,
+            version,
+            decision,
+            reasons,
+            gates,
+            cmp,
+            k,
+            str(run_id),
+            str(source),
+            str(record["eval_set_fingerprint"]),
+            tags,
+        )
+        write_text_atomic(out, json.dumps(p.to_dict(), indent=2) + "\n")
+        result.append(p)
+
+    alias = None if decision == "rejected" else decision
+    register(client, params.model_name, str(source), str(run_id), tags, alias, finish, record.get("model_id"))
+    return result[0]
+
+
+# --- re-evaluating the champion ---------------------------------------------------------------
+
+
+def champion_re_evaluator(record: tp.Mapping[str, tp.Any], raw: Path) -> ReEvaluate:
+    """A :data:`ReEvaluate` that loads a version's model and measures it on the record's clips."""
+    from codec.evaluation.evaluate import EvaluateParams, evaluate_model
+    from codec.evaluation.sets import LevelSettings, eval_set_fingerprint, load_eval_clips
+    from codec.params import from_dict
+
+    def run(mv: ModelVersion, k: str, metric: str) -> float:
+        import mlflow.pytorch
+
+        params = from_dict(EvaluateParams, record["params"], "evaluation.json: params")
+        levels = from_dict(LevelSettings, record["level_settings"], "evaluation.json: level_settings")
+        model = mlflow.pytorch.load_model(f"models:/{mv.name}/{mv.version}").eval()
+        clips = load_eval_clips(raw, record["clip_ids"], params.seconds, int(model.config.sample_rate))
+        if eval_set_fingerprint(clips, params, levels) != record["eval_set_fingerprint"]:
+            raise PromotionError(f"the clips in {raw} changed since the evaluation; re-run codec evaluate")
+        kbps = float(k.removesuffix("kbps"))
+        ev = evaluate_model(model, clips, params, levels, bitrates_kbps=[kbps], opus=False, sweep=False)
+        return ev.row("ours", kbps).metrics[metric]
+
+    return run
+
+
+# --- the stage entry ---------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--evaluation",
+        default="reports/evaluate/evaluation.json",
+        help="codec evaluate's results (default: %(default)s)",
+    )
+    parser.add_argument("--raw", default="data/raw", help="clips, to re-evaluate the champion (default: %(default)s)")
+    parser.add_argument("--out", default="reports/promote/promotion.json", help="decision JSON (default: %(default)s)")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from codec.provenance import data_version, git_commit, repo_root
+    from codec.tracking import tracking_uri
+
+    params = load_section(PromoteParams, "promote", args.params)
+    path = Path(args.evaluation)
+    if not path.is_file():
+        raise UserError(f"{path} not found; run codec evaluate first (dvc repro evaluate)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); re-run codec evaluate") from None
+    root = repo_root()
+    provenance = {
+        "git_commit": git_commit(root),
+        "data_version": data_version(root / "data" / "normalized", root)[0],
+        "data_version_raw": data_version(root / "data" / "raw", root)[0],
+    }
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    p = promote(
+        client,
+        record,
+        params,
+        Path(args.out),
+        provenance=provenance,
+        re_evaluate=champion_re_evaluator(record, Path(args.raw)),
+    )
+    print(f"{params.model_name} version {p.version}: {p.decision}")
+    for g in p.gates:
+        print(f"  {'pass' if g.passed else 'FAIL'}  {g.name}: {g.value:.4g} (required {g.rule})")
+    for r in p.reasons:
+        print(f"  {r}")
+    if not p.all_gates_passed and params.fail_on_gate:
+        failed = ", ".join(f"{g.name} {g.value:.4g} (required {g.rule})" for g in p.gates if not g.passed)
+        raise GateError(
+            f"version {p.version} failed the gates: {failed}; see {args.out} and reports/evaluate/report.md "
+            "(promote.fail_on_gate: true)"
+        )
+    return 0

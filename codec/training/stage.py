@@ -1,0 +1,242 @@
+"""``codec train``: the DVC stage entry around :func:`codec.training.loop.train`, tracked in MLflow.
+
+Reads the ``train`` section of ``params.yaml`` into :class:`codec.training.params.TrainParams`,
+trains, and records the run in MLflow (tracking URI from ``MLFLOW_TRACKING_URI``, else
+``sqlite:///mlflow.db`` at the repository root): every param, step metrics, system
+metrics, tags for the git commit, the DVC hash of the data and the device, validation
+audio (input and decoded) with a spectrogram comparison, and the model through
+``mlflow.pytorch.log_model``. It also writes the DVC metrics JSON and the curves CSVs.
+
+Under ``torchrun`` only rank 0 talks to MLflow and writes reports; the other ranks train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import tempfile
+import typing as tp
+from pathlib import Path
+
+import pandas as pd
+import soundfile as sf
+import torch
+
+from codec.errors import UserError
+from codec.files import write_text_atomic
+from codec.model.checkpoint import atomic_torch_save, read_checkpoint
+from codec.model.codec import Codec
+from codec.model.serving import log_model
+from codec.params import PARAMS_FILE, load_section
+from codec.plots import spectrogram_panel
+from codec.provenance import data_version, flatten, git_commit, repo_root
+from codec.tracking import EXPERIMENT, tracking_uri
+from codec.training.dataset import read_clips, split_clips, validation_audio
+from codec.training.loop import TrainResult, train
+from codec.training.params import TrainParams
+from codec.training.runtime import finish_distributed
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", default="data/normalized", help="folder with manifest.csv and the WAVs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", default="models", help="output folder for codec.pt and checkpoints/ (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--metrics", default="reports/train/metrics.json", help="final metrics JSON for DVC (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--plots", default="reports/train/curves.csv", help="per-step training curves CSV (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--val-plots", default="reports/train/val_curves.csv", help="per-validation curves CSV (default: %(default)s)"
+    )
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
+    parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name (default: %(default)s)")
+    parser.add_argument("--no-mlflow", action="store_true", help="train without MLflow tracking")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load_section(TrainParams, "train", args.params)
+    data, out = Path(args.data), Path(args.out)
+    if not (data / "manifest.csv").is_file():
+        raise UserError(
+            f"{data / 'manifest.csv'} not found; run the data stages first (dvc repro validate) or pass --data DIR"
+        )
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        if rank != 0 or args.no_mlflow:
+            result = train(params, data, out)
+            if rank == 0:
+                if result.model_path.is_file():
+                    stamp_checkpoint(result.model_path, data)
+                write_reports(result, Path(args.metrics), Path(args.plots), Path(args.val_plots))
+            return 0
+        result = train_tracked(params, data, out, args.experiment)
+        write_reports(result, Path(args.metrics), Path(args.plots), Path(args.val_plots))
+        v = result.val
+        print(
+            f"trained {result.step} steps in {result.seconds:.0f} s on {result.device} ({result.precision}); "
+            f"held-out at {max(params.model.bitrates_kbps):g} kbps: SNR {v.get('val/snr_db', float('nan')):.2f} dB, "
+            f"amplitude ratio {v.get('val/amplitude_ratio', float('nan')):.3f}; model: {result.model_path}"
+        )
+        return 0
+    finally:
+        finish_distributed()
+
+
+# --- MLflow ------------------------------------------------------------------------------
+
+
+def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str) -> TrainResult:
+    """:func:`codec.training.loop.train` inside one MLflow run."""
+    import mlflow  # heavy: only a tracked run imports it
+
+    root = repo_root()
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(experiment)
+    data_hash, data_source = data_version(data, root)
+    device = "cuda" if params.device != "cpu" and torch.cuda.is_available() else "cpu"
+    with mlflow.start_run(log_system_metrics=True) as run:
+        mlflow.set_tags(
+            {
+                "git_commit": git_commit(root),
+                "data_path": str(data),
+                "data_version": data_hash,
+                "data_version_source": data_source,
+                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                "world_size": os.environ.get("WORLD_SIZE", "1"),
+                "stage": "train",
+            }
+        )
+        mlflow.log_params(flatten(params.to_dict()))
+        mlflow.log_dict(params.to_dict(), "train_params.json")
+
+        def log(kind: str, step: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics(metrics, step=step)
+
+        result = train(params, data, out, callback=log)
+        mlflow.set_tag("precision", result.precision)
+        mlflow.log_metrics(
+            {"train/seconds": result.seconds, "train/audio_seconds_per_second": result.audio_seconds_per_second},
+            step=result.step,
+        )
+        log_samples(result.model, params, data, out)
+        if result.model_path.is_file():
+            # The checkpoint names its run, so evaluate and promote log to the same run.
+            stamp_checkpoint(result.model_path, data, mlflow_run_id=run.info.run_id)
+            mlflow.log_artifact(str(result.model_path), "checkpoint")
+        log_model(result.model)
+        print(f"MLflow run {run.info.run_id} in {mlflow.get_tracking_uri()}")
+    return result
+
+
+def data_loudness(data: Path) -> float | None:
+    """Median integrated loudness (LUFS) of the training clips, from the normalize manifest."""
+    try:
+        lufs = pd.read_csv(data / "manifest.csv", usecols=["lufs"])["lufs"].astype(float)
+    except (ValueError, KeyError, OSError):  # no such column: a manifest from elsewhere
+        return None
+    lufs = lufs[lufs.between(-70.0, 0.0)]
+    return round(float(lufs.median()), 2) if len(lufs) else None
+
+
+def stamp_checkpoint(model_path: Path, data: Path, mlflow_run_id: str | None = None) -> None:
+    """Record in the final checkpoint the loudness its training data had (``target_lufs``:
+    ``codec encode`` brings inputs there) and the MLflow run it was logged to (so evaluate
+    and promote log to the same run)."""
+    ckpt = read_checkpoint(model_path)
+    lufs = data_loudness(data)
+    if lufs is not None:
+        ckpt["target_lufs"] = lufs
+    if mlflow_run_id:
+        ckpt["mlflow_run_id"] = mlflow_run_id
+    atomic_torch_save(ckpt, model_path)
+
+
+def log_samples(model: Codec, params: TrainParams, data: Path, out: Path) -> None:
+    """Validation clips (input and decoded at each served bitrate) and a spectrogram PNG."""
+    import matplotlib  # heavy: only a tracked run draws
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    if params.audio_samples <= 0:
+        return
+    cfg = model.config
+    _, val = split_clips(read_clips(data, cfg.sample_rate), params.val_fraction)
+    clips = validation_audio(val, params.audio_samples, params.val_seconds)
+    model = model.to("cpu").eval()
+    top = cfg.n_quantizers_for(max(cfg.bitrates_kbps))
+    fig, axes = plt.subplots(len(clips), 2, figsize=(10, 2.6 * len(clips)), squeeze=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        for row, (clip_id, x) in enumerate(clips):
+            x = x.float()
+            sf.write(Path(tmp) / f"{clip_id}_input.wav", x[0, 0].numpy(), cfg.sample_rate, subtype="FLOAT")
+            decoded: dict[float, torch.Tensor] = {}
+            with torch.no_grad():
+                for kbps in cfg.bitrates_kbps:
+                    y = model(x, cfg.n_quantizers_for(kbps)).audio
+                    decoded[kbps] = y
+                    sf.write(
+                        Path(tmp) / f"{clip_id}_decoded_{kbps:g}kbps.wav",
+                        y[0, 0].clamp(-1, 1).numpy(),
+                        cfg.sample_rate,
+                        subtype="FLOAT",
+                    )
+            y = decoded[max(cfg.bitrates_kbps)]
+            for col, (title, sig) in enumerate([("input", x), (f"decoded {cfg.bitrate_kbps(top):g} kbps", y)]):
+                spectrogram_panel(axes[row][col], sig[0, 0].numpy(), cfg.sample_rate, f"{clip_id}: {title}")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        (Path(tmp) / "spectrograms.png").write_bytes(buf.getvalue())
+        mlflow.log_artifacts(tmp, "samples")
+
+
+# --- DVC metrics and plots ---------------------------------------------------------------
+
+
+TRAIN_COLUMNS = {
+    "loss": "loss/total",
+    "l1": "loss/l1",
+    "mel": "loss/mel",
+    "snr_db": "train/snr_db",
+    "amplitude_ratio": "train/amplitude_ratio",
+    "lr": "train/lr",
+}
+VAL_COLUMNS = {
+    "snr_db": "val/snr_db",
+    "amplitude_ratio": "val/amplitude_ratio",
+    "mel_distance": "val/mel_distance",
+    "codebook_usage": "vq/usage",
+}
+
+
+def write_reports(result: TrainResult, metrics: Path, plots: Path, val_plots: Path) -> None:
+    """Final metrics JSON, and the training and validation curves as CSV (x: ``step``)."""
+    summary: dict[str, tp.Any] = {
+        "step": result.step,
+        "seconds": round(result.seconds, 2),
+        "audio_seconds_per_second": round(result.audio_seconds_per_second, 3),
+        "device": result.device,
+        "precision": result.precision,
+        "world_size": result.world_size,
+    }
+    summary.update({k.replace("/", "_"): round(v, 5) for k, v in result.val.items()})
+    write_text_atomic(metrics, json.dumps(summary, indent=2) + "\n")
+    for path, columns, marker in [(plots, TRAIN_COLUMNS, "loss/total"), (val_plots, VAL_COLUMNS, "val/snr_db")]:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["step", *columns])
+        for row in result.history:
+            if marker in row:
+                w.writerow([int(row["step"]), *(f"{row[k]:.6g}" for k in columns.values())])
+        write_text_atomic(path, buf.getvalue())
