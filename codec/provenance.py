@@ -1,4 +1,5 @@
-"""TODO docstring (codec/provenance.py)."""
+"""Where a run came from: the repository root, the git commit (``-dirty`` when the code
+differs), and the DVC version of a data folder."""
 
 from __future__ import annotations
 

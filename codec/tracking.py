@@ -1,4 +1,6 @@
-"""TODO docstring (codec/tracking.py)."""
+"""MLflow names and look-ups: the tracking URI (``MLFLOW_TRACKING_URI``, else
+``sqlite:///mlflow.db`` at the repo root), experiment, model and artifact names, and finding
+the run that trained a checkpoint."""
 
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ if tp.TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
-EXPERIMENT = "telugu-speech-codec"
-
-
-MODEL_ARTIFACT = "codec"
+MODEL_NAME = "telugu-speech-codec"  # the registered model
+EXPERIMENT = MODEL_NAME  # the experiment that training and evaluation runs go to
+CHAMPION, CHALLENGER = "champion", "challenger"  # registry aliases
+MODEL_ARTIFACT = "codec"  # the logged MLflow model's name in its run
+# Where the train stage logs models/codec.pt in its run (mlflow.log_artifact(path, "checkpoint")).
+CHECKPOINT_ARTIFACT = "checkpoint/codec.pt"
 
 
 def tracking_uri() -> str:
@@ -80,5 +84,3 @@ def logged_model_id(run_id: str, name: str = MODEL_ARTIFACT) -> str | None:
     )
     return str(models[0].model_id) if models else None
 
-
-MODEL_NAME = "telugu-speech-codec"

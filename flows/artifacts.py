@@ -15,6 +15,7 @@ import math
 import typing as tp
 from pathlib import Path
 
+from codec.registry.record import PromotionRecord
 from flows.dvc_stages import StageInfo, StageResult
 
 KEY_DATA_QUALITY = "codec-data-quality"
@@ -177,45 +178,24 @@ def promotion_path(stage: StageInfo | None) -> str | None:
     return found[0] if found else None
 
 
-def _first(data: dict[str, tp.Any], *keys: str) -> tp.Any:
-    for k in keys:
-        if data.get(k) not in (None, ""):
-            return data[k]
-    return None
-
-
-def promotion_markdown(data: dict[str, tp.Any], source: str) -> str:
+def promotion_markdown(data: PromotionRecord, source: str) -> str:
     """A Markdown summary of ``promotion.json``: the decision, the MLflow run and version, each gate."""
-    model = _first(data, "model_name", "registered_model", "name") or "telugu-speech-codec"
-    version = _first(data, "model_version", "version")
-    run_id = _first(data, "run_id", "mlflow_run_id")
-    decision = _first(data, "decision", "alias", "status") or ("champion" if data.get("promoted") else "not promoted")
     lines = [
-        f"# Promotion: **{decision}**",
+        f"# Promotion: **{data['decision']}**",
         "",
-        f"- model: `{model}`" + (f" version **{version}**" if version is not None else " (no version registered)"),
-        f"- MLflow run: `{run_id}`" if run_id else "- MLflow run: (none recorded)",
+        f"- model: `{data['model_name']}` version **{data['version']}**",
+        f"- MLflow run: `{data['mlflow_run_id']}`",
+        f"- alias: {data['alias'] or '(none: rejected)'}",
+        f"- gate bitrate: {data['bitrate']}",
     ]
-    for label, keys in (
-        ("alias", ("alias", "aliases")),
-        ("primary metric", ("primary_metric",)),
-        ("champion before", ("previous_champion", "champion_version")),
-        ("reason", ("reason", "message")),
-        ("tracking URI", ("tracking_uri",)),
-    ):
-        value = _first(data, *keys)
-        if value is not None and not (label == "alias" and value == decision):
-            lines.append(f"- {label}: {value}")
-    gates = data.get("gates") or {}
-    items = gates.items() if isinstance(gates, dict) else ((g.get("name", "?"), g) for g in gates)
+    cmp = data["comparison"]
+    lines.append(f"- primary metric: {cmp.get('metric')} ({cmp.get('direction')} is better), {cmp.get('source')}")
+    lines += [f"- {r}" for r in data["reasons"]]
     table = ["", "| gate | passed | value | limit |", "| --- | --- | --- | --- |"]
-    for name, gate in items:
-        g = gate if isinstance(gate, dict) else {"passed": gate}
-        passed = _first(g, "passed", "success", "ok")
-        value = _observed(_first(g, "value", "observed"))
-        table.append(f"| {name} | {'yes' if passed else 'NO'} | {value} | {_first(g, 'limit', 'threshold') or ''} |")
-    lines.extend(table if len(table) > 3 else ["", "_no gates recorded_"])
-    lines += ["", f"_from `{source}`; compare versions with `mlflow ui --backend-store-uri sqlite:///mlflow.db`_"]
+    for g in data["gates"]:
+        table.append(f"| {g['name']} | {'yes' if g['passed'] else 'NO'} | {_observed(g['value'])} | {g['rule']} |")
+    lines.extend(table if data["gates"] else ["", "_no gates recorded_"])
+    lines += ["", f"_from `{source}`; compare versions with `codec models` or `mlflow ui`_"]
     return "\n".join(lines)
 
 

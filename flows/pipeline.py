@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
+from codec.registry.record import read_promotion
 from flows import artifacts as art
 from flows.dvc_stages import (
     DataQualityFailure,
@@ -141,7 +142,7 @@ def publish_artifacts(
     ppath = promotion_file or art.promotion_path(_by_name(stages, PROMOTION_STAGE))
     if ppath and (repo / ppath).is_file():
         create_markdown_artifact(
-            art.promotion_markdown(art.read_json(repo / ppath), ppath),
+            art.promotion_markdown(read_promotion(repo / ppath), ppath),
             key=art.KEY_PROMOTION,
             description="Promotion decision, gates and the MLflow run / model version",
         )

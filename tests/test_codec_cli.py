@@ -503,7 +503,8 @@ def test_default_model_is_the_registry_champion_then_models_codec_pt(
     import mlflow
     from mlflow import MlflowClient
 
-    from codec.inference.model_source import DEFAULT_URI, REGISTERED_MODEL, default_model_spec, load_model
+    from codec.inference.model_source import DEFAULT_URI, default_model_spec, load_model
+    from codec.tracking import MODEL_NAME
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
@@ -517,10 +518,10 @@ def test_default_model_is_the_registry_champion_then_models_codec_pt(
     client = MlflowClient(uri, uri)
     with mlflow.start_run() as run:
         mlflow.log_artifact(str(ckpt), "checkpoint")
-    client.create_registered_model(REGISTERED_MODEL)
-    mv = client.create_model_version(REGISTERED_MODEL, f"runs:/{run.info.run_id}/checkpoint", run_id=run.info.run_id)
+    client.create_registered_model(MODEL_NAME)
+    mv = client.create_model_version(MODEL_NAME, f"runs:/{run.info.run_id}/checkpoint", run_id=run.info.run_id)
     assert default_model_spec() == "models/codec.pt"  # a registry, but no champion
-    client.set_registered_model_alias(REGISTERED_MODEL, "champion", mv.version)
+    client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
     assert default_model_spec() == DEFAULT_URI
     loaded = load_model(None)
     assert model_fingerprint(loaded.model) == model_fingerprint(load_model(str(ckpt)).model)

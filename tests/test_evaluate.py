@@ -20,6 +20,8 @@ import yaml
 from torch import nn
 
 from codec.evaluation import evaluate as ev
+from codec.evaluation import params as ep
+from codec.evaluation import report, sets, stage
 from codec.model.checkpoint import save_checkpoint
 from codec.model.codec import build_codec
 from tests.presets import tiny_config
@@ -98,7 +100,7 @@ class Collapsed(nn.Module):
         return self.inner.decode(codes) * self.factor
 
 
-def make_clips(n: int = 3, seconds: float = 1.5, seed: int = 0) -> list[ev.EvalClip]:
+def make_clips(n: int = 3, seconds: float = 1.5, seed: int = 0) -> list[sets.EvalClip]:
     """Speech-like clips with a noise bed 10 dB down (no digital silence, so the mel floor
     never hides a gain), at recorded levels -25, -15, -5, ... dBFS."""
     rng = np.random.default_rng(seed)
@@ -110,11 +112,11 @@ def make_clips(n: int = 3, seconds: float = 1.5, seed: int = 0) -> list[ev.EvalC
         )
         level = -25.0 + 10.0 * (i % 3)
         x = x * np.float32(10 ** (level / 20) / np.sqrt(np.mean(x.astype(np.float64) ** 2)))
-        clips.append(ev.EvalClip(f"clip{i:03d}", x.astype(np.float32), RATE))
+        clips.append(sets.EvalClip(f"clip{i:03d}", x.astype(np.float32), RATE))
     return clips
 
 
-def write_data(root: Path, clips: tp.Sequence[ev.EvalClip]) -> tuple[Path, Path]:
+def write_data(root: Path, clips: tp.Sequence[sets.EvalClip]) -> tuple[Path, Path]:
     """``root/raw`` and ``root/normalized`` folders with manifests, as the data stages write them."""
     raw, norm = root / "raw", root / "normalized"
     raw.mkdir(parents=True)
@@ -157,7 +159,7 @@ def mlflow_uri(mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     return uri
 
 
-NO_LIMITER = ev.LevelSettings(target_lufs=-16.0, peak_ceiling_db=12.0)  # the level path is tested in test_inference
+NO_LIMITER = ep.LevelSettings(target_lufs=-16.0, peak_ceiling_db=12.0)  # the level path is tested in test_inference
 
 
 # --- metrics on synthetic signals -------------------------------------------------------------
@@ -166,7 +168,7 @@ NO_LIMITER = ev.LevelSettings(target_lufs=-16.0, peak_ceiling_db=12.0)  # the le
 @pytest.mark.parametrize("gain", [0.9, 0.47])
 def test_a_known_gain_reads_as_hand_computed_metrics_at_every_level(gain: float) -> None:
     clips = make_clips(2)
-    params = ev.EvaluateParams(levels_dbfs=[-40.0, -16.0, -6.0], opus_modes=[])
+    params = ep.EvaluateParams(levels_dbfs=[-40.0, -16.0, -6.0], opus_modes=[])
     result = ev.evaluate_model(PcmCodec(gain=gain), clips, params, NO_LIMITER, bitrates_kbps=[320.0])
     row = result.row("ours", 320.0).metrics
     # est = g·ref: SNR = -20·log10|1 - g|, amplitude ratio g, SI-SDR blind to the gain,
@@ -179,14 +181,14 @@ def test_a_known_gain_reads_as_hand_computed_metrics_at_every_level(gain: float)
     for lv in result.levels:
         assert lv.amplitude_ratio == pytest.approx(gain, abs=2e-4)
         assert lv.snr_db == pytest.approx(-20 * math.log10(1 - gain), abs=0.01)
-    flat = ev.flat_metrics(result)
+    flat = report.flat_metrics(result)
     assert flat["ours.320kbps.amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
     assert flat["levels.320kbps.-40dBFS.amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
 
 
 def test_a_transparent_codec_reads_as_transparent() -> None:
     clips = make_clips(2)
-    params = ev.EvaluateParams(levels_dbfs=[-26.0], opus_modes=[])
+    params = ep.EvaluateParams(levels_dbfs=[-26.0], opus_modes=[])
     result = ev.evaluate_model(PcmCodec(), clips, params, NO_LIMITER)
     top = result.row("ours", 320.0).metrics
     assert top["snr_db"] > 80.0 and top["amplitude_ratio"] == pytest.approx(1.0, abs=1e-4)
@@ -233,15 +235,15 @@ def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_ru
     )
     out = tmp_path / "reports" / "evaluate"
     parser = argparse.ArgumentParser()
-    ev.add_arguments(parser)
+    stage.add_arguments(parser)
     paths = {"metrics": "metrics.json", "table": "bitrates.csv", "plot": "vs_opus.csv", "evaluation": "evaluation.json"}
     argv = ["--model", str(ckpt), "--data", str(norm), "--raw", str(raw), "--params", "params.yaml"]
     argv += [x for k, v in {**paths, "report": "report.md", "media": "media"}.items() for x in (f"--{k}", str(out / v))]
     args = parser.parse_args(argv)
-    assert ev.run(args) == 0
+    assert stage.run(args) == 0
 
     record = json.loads((out / "evaluation.json").read_text())
-    held_out = ev.held_out_ids(norm, 0.5)[:2]
+    held_out = sets.held_out_ids(norm, 0.5)[:2]
     assert record["clip_ids"] == held_out and len(held_out) == 2
     assert record["mlflow_run_id"] == train_run.info.run_id  # found by the checkpoint's hash, not by recency
     with (out / "bitrates.csv").open() as f:
@@ -283,8 +285,8 @@ def test_a_checkpoint_without_its_split_is_refused(tmp_path: Path) -> None:
     save_checkpoint(ckpt, build_codec(tiny_config(), seed=0))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"max_clips": 1}}))
     parser = argparse.ArgumentParser()
-    ev.add_arguments(parser)
+    stage.add_arguments(parser)
     args = parser.parse_args(["--model", str(ckpt), "--data", str(norm), "--raw", str(raw), "--no-mlflow"])
     args.params = str(tmp_path / "params.yaml")
     with pytest.raises(UserError, match="val_fraction"):
-        ev.run(args)
+        stage.run(args)

@@ -63,14 +63,38 @@ EVAL_CSV = """bitrate_kbps,codec,snr_db,amplitude_ratio,mel_distance,pesq,stoi
 1.5,opus,,,,,
 """
 PROMOTION = {
-    "decision": "champion",
     "model_name": "telugu-speech-codec",
-    "model_version": "3",
-    "run_id": "0f1e2d3c4b5a",
-    "gates": {
-        "min_snr_db": {"passed": True, "value": 9.1, "limit": ">= 5.0"},
-        "amplitude_ratio": {"passed": True, "value": 0.98, "limit": "0.9..1.1"},
-    },
+    "version": "3",
+    "decision": "champion",
+    "alias": "champion",
+    "all_gates_passed": True,
+    "failed_gates": [],
+    "reasons": ["every gate passed; there was no champion"],
+    "bitrate": "6kbps",
+    "gates": [
+        {
+            "name": "min_snr_db",
+            "metric": "ours.6kbps.snr_db",
+            "value": 9.1,
+            "limit": 5.0,
+            "rule": ">= 5",
+            "passed": True,
+        },
+        {
+            "name": "amplitude_ratio",
+            "metric": "ours.6kbps.amplitude_ratio",
+            "value": 0.98,
+            "limit": [0.9, 1.1],
+            "rule": "within [0.9, 1.1]",
+            "passed": True,
+        },
+    ],
+    "comparison": {"metric": "mel_distance", "direction": "lower", "source": "no champion yet"},
+    "mlflow_run_id": "0f1e2d3c4b5a",
+    "model_uri": "models:/m-1",
+    "eval_set_fingerprint": "abc",
+    "git_commit": None,
+    "data_version": None,
 }
 
 
@@ -160,7 +184,7 @@ def test_flow_runs_the_data_stages_and_publishes_the_artifacts(data_run: Run) ->
     assert ev[3]["pesq"] == 2.61 and ev[2]["mel_distance"] == 1.12
     promo = arts[art.KEY_PROMOTION]
     assert "**champion**" in promo and "version **3**" in promo and "`0f1e2d3c4b5a`" in promo
-    assert "| amplitude_ratio | yes | 0.98 | 0.9..1.1 |" in promo
+    assert "| amplitude_ratio | yes | 0.98 | within [0.9, 1.1] |" in promo
     assert "| validate | ran |" in arts[art.KEY_RUN]
 
     lock = yaml.safe_load((data_run.repo / "dvc.lock").read_text())
@@ -320,6 +344,14 @@ def test_report_paths_come_from_the_stages_declared_outputs(tmp_path: Path) -> N
         {"bitrate": 6.0, "codec": "opus", "pesq": 2.3},
         {"bitrate": 6.0, "codec": "ours", "pesq": 2.6},
     ]
-    failed = dict(PROMOTION, decision="rejected", model_version=None, gates=[{"name": "min_pesq", "passed": False}])
-    text = art.promotion_markdown(failed, "promotion.json")
-    assert "**rejected**" in text and "| min_pesq | NO |" in text and "no version registered" in text
+    gate = {
+        "name": "min_pesq",
+        "metric": "ours.6kbps.pesq",
+        "value": 1.3,
+        "limit": 1.5,
+        "rule": ">= 1.5",
+        "passed": False,
+    }
+    failed = dict(PROMOTION, decision="rejected", alias=None, gates=[gate])
+    text = art.promotion_markdown(failed, "promotion.json")  # type: ignore[arg-type]
+    assert "**rejected**" in text and "| min_pesq | NO | 1.3 | >= 1.5 |" in text and "(none: rejected)" in text

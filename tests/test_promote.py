@@ -16,9 +16,17 @@ from torch import nn
 
 from codec.errors import GateError
 from codec.evaluation import evaluate as ev
+from codec.evaluation import params as ep
+from codec.evaluation import report, sets
+from codec.model.checkpoint import save_checkpoint
+from codec.model.codec import build_codec
+from codec.model.serving import for_inference
 from codec.registry import promote as pr
+from codec.registry.record import read_promotion
 from codec.registry.versions import format_table, table
+from codec.tracking import MODEL_NAME
 from tests import test_evaluate as te
+from tests.presets import tiny_config
 from tests.test_evaluate import NO_LIMITER, Collapsed, PcmCodec, make_clips, write_data
 
 # The shared fixtures: a real MLflow store per test, one torch thread.
@@ -27,25 +35,25 @@ mlflow_uri = te.mlflow_uri
 one_torch_thread = te.one_torch_thread
 
 GATES = pr.PromoteParams(min_snr_db=10.0, min_pesq=2.0, max_mel_distance=2.0)
-EVAL = ev.EvaluateParams(levels_dbfs=[-40.0, -6.0], opus_modes=[], seconds=1.5)
+EVAL = ep.EvaluateParams(levels_dbfs=[-40.0, -6.0], opus_modes=[], seconds=1.5)
 
 
 @pytest.fixture(scope="module")
-def clips() -> list[ev.EvalClip]:
+def clips() -> list[sets.EvalClip]:
     return make_clips(2)
 
 
-def evaluated(model: nn.Module, clips: list[ev.EvalClip], params: ev.EvaluateParams = EVAL) -> dict[str, tp.Any]:
+def evaluated(model: nn.Module, clips: list[sets.EvalClip], params: ep.EvaluateParams = EVAL) -> dict[str, tp.Any]:
     """evaluation.json for ``model``, with a real MLflow run standing for its training run."""
     import mlflow
 
     result = ev.evaluate_model(tp.cast(tp.Any, model), clips, params, NO_LIMITER)
     mlflow.set_experiment("telugu-speech-codec")
     with mlflow.start_run() as run:
-        mlflow.log_metrics(ev.flat_metrics(result))
-    return ev.evaluation_record(
+        mlflow.log_metrics(report.flat_metrics(result))
+    return report.evaluation_record(
         result,
-        eval_set_fingerprint=ev.eval_set_fingerprint(clips, params, NO_LIMITER),
+        eval_set_fingerprint=sets.eval_set_fingerprint(clips, params, NO_LIMITER),
         mlflow_run_id=run.info.run_id,
         model_uri=f"runs:/{run.info.run_id}/codec",
         model_fingerprint=type(model).__name__,
@@ -54,7 +62,7 @@ def evaluated(model: nn.Module, clips: list[ev.EvalClip], params: ev.EvaluatePar
     )
 
 
-def registry(uri: str, name: str = pr.MODEL_NAME) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+def registry(uri: str, name: str = MODEL_NAME) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """(aliases, version -> tags) of the registered model; empty when it does not exist."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -69,7 +77,7 @@ def registry(uri: str, name: str = pr.MODEL_NAME) -> tuple[dict[str, str], dict[
 
 
 def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
-    clips: list[ev.EvalClip], tmp_path: Path, mlflow_uri: str
+    clips: list[sets.EvalClip], tmp_path: Path, mlflow_uri: str
 ) -> None:
     from mlflow import MlflowClient
 
@@ -106,7 +114,7 @@ def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
     assert versions[good.version]["gate.amplitude_ratio"].startswith("pass")
     assert versions[good.version]["ours.320kbps.pesq"]
 
-    rows = table(client, pr.MODEL_NAME)
+    rows = table(client, MODEL_NAME)
     assert [(r["version"], r["aliases"], r["decision"]) for r in rows] == [
         ("3", "challenger", "challenger"),
         ("2", "champion", "champion"),
@@ -116,7 +124,7 @@ def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
 
 
 def test_a_failure_halfway_leaves_the_registry_as_it_was(
-    clips: list[ev.EvalClip], tmp_path: Path, mlflow_uri: str
+    clips: list[sets.EvalClip], tmp_path: Path, mlflow_uri: str
 ) -> None:
     from mlflow import MlflowClient
 
@@ -141,7 +149,7 @@ def test_a_failure_halfway_leaves_the_registry_as_it_was(
 
 
 def test_fail_on_gate_exits_4_after_recording_the_decision(
-    clips: list[ev.EvalClip], tmp_path: Path, mlflow_uri: str
+    clips: list[sets.EvalClip], tmp_path: Path, mlflow_uri: str
 ) -> None:
     record = evaluated(Collapsed(PcmCodec()), clips)
     (tmp_path / "evaluation.json").write_text(json.dumps(record))
@@ -157,28 +165,91 @@ def test_fail_on_gate_exits_4_after_recording_the_decision(
     assert doc["decision"] == "rejected" and doc["version"] == "1"
 
 
-def test_a_champion_from_another_evaluation_set_is_re_evaluated_on_this_one(
-    clips: list[ev.EvalClip], tmp_path: Path, mlflow_uri: str
+OPEN_GATES = pr.PromoteParams(
+    min_snr_db=-100.0,
+    amplitude_ratio_band=[1e-6, 1e6],
+    amplitude_band_at_every_level=False,
+    min_pesq=0.0,
+    max_mel_distance=100.0,
+)
+
+
+def registered_checkpoint(
+    model: nn.Module, record: dict[str, tp.Any], folder: Path, payload: bytes | None = None
 ) -> None:
+    """Log ``model`` into the record's run the way codec train does (``checkpoint/codec.pt``, weights
+    only), or ``payload`` as that file, and point the record's ``model_uri`` at it."""
     import mlflow
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "codec.pt"
+    if payload is None:
+        save_checkpoint(path, model)
+    else:
+        path.write_bytes(payload)
+    with mlflow.start_run(run_id=record["mlflow_run_id"]):
+        mlflow.log_artifact(str(path), "checkpoint")
+    record.update(model_id=None, model_uri=f"runs:/{record['mlflow_run_id']}/checkpoint")
+
+
+def test_a_champion_from_another_evaluation_set_is_re_evaluated_on_this_one(
+    clips: list[sets.EvalClip], tmp_path: Path, mlflow_uri: str
+) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(mlflow_uri)
     raw, _ = write_data(tmp_path / "data", clips)
-    # The champion: measured on 1.0 s of each clip, its model logged as codec train logs one.
-    champion = PcmCodec(gain=0.95)
+    # The champion: a real codec measured on 1.0 s of each clip, registered as codec train logs it.
+    trained = build_codec(tiny_config(), seed=3).eval()
+    champion = for_inference(trained)
     old = evaluated(champion, clips, dataclasses.replace(EVAL, seconds=1.0))
-    with mlflow.start_run(run_id=old["mlflow_run_id"]):
-        info = mlflow.pytorch.log_model(champion, name="codec", serialization_format="pickle", pip_requirements=[])
-    old.update(model_id=info.model_id, model_uri=f"models:/{info.model_id}")
-    assert pr.promote(client, old, GATES, tmp_path / "a.json").decision == "champion"
+    registered_checkpoint(trained, old, tmp_path / "old")
+    assert pr.promote(client, old, OPEN_GATES, tmp_path / "a.json").decision == "champion"
 
-    # The candidate is measured on the full 1.5 s: the champion's tags don't apply, so the
-    # stage loads the champion's registered model and measures it on the candidate's clips.
-    new = evaluated(PcmCodec(), clips)
+    # The candidate is measured on the full 1.5 s: the champion's tags don't apply, so the stage
+    # loads the champion's weights-only checkpoint and measures it on the candidate's clips.
+    candidate = build_codec(tiny_config(), seed=4).eval()
+    new = evaluated(for_inference(candidate), clips)
+    registered_checkpoint(candidate, new, tmp_path / "new")
     assert new["eval_set_fingerprint"] != old["eval_set_fingerprint"]
-    p = pr.promote(client, new, GATES, tmp_path / "b.json", re_evaluate=pr.champion_re_evaluator(new, raw))
-    assert p.comparison.source == "re-evaluated on this evaluation set"
-    expected = ev.evaluate_model(champion, clips, EVAL, NO_LIMITER, bitrates_kbps=[320.0], sweep=False)
-    assert p.comparison.champion == pytest.approx(expected.row("ours", 320.0).metrics["mel_distance"], rel=1e-6)
-    assert p.decision == "champion" and registry(mlflow_uri)[0] == {"champion": "2"}
+    p = pr.promote(client, new, OPEN_GATES, tmp_path / "b.json", re_evaluate=pr.champion_re_evaluator(new, raw))
+    assert p.comparison.source == "re-evaluated on this evaluation set", p.comparison.note
+    kbps = max(champion.config.bitrates_kbps)
+    expected = ev.evaluate_model(champion, clips, EVAL, NO_LIMITER, bitrates_kbps=[kbps], sweep=False, opus=False)
+    assert p.comparison.champion == pytest.approx(expected.row("ours", kbps).metrics["mel_distance"], rel=1e-6)
+    beats = p.comparison.candidate < p.comparison.champion
+    assert p.decision == ("champion" if beats else "challenger")
+    assert read_promotion(tmp_path / "b.json")["comparison"]["champion"] == pytest.approx(p.comparison.champion)
+
+
+class _Payload:
+    """Unpickling this runs ``open(path, "w")``: what a tampered registry artifact would do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[tp.Any, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+def test_a_tampered_champion_artifact_is_never_executed(
+    clips: list[sets.EvalClip], tmp_path: Path, mlflow_uri: str
+) -> None:
+    import pickle
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    raw, _ = write_data(tmp_path / "data", clips)
+    champion = for_inference(build_codec(tiny_config(), seed=3).eval())
+    old = evaluated(champion, clips, dataclasses.replace(EVAL, seconds=1.0))
+    marker = tmp_path / "pwned"
+    registered_checkpoint(champion, old, tmp_path / "old", payload=pickle.dumps({"model": _Payload(marker)}))
+    assert pr.promote(client, old, OPEN_GATES, tmp_path / "a.json").decision == "champion"
+
+    new = evaluated(for_inference(build_codec(tiny_config(), seed=4).eval()), clips)
+    p = pr.promote(client, new, OPEN_GATES, tmp_path / "b.json", re_evaluate=pr.champion_re_evaluator(new, raw))
+    assert not marker.exists()
+    # Not loadable, so not compared: the candidate cannot be shown to beat it.
+    assert p.comparison.source == "not compared" and "not a readable codec checkpoint" in p.comparison.note
+    assert p.decision == "challenger" and registry(mlflow_uri)[0] == {"champion": "1", "challenger": "2"}

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from codec.model.checkpoint import load_codec
+from codec.tracking import MODEL_ARTIFACT
 from codec.training.loop import train
 from codec.training.params import MelParams, TrainParams
 from tests.presets import tiny_config
@@ -210,7 +211,7 @@ def test_stage_logs_an_mlflow_run(data: Path, tmp_path: Path, monkeypatch: pytes
     assert run.data.tags["git_commit"]
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert "samples/spectrograms.png" in samples and any(p.endswith("_input.wav") for p in samples)
-    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/{train_stage.MODEL_ARTIFACT}")
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}")
     assert model(torch.zeros(1, 1, 640)).shape == (1, 1, 640)
 
 

@@ -1,17 +1,7 @@
-"""Audio I/O and level measurement shared by the data stages.
+"""Audio files: read any format libsndfile knows, write WAVs atomically and byte-reproducibly.
 
-Levels:
-
-- ``peak_dbfs``: 20·log10(max |x|), full scale = 1.0.
-- ``rms_dbfs``: 20·log10(sqrt(mean(x²))) over the whole clip (a full-scale sine
-  reads -3.01 dBFS).
-- ``integrated_lufs``: ITU-R BS.1770-4 integrated loudness (K-weighting, 400 ms
-  blocks with 75 % overlap, -70 LUFS absolute and -10 LU relative gates).
-
-The K-weighting filters are pyloudnorm's (``pyloudnorm.Meter``); only the block
-gating is re-written here, vectorized with a cumulative sum, because pyloudnorm
-loops over blocks in Python, which costs more than reading and writing the audio
-does. ``tests/test_audio.py`` checks it agrees with ``Meter.integrated_loudness``.
+Audio is float32 in full-scale units: ``[T, C]`` as read, mono ``[T]`` (:data:`codec.audio.Array`)
+after :func:`to_mono`.
 """
 
 from __future__ import annotations
@@ -22,20 +12,18 @@ import wave
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import scipy.io.wavfile
-import scipy.signal
 import soundfile as sf
 
+from codec.audio import Array
 from codec.files import atomic_path
 
-Array = npt.NDArray[np.float32]
 
-
-try:  # scipy's private kernel behind sosfilt (scipy is pinned in the lock; the public path is the fallback)
-    from scipy.signal._sosfilt import _sosfilt as _sosfilt_kernel
-except ImportError:  # pragma: no cover - other scipy layouts
-    _sosfilt_kernel = None
+def read_mono(path: str | Path, start: int = 0, frames: int = -1) -> Array:
+    """Mono float32 samples ``[T]`` (the first channel of a multi-channel file), ``frames``
+    of them from ``start`` (-1: to the end)."""
+    x, _ = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+    return np.ascontiguousarray(x[:, 0])
 
 
 def read_audio(path: str | Path) -> tuple[Array, int]:

@@ -1,4 +1,4 @@
-"""TODO docstring (codec/audio/levels.py)."""
+"""Levels in dBFS (full scale = 1.0): peak, RMS (a full-scale sine reads -3.01 dBFS), clipping."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring (codec/audio/limiter.py)."""
+"""A look-ahead peak limiter that acts only in short spans around peaks above a ceiling.
+
+Mono float32 ``[T]``; gains are linear, 1 outside the spans."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.ndimage
 
-from codec.audio.io import Array
+from codec.audio import Array
 from codec.audio.loudness import concat_ranges
 
 

@@ -1,4 +1,4 @@
-"""TODO docstring (codec/audio/resample.py)."""
+"""Resampling with libsoxr (high quality, linear phase), one resampler per rate pair and thread."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""TODO (codec/cli)."""
+"""The ``codec`` command line: argument parsing and printing only."""

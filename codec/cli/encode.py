@@ -30,16 +30,12 @@ import sys
 import typing as tp
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
-
 from codec.errors import UserError
 from codec.inference.compress import check_input_path, encode_file
 
 if tp.TYPE_CHECKING:
     pass
 
-Array = npt.NDArray[np.float32]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "normalize": ("codec.data.normalize", "bring every clip to one loudness (BS.1770 LUFS) under a peak ceiling"),
     "validate": ("codec.data.validate", "the data-quality gate: Great Expectations over the normalized manifest"),
     "train": ("codec.training.stage", "train the codec on data/normalized (GPU when present), tracked in MLflow"),
-    "evaluate": ("codec.evaluation.evaluate", "measure the trained codec against Opus on held-out speech"),
+    "evaluate": ("codec.evaluation.stage", "measure the trained codec against Opus on held-out speech"),
     "promote": ("codec.registry.promote", "register the model and set @champion when it passes the gates"),
     "models": ("codec.cli.models", "list registered model versions with their metrics and aliases"),
     "encode": ("codec.cli.encode", "encode a recording into a compact bitstream"),

@@ -1,1 +1,1 @@
-"""TODO (codec/data)."""
+"""The data stages: embedded corpus, ingest, normalize, validate, and their manifests."""

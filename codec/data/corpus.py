@@ -32,7 +32,7 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
-from codec.audio.io import Array
+from codec.audio import Array
 from codec.audio.levels import rms_dbfs
 from codec.audio.limiter import limit
 from codec.errors import UserError

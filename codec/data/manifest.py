@@ -1,4 +1,4 @@
-"""TODO docstring (codec/data/manifest.py)."""
+"""Reading a stage's ``manifest.csv`` (one row per clip) with a clear error when it can't be used."""
 
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from codec.audio.io import Array, read_audio, to_mono, write_wav
+from codec.audio import Array
+from codec.audio.io import read_audio, to_mono, write_wav
 from codec.audio.levels import db
 from codec.audio.limiter import LimiterSpans, limit_spans
 from codec.audio.loudness import LoudnessMeter

@@ -1,4 +1,5 @@
-"""TODO docstring (codec/data/split.py)."""
+"""The train/validation split: a clip's side is decided by the SHA-1 of its id alone, so it
+stays put when clips are added or removed."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""TODO (codec/evaluation)."""
+"""Evaluation: metrics, the Opus baseline, evaluation sets, the report, the evaluate stage."""

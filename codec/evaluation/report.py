@@ -1,4 +1,5 @@
-"""TODO docstring (codec/evaluation/report.py)."""
+"""What the evaluate stage writes: the metrics JSON, per-bitrate CSVs, ``report.md``,
+spectrograms and sample WAVs, ``evaluation.json``."""
 
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from codec.audio import Array
+from codec.audio.io import read_mono
+from codec.data.split import split_of
 from codec.errors import UserError
 from codec.evaluation.params import EvaluateParams, LevelSettings
 
@@ -40,16 +42,12 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def held_out_ids(normalized: Path, val_fraction: float) -> list[str]:
     """Ids of the validation split among the clips that passed normalization, in id order."""
-    from codec.data.split import split_of
-
     rows = _read_csv(normalized / "manifest.csv")
     return sorted(r["id"] for r in rows if split_of(r["id"], val_fraction) == "val")
 
 
 def load_eval_clips(raw: Path, ids: tp.Sequence[str], seconds: float, sample_rate: int) -> list[EvalClip]:
     """The clips ``ids`` from ``raw`` (at their recorded level), each cut to its first ``seconds``."""
-    from codec.training.dataset import read_audio
-
     by_id = {r["id"]: r for r in _read_csv(raw / "manifest.csv")}
     clips = []
     for clip_id in ids:
@@ -65,7 +63,7 @@ def load_eval_clips(raw: Path, ids: tp.Sequence[str], seconds: float, sample_rat
         path = raw / row["path"]
         if not path.is_file():
             raise UserError(f"{path} (clip {clip_id}) is missing; re-run the data stages (dvc repro ingest)")
-        audio = read_audio(path, frames=round(seconds * rate))
+        audio = read_mono(path, frames=round(seconds * rate))
         clips.append(EvalClip(clip_id, audio.astype(np.float32), rate))
     return clips
 

@@ -1,4 +1,5 @@
-"""TODO docstring (codec/inference/compress.py)."""
+"""Files in, files out: ``codec encode`` (a recording of any length, read in blocks, to a
+bitstream) and ``codec decode`` (a bitstream to a WAV at the input's rate, length and level)."""
 
 from __future__ import annotations
 

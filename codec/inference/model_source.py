@@ -41,13 +41,10 @@ from codec.errors import UserError
 from codec.model.checkpoint import read_checkpoint
 from codec.model.codec import Codec, CodecConfig
 from codec.model.serving import for_inference
+from codec.tracking import CHAMPION, CHECKPOINT_ARTIFACT, MODEL_NAME, tracking_uri
 
-REGISTERED_MODEL = "telugu-speech-codec"
-CHAMPION_ALIAS = "champion"
-DEFAULT_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}"
+DEFAULT_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
 DEFAULT_CHECKPOINT = Path("models") / "codec.pt"
-# Where the train stage logs models/codec.pt in its run (mlflow.log_artifact(path, "checkpoint")).
-CHECKPOINT_ARTIFACT = "checkpoint/codec.pt"
 FALLBACK_TARGET_LUFS = -16.0  # normalize.target_lufs of the default params
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
@@ -139,13 +136,6 @@ def load_model(spec: str | None) -> LoadedModel:
     return LoadedModel(for_inference(model), str(path), dict(params or {}), training_loudness(ckpt))
 
 
-def tracking_uri() -> str:
-    """The train stage's tracking URI (``MLFLOW_TRACKING_URI``, else the repo's ``mlflow.db``)."""
-    from codec.tracking import tracking_uri as stage_uri
-
-    return stage_uri()
-
-
 def _sqlite_file(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///") :])
@@ -159,7 +149,7 @@ def default_model_spec() -> str:
     # Opening a missing sqlite store would create an empty registry as a side effect.
     if db is None or db.is_file():
         try:
-            _client(uri).get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+            _client(uri).get_model_version_by_alias(MODEL_NAME, CHAMPION)
             return DEFAULT_URI
         except Exception as e:  # no such model or alias, or the server is unreachable
             reason = type(e).__name__

@@ -55,6 +55,7 @@ import soxr
 import torch
 from torch import nn
 
+from codec.audio import Array
 from codec.audio.io import to_mono
 from codec.audio.limiter import limit
 from codec.audio.loudness import loudness_lufs
@@ -62,7 +63,6 @@ from codec.audio.resample import resample
 from codec.errors import UserError
 from codec.inference import bitstream
 
-Array = npt.NDArray[np.float32]
 Codes = npt.NDArray[np.int64]
 
 DEFAULT_TARGET_LUFS = -16.0  # normalize.target_lufs: the training data's loudness

@@ -1,1 +1,1 @@
-"""TODO (codec/registry)."""
+"""The model registry: gates (pure functions), promotion, registry access."""

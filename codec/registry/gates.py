@@ -1,4 +1,4 @@
-"""TODO docstring (codec/registry/gates.py)."""
+"""The promotion gates: pure functions of the evaluate stage's metrics and ``params.yaml: promote``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from codec.tracking import MODEL_NAME
 Direction = tp.Literal["lower", "higher"]
 
 
-Decision = tp.Literal["champion", "challenger", "rejected"]
 
 
 METRICS = ("snr_db", "si_sdr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")

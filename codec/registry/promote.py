@@ -38,9 +38,14 @@ import typing as tp
 from pathlib import Path
 
 from codec.errors import GateError, UserError
-from codec.params import PARAMS_FILE, load_section
+from codec.evaluation.evaluate import evaluate_model
+from codec.evaluation.params import EvaluateParams, LevelSettings
+from codec.evaluation.sets import eval_set_fingerprint, load_eval_clips
+from codec.files import write_text_atomic
+from codec.inference.model_source import load_model
+from codec.params import PARAMS_FILE, from_dict, load_section
+from codec.provenance import data_version, git_commit, repo_root
 from codec.registry.gates import (
-    Decision,
     Direction,
     Gate,
     PromoteParams,
@@ -50,7 +55,9 @@ from codec.registry.gates import (
     check_gates,
     gate_kbps,
 )
+from codec.registry.record import Decision, PromotionRecord
 from codec.registry.transaction import champion_version, register
+from codec.tracking import tracking_uri
 
 if tp.TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -184,7 +191,7 @@ class Promotion:
     def all_gates_passed(self) -> bool:
         return all(g.passed for g in self.gates)
 
-    def to_dict(self) -> dict[str, tp.Any]:
+    def to_dict(self) -> PromotionRecord:
         def num(v: float | None) -> float | None:
             return None if v is None or not math.isfinite(v) else round(v, 6)
 
@@ -221,8 +228,6 @@ def promote(
     re_evaluate: ReEvaluate | None = None,
 ) -> Promotion:
     """Gate, compare, register and write ``out`` (``promotion.json``); see the module docstring."""
-    from codec.files import write_text_atomic
-
     run_id, source = record.get("mlflow_run_id"), record.get("model_uri")
     if not run_id or not source:
         raise PromotionError(
@@ -272,17 +277,13 @@ def promote(
 
 
 def champion_re_evaluator(record: tp.Mapping[str, tp.Any], raw: Path) -> ReEvaluate:
-    """A :data:`ReEvaluate` that loads a version's model and measures it on the record's clips."""
-    from codec.evaluation.evaluate import EvaluateParams, evaluate_model
-    from codec.evaluation.sets import LevelSettings, eval_set_fingerprint, load_eval_clips
-    from codec.params import from_dict
+    """A :data:`ReEvaluate` that loads a version's weights-only checkpoint artifact (nothing the
+    registry holds is unpickled) and measures it on the record's clips."""
 
     def run(mv: ModelVersion, k: str, metric: str) -> float:
-        import mlflow.pytorch
-
         params = from_dict(EvaluateParams, record["params"], "evaluation.json: params")
         levels = from_dict(LevelSettings, record["level_settings"], "evaluation.json: level_settings")
-        model = mlflow.pytorch.load_model(f"models:/{mv.name}/{mv.version}").eval()
+        model = load_model(f"models:/{mv.name}/{mv.version}").model
         clips = load_eval_clips(raw, record["clip_ids"], params.seconds, int(model.config.sample_rate))
         if eval_set_fingerprint(clips, params, levels) != record["eval_set_fingerprint"]:
             raise PromotionError(f"the clips in {raw} changed since the evaluation; re-run codec evaluate")
@@ -308,11 +309,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import mlflow
+    import mlflow  # heavy: imported when the stage runs, not for --help
     from mlflow import MlflowClient
-
-    from codec.provenance import data_version, git_commit, repo_root
-    from codec.tracking import tracking_uri
 
     params = load_section(PromoteParams, "promote", args.params)
     path = Path(args.evaluation)

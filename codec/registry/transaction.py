@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import typing as tp
 
+from codec.tracking import CHAMPION
+
 if tp.TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 
 
 def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:

@@ -1,4 +1,4 @@
-"""TODO docstring (codec/registry/versions.py)."""
+"""The registered versions side by side (``codec models``): aliases, decision, metrics at the gate bitrate."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""TODO (codec/training)."""
+"""Training: params, data, losses, runtime (device, precision, DDP, RNG), the loop, the train stage."""

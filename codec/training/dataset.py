@@ -17,10 +17,10 @@ import typing as tp
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch import Tensor
 
+from codec.audio.io import read_mono
 from codec.data.split import split_of
 from codec.errors import UserError
 
@@ -86,12 +86,6 @@ def split_clips(clips: tp.Sequence[Clip], val_fraction: float) -> tuple[list[Cli
     return train, val
 
 
-def read_audio(path: Path, start: int = 0, frames: int = -1) -> np.ndarray:
-    """Mono float32 samples ``[T]`` (the first channel of a multi-channel file)."""
-    x, _ = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
-    return np.ascontiguousarray(x[:, 0])
-
-
 class SegmentSampler:
     """Random fixed-length segments from a list of clips.
 
@@ -115,10 +109,10 @@ class SegmentSampler:
         n = self.segment_length
         if self.cache:
             if i not in self._audio:
-                self._audio[i] = read_audio(self.clips[i].path)
+                self._audio[i] = read_mono(self.clips[i].path)
             seg = self._audio[i][offset : offset + n]
         else:
-            seg = read_audio(self.clips[i].path, start=offset, frames=n)
+            seg = read_mono(self.clips[i].path, start=offset, frames=n)
         if len(seg) < n:
             seg = np.pad(seg, (0, n - len(seg)))
         return seg
@@ -140,6 +134,6 @@ def validation_audio(clips: tp.Sequence[Clip], max_clips: int, max_seconds: floa
     ``max_seconds``: ``[(id, audio [1, 1, T])]``."""
     out = []
     for clip in sorted(clips, key=lambda c: c.id)[:max_clips]:
-        x = read_audio(clip.path, frames=int(max_seconds * clip.sample_rate))
+        x = read_mono(clip.path, frames=int(max_seconds * clip.sample_rate))
         out.append((clip.id, torch.from_numpy(x)[None, None]))
     return out

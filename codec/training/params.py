@@ -1,4 +1,4 @@
-"""TODO docstring (codec/training/params.py)."""
+"""``params.yaml: train`` as typed dataclasses (saved in every checkpoint and logged to MLflow)."""
 
 from __future__ import annotations
 
