@@ -1,5 +1,7 @@
 # make setup: the environment from the lock file · make demo: the whole pipeline · make test
 SHELL := /bin/bash
+# The interpreter that installs uv: the machine's, not the venv's (which has no pip).
+SYSTEM_PYTHON := $(shell command -v python3)
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
@@ -7,7 +9,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 .PHONY: setup demo test lint typecheck flow clean-data
 
 setup:
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user "uv==$(UV_VERSION)"
+	@[ -x "$(UV)" ] || $(SYSTEM_PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)"
 	$(UV) sync --frozen --compile-bytecode
 	@echo "environment ready in .venv/ (source .venv/bin/activate to use 'codec', 'dvc', 'mlflow', 'prefect')"
 

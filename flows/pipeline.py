@@ -40,7 +40,7 @@ from flows.dvc_stages import (
 )
 from flows.overrides import apply_overrides, collect_overrides, parse_assignment
 
-# Stage names from the project's contract (DESIGN.md); their reports feed the artifacts.
+# Stage names from the project's contract (dvc.yaml's stages); their reports feed the artifacts.
 DATA_QUALITY_STAGE = "validate"
 EVALUATION_STAGE = "evaluate"
 PROMOTION_STAGE = "promote"

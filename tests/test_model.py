@@ -11,7 +11,7 @@ from codec.data.split import split_of
 from codec.errors import UserError
 from codec.model.checkpoint import load_codec, model_fingerprint, save_checkpoint
 from codec.model.codec import CodecConfig, build_codec
-from codec.model.quantize import codebook_usage
+from codec.model.quantize import code_usage
 from codec.model.serving import for_inference
 from codec.training.dataset import read_clips, split_clips
 from tests.presets import tiny_config
@@ -69,7 +69,7 @@ def test_quantizer_dropout_uses_served_settings() -> None:
 
 def test_codebook_usage() -> None:
     codes = torch.tensor([[[0, 1, 2, 3], [0, 0, 0, 0]]])  # [B=1, Q=2, F=4]
-    used, perplexity = codebook_usage(codes, codebook_size=8)
+    used, perplexity = code_usage(codes, codebook_size=8)
     assert used.tolist() == [0.5, 0.125]
     assert perplexity[0].item() == pytest.approx(4.0) and perplexity[1].item() == pytest.approx(1.0)
 

@@ -48,7 +48,7 @@ def read_audio(path: str | Path) -> tuple[Array, int]:
     if declared > 0 and data.shape[0] < declared and fmt not in ("MP3", "OGG"):
         raise TruncatedAudioError(f"header declares {declared} frames but only {data.shape[0]} could be read")
     if fmt in ("WAV", "WAVEX"):
-        _check_riff_data_size(Path(path))
+        check_riff_data_size(Path(path))
     return data, int(rate)
 
 
@@ -81,7 +81,7 @@ def _read_pcm16_wav(path: Path) -> tuple[Array, int] | None:
     return np.multiply(pcm, np.float32(1 / 32768), dtype=np.float32), rate
 
 
-def _check_riff_data_size(path: Path) -> None:
+def check_riff_data_size(path: Path) -> None:
     """Raise ``TruncatedAudioError`` if a RIFF/WAVE 'data' chunk runs past the end of the file.
 
     libsndfile quietly shortens such files to what is there, which would turn a

@@ -206,8 +206,6 @@ class StreamingLoudness:
     STEP = 0.25
 
     def __init__(self, rate: int) -> None:
-        from codec.audio.loudness import _k_weighting_sos  # the meter's own filters, shared on purpose
-
         self.rate = int(rate)
         self._sos = _k_weighting_sos(self.rate).astype(np.float32)
         self._zi = np.zeros((self._sos.shape[0], 2), np.float32)
@@ -265,8 +263,6 @@ class StreamingLoudness:
         csum = np.concatenate([[0.0], np.cumsum(sums)])
         # Energies past the last sample are zero, so [lo, hi) = [lo, min(hi, n)) as there.
         z = (csum[np.searchsorted(self._grid, hi)] - csum[np.searchsorted(self._grid, lo)]) / (block * rate)
-        from codec.audio.loudness import gate_block_energies
-
         return gate_block_energies(z)
 
 

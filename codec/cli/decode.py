@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import typing as tp
 from pathlib import Path
 
 from codec.errors import UserError
-from codec.inference.compress import SUBTYPES, decode_file
-
-if tp.TYPE_CHECKING:
-    pass
+from codec.inference import bitstream
+from codec.inference.compress import SUBTYPES, check_input_path, decode_file
 
 EXIT_BAD_BITSTREAM = 5
 EXIT_MODEL_MISMATCH = 6
@@ -52,8 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from codec.inference import bitstream
-
     try:
         return _run(args)
     except bitstream.ModelMismatchError as e:
@@ -65,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from codec.inference.compress import check_input_path
+    # torch and MLflow are imported when a command runs, not for --help
     from codec.inference.model_source import load_model
     from codec.model.checkpoint import model_fingerprint
 

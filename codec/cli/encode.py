@@ -27,15 +27,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import typing as tp
 from pathlib import Path
 
 from codec.errors import UserError
 from codec.inference.compress import check_input_path, encode_file
-
-if tp.TYPE_CHECKING:
-    pass
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch and MLflow are imported when a command runs, not for --help
     from codec.inference.model_source import load_model
     from codec.model.checkpoint import model_fingerprint
 

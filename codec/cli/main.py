@@ -20,7 +20,7 @@ from codec.errors import UserError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("codec.data.corpus", "synthesize the embedded Telugu corpus (espeak-ng) at field-recording levels"),
-    "ingest": ("codec.data.ingest", "read a folder of recordings (or synthesize the embedded Telugu corpus) into data/raw"),
+    "ingest": ("codec.data.ingest", "read a folder of recordings (or the embedded Telugu corpus) into data/raw"),
     "normalize": ("codec.data.normalize", "bring every clip to one loudness (BS.1770 LUFS) under a peak ceiling"),
     "validate": ("codec.data.validate", "the data-quality gate: Great Expectations over the normalized manifest"),
     "train": ("codec.training.stage", "train the codec on data/normalized (GPU when present), tracked in MLflow"),

@@ -7,13 +7,9 @@ run-level detail, open the MLflow UI: ``mlflow ui --backend-store-uri sqlite:///
 from __future__ import annotations
 
 import argparse
-import typing as tp
 
 from codec.registry.versions import format_table, table
-from codec.tracking import MODEL_NAME
-
-if tp.TYPE_CHECKING:
-    pass
+from codec.tracking import MODEL_NAME, tracking_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,10 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import mlflow
+    import mlflow  # heavy: only when the command runs
     from mlflow import MlflowClient
-
-    from codec.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     rows = table(MlflowClient(), args.name)

@@ -38,6 +38,7 @@ from codec.audio.limiter import limit
 from codec.errors import UserError
 from codec.files import staged_dir
 from codec.parallel import resolve_workers
+from codec.params import from_dict, read_params
 
 SENTENCES_FILE = Path(__file__).with_name("corpus_te.txt")
 VOICE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
@@ -271,8 +272,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from codec.params import from_dict, read_params
-
     section = read_params(args.params).get("ingest", {}) or {}
     params = from_dict(CorpusParams, section.get("corpus"), f"{args.params}: ingest.corpus")
     n = write_corpus(args.out, params)

@@ -45,6 +45,7 @@ from codec.data.corpus import CorpusParams
 from codec.errors import UserError
 from codec.files import staged_dir, write_text_atomic
 from codec.parallel import parallel_map
+from codec.params import load_section
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
 MANIFEST_COLUMNS = [
@@ -257,8 +258,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from codec.params import load_section
-
     params = load_section(IngestParams, "ingest", args.params)
     result = ingest(args.source, args.out, params)
     hours = result.accepted["duration_s"].sum() / 3600 if len(result.accepted) else 0.0

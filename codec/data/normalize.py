@@ -40,6 +40,7 @@ from codec.data.manifest import read_manifest
 from codec.errors import UserError
 from codec.files import staged_dir, write_text_atomic
 from codec.parallel import parallel_map
+from codec.params import from_dict, read_params
 
 Mode = tp.Literal["lufs", "rms", "peak"]
 
@@ -258,8 +259,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from codec.params import from_dict, read_params
-
     all_params = read_params(args.params)
     section = dict(all_params.get("normalize") or {})
     # The clips are already at ingest.sample_rate; normalize keeps them there.

@@ -31,6 +31,7 @@ import pandas as pd
 from codec.data.manifest import read_manifest
 from codec.errors import DataQualityError, UserError
 from codec.files import write_text_atomic
+from codec.params import from_dict, read_params
 
 LEVEL_COLUMNS = ("lufs", "rms_dbfs", "peak_dbfs", "duration_s", "clipped_fraction")
 
@@ -337,8 +338,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_params(path: str) -> ValidateParams:
-    from codec.params import from_dict, read_params
-
     allp = read_params(path)
     section = dict(allp.get("validate") or {})
     norm = allp.get("normalize") or {}

@@ -43,8 +43,9 @@ import numpy.typing as npt
 import torch
 import torchaudio
 
+from codec.audio.mel import mel_scales
 from codec.audio.resample import resample
-from codec.model.quantize import codebook_usage as _codebook_usage_tensor
+from codec.model.quantize import code_usage
 
 FloatArray = npt.NDArray[np.floating[tp.Any]]
 
@@ -154,21 +155,7 @@ def amplitude_ratio(ref: FloatArray, est: FloatArray) -> float:
 
 @functools.lru_cache(maxsize=8)
 def _mel_transforms(sample_rate: int) -> tuple[torchaudio.transforms.MelSpectrogram, ...]:
-    return tuple(
-        torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate,
-            n_fft=win,
-            win_length=win,
-            hop_length=win // 4,
-            n_mels=bands,
-            power=1.0,  # magnitude mel, as DAC
-            center=True,
-            mel_scale="slaney",  # librosa's default filters, which DAC's mel loss uses
-            norm="slaney",
-            window_fn=torch.hann_window,
-        )
-        for win, bands in zip(MEL_WINDOWS, MEL_BANDS, strict=True)
-    )
+    return tuple(mel_scales(sample_rate, MEL_WINDOWS, MEL_BANDS))
 
 
 def mel_distance(ref: FloatArray, est: FloatArray, sample_rate: int) -> float:
@@ -256,6 +243,6 @@ def codebook_usage(codes: torch.Tensor | npt.NDArray[np.integer[tp.Any]], codebo
         raise ValueError(f"codes must lie in 0..{codebook_size - 1}, got {int(t.min())}..{int(t.max())}")
     if t.numel() == 0:
         return CodebookUsage([0.0] * t.shape[1], [float("nan")] * t.shape[1], [float("nan")] * t.shape[1])
-    used, perplexity = _codebook_usage_tensor(t, codebook_size)
+    used, perplexity = code_usage(t, codebook_size)
     perp = [float(p) for p in perplexity]
     return CodebookUsage([float(u) for u in used], perp, [float(np.log2(p)) for p in perp])

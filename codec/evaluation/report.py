@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from codec.audio import Array
+from codec.audio.io import write_wav
 from codec.evaluation.evaluate import CLIP_METRICS, OURS, Evaluation, kbps_key
 from codec.evaluation.sets import EVALUATION_VERSION
+from codec.plots import spectrogram_panel
+from codec.provenance import flatten
 
 
 def _num(v: float, digits: int = 5) -> float | None:
@@ -51,17 +54,11 @@ def metrics_dict(ev: Evaluation) -> dict[str, tp.Any]:
 
 def flat_metrics(ev: Evaluation) -> dict[str, float]:
     """``{"ours.6kbps.snr_db": ..., "levels.6kbps.-40dBFS.amplitude_ratio": ...}`` (finite values only)."""
-    out: dict[str, float] = {}
-
-    def walk(d: tp.Mapping[str, tp.Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                out[f"{prefix}{k}"] = float(v)
-
-    walk(metrics_dict(ev), "")
-    return out
+    return {
+        k: float(v)
+        for k, v in flatten(metrics_dict(ev)).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 TABLE_COLUMNS = ("codec", "kbps", "effective_kbps", *CLIP_METRICS, "codebook_usage", "n_clips")
@@ -163,8 +160,6 @@ def _spectrogram_png(clip_id: str, audios: tp.Mapping[str, Array], sample_rate: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from codec.plots import spectrogram_panel
-
     fig, axes = plt.subplots(len(audios), 1, figsize=(9, 1.9 * len(audios)), squeeze=False)
     for ax, (name, x) in zip(axes[:, 0], audios.items(), strict=True):
         spectrogram_panel(ax, x, sample_rate, f"{clip_id}: {name}")
@@ -178,8 +173,6 @@ def _spectrogram_png(clip_id: str, audios: tp.Mapping[str, Array], sample_rate: 
 def write_media(ev: Evaluation, folder: Path) -> None:
     """Spectrogram PNGs (input, ours and Opus at each bitrate) and the decoded WAVs of the sample clips
     (float WAVs with the same bytes for the same audio, so the out's DVC hash only moves with the audio)."""
-    from codec.audio.io import write_wav
-
     folder.mkdir(parents=True, exist_ok=True)
     for clip_id, audios in ev.samples.items():
         (folder / f"{clip_id}_spectrograms.png").write_bytes(_spectrogram_png(clip_id, audios, ev.sample_rate))

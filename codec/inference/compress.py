@@ -12,8 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from codec.audio import Array
-from codec.audio.loudness import StreamingLoudness
+from codec.audio.io import TruncatedAudioError, check_riff_data_size, to_mono
+from codec.audio.limiter import limit
+from codec.audio.loudness import StreamingLoudness, loudness_lufs
 from codec.errors import UserError
+from codec.files import atomic_path
+from codec.inference import bitstream
+from codec.inference.bitstream import MAX_SECONDS
 
 if tp.TYPE_CHECKING:
     from codec.inference.bitstream import Header
@@ -81,9 +86,6 @@ def ingest_stream(path: Path, model_rate: int, tmp: tp.BinaryIO) -> Ingested:
     import soundfile as sf
     import soxr
 
-    from codec.audio.io import TruncatedAudioError, _check_riff_data_size, to_mono
-    from codec.audio.loudness import loudness_lufs
-    from codec.inference.bitstream import MAX_SECONDS
 
     try:
         f = sf.SoundFile(str(path))
@@ -126,7 +128,7 @@ def ingest_stream(path: Path, model_rate: int, tmp: tp.BinaryIO) -> Ingested:
         raise UserError(f"{path}: truncated: the header declares {declared} frames but only {length} could be read")
     if fmt in ("WAV", "WAVEX"):
         try:
-            _check_riff_data_size(path)
+            check_riff_data_size(path)
         except TruncatedAudioError as e:
             raise UserError(f"{path}: truncated: {e}") from None
     if length == 0:
@@ -176,7 +178,6 @@ class PreparedAudio:
         self.limiter_db = 0.0
 
     def __getitem__(self, index: slice) -> Array:
-        from codec.audio.limiter import limit
 
         start, stop, _ = index.indices(self.shape[0])
         stop = max(start, stop)
@@ -201,8 +202,6 @@ def encode_file(
     chunk_frames: int | None = None,
 ) -> Header:
     """Encode the recording ``src`` to the bitstream ``out`` (atomically); returns the header."""
-    from codec.files import atomic_path
-    from codec.inference import bitstream
     from codec.inference import pipeline as inf
 
     model = loaded.model
@@ -270,9 +269,7 @@ def decode_file(
     """
     import soundfile as sf
 
-    from codec.files import atomic_path
-    from codec.inference import bitstream
-    from codec.inference.pipeline import decode_from_stream
+    from codec.inference.pipeline import decode_from_stream  # torch: as above
 
     name = str(src)
     with src.open("rb") as f:

@@ -62,6 +62,7 @@ from codec.audio.loudness import loudness_lufs
 from codec.audio.resample import resample
 from codec.errors import UserError
 from codec.inference import bitstream
+from codec.model.checkpoint import model_fingerprint
 
 Codes = npt.NDArray[np.int64]
 
@@ -391,8 +392,6 @@ def roundtrip(
 def _fingerprint(model: CodecLike, fingerprint: bytes | None) -> bytes:
     if fingerprint is not None:
         return fingerprint
-    from codec.model.checkpoint import model_fingerprint
-
     return model_fingerprint(tp.cast(nn.Module, model))
 
 

@@ -296,7 +296,7 @@ def cpu_demo_config() -> CodecConfig:
 
 
 def gpu_config() -> CodecConfig:
-    """The real model (``params-gpu.yaml``), sized to code speech at 5x EnCodec's speed on a
+    """The real model (``params-gpu.yaml``), sized to code speech at ~7x EnCodec's speed on a
     2-core CPU (``benchmarks/codec_speed.py``): DAC's blocks (three dilated residual units
     per stride), 128-dim latents as EnCodec's, narrow stacks at the audio rate, and strides
     4·4·4·5 so the blocks below the audio rate run at 4 kHz, not 8 kHz. DAC's own widths

@@ -1,18 +1,18 @@
-"""Residual vector quantization with factorized, l2-normalized codes and quantizer dropout.
+"""Residual vector quantization with quantizer dropout: Euclidean EMA codebooks (default) or
+factorized, l2-normalized codes.
 
 Residual VQ (Zeghidour et al. 2021, SoundStream): quantizer ``i`` codes what quantizers
-``0..i-1`` left over, so the first ``n`` codebooks alone are a coarser code and one
-model serves several bitrates. Quantizer dropout trains exactly that: for a share of
-the batch only the first ``n`` quantizers count.
+``0..i-1`` left over, so the first ``n`` codebooks alone are a coarser code and one model
+serves several bitrates; quantizer dropout trains exactly that.
 
-Factorized, l2-normalized codes (Yu et al. 2022, "Vector-quantized image modeling with
-improved VQGAN"; DAC, Kumar et al. 2023): each quantizer projects the latent down to a
-few dimensions (``codebook_dim``), looks up the nearest code by cosine similarity, and
-projects back up. Low-dimensional unit-norm codes are what keep most of a 1024-entry
-codebook in use without k-means initialization or dead-code restarts; the usage is
-measured (:func:`codebook_usage`) and logged, so a collapse would show.
+- ``ema`` (:class:`EMAVectorQuantizer`, SoundStream/EnCodec): Euclidean codebooks fitted by
+  k-means on the latents, updated by exponential moving averages, dead codes restarted.
+- ``factorized`` (:class:`VectorQuantizer`, DAC, Kumar et al. 2023): each quantizer projects
+  the latent to ``codebook_dim`` dimensions and picks the nearest unit-norm code by cosine
+  similarity; codes trained by gradients.
 
-Shapes: ``B`` batch, ``D`` latent channels, ``F`` frames, ``Q`` quantizers.
+Codebook usage (:func:`code_usage`) is logged, so a collapse shows. Shapes: ``B`` batch,
+``D`` latent channels, ``F`` frames, ``Q`` quantizers.
 """
 
 from __future__ import annotations
@@ -312,7 +312,7 @@ class ResidualVQ(nn.Module):
         return z
 
 
-def codebook_usage(codes: Tensor, codebook_size: int) -> tuple[Tensor, Tensor]:
+def code_usage(codes: Tensor, codebook_size: int) -> tuple[Tensor, Tensor]:
     """How much of each codebook ``codes`` ``[B, Q, F]`` uses.
 
     Returns (fraction of codes used ``[Q]``, perplexity ``[Q]``: ``exp`` of the entropy

@@ -12,8 +12,6 @@ from codec.tracking import MODEL_NAME
 Direction = tp.Literal["lower", "higher"]
 
 
-
-
 METRICS = ("snr_db", "si_sdr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")
 
 

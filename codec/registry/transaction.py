@@ -18,7 +18,6 @@ if tp.TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 
-
 def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
     from mlflow.exceptions import MlflowException
 

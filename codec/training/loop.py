@@ -35,7 +35,7 @@ from codec.errors import UserError
 from codec.model.checkpoint import read_checkpoint, save_checkpoint
 from codec.model.codec import Codec, build_codec
 from codec.model.discriminator import AdversarialTrainer
-from codec.model.quantize import codebook_usage
+from codec.model.quantize import code_usage
 from codec.training.dataset import SegmentSampler, read_clips, split_clips, validation_audio
 from codec.training.losses import MultiScaleMelLoss, amplitude_ratio, level_loss, snr_db, weighted_total
 from codec.training.params import TrainParams
@@ -138,7 +138,7 @@ def validate(
     for name in ("snr_db", "amplitude_ratio", "mel_distance"):
         out[f"val/{name}"] = out[f"val/{top:g}kbps/{name}"]
     codes = torch.cat(codes_top, dim=2)
-    used, perplexity = codebook_usage(codes, cfg.codebook_size)
+    used, perplexity = code_usage(codes, cfg.codebook_size)
     out["vq/usage"] = float(used.mean())
     out["vq/perplexity"] = float(perplexity.mean())
     model.train(was_training)

@@ -55,7 +55,7 @@ class TrainParams:
     loss_weights: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     mel: MelParams = dataclasses.field(default_factory=MelParams)
     # Multi-period and multi-resolution STFT discriminators with feature matching
-    # (codec/discriminator.py): adv/gen_loss and adv/feat_loss join the loss from
+    # (codec/model/discriminator.py): adv/gen_loss and adv/feat_loss join the loss from
     # adv_start_step on (a discriminator is wasted on a codec that can't code yet).
     adversarial: bool = False
     disc_lr: float = 1e-4
