@@ -33,7 +33,18 @@ from codec.training.dataset import read_clips, split_clips
 from codec.training.loop import train
 from codec.training.losses import MultiScaleMelLoss
 from codec.training.params import TrainParams
-from tests.presets import tiny_config
+
+# A few-thousand-parameter model: the CPU run of the same code path.
+TINY = CodecConfig(
+    encoder_channels=4,
+    latent_dim=32,
+    decoder_channels=64,
+    dilations=(1, 3),
+    n_codebooks=12,
+    codebook_size=64,
+    codebook_dim=4,
+    bitrates_kbps=(0.9, 1.8, 3.6),
+)
 
 
 def throughput(
@@ -53,7 +64,7 @@ def throughput(
         with torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             out = model(x)
         y = out.audio.float()
-        loss = (y - x).abs().mean() + mel(y, x) + out.commitment_loss + out.codebook_loss
+        loss = (y - x).abs().mean() + mel(x, y) + out.commitment_loss + out.codebook_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -120,7 +131,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     seg = int(a.segment_s * 16000) // 320 * 320
     cpu = torch.device("cpu")
-    tiny = throughput(tiny_config(), cpu, None, a.steps, a.batch, seg)
+    tiny = throughput(TINY, cpu, None, a.steps, a.batch, seg)
     demo = throughput(cpu_demo_config(), cpu, None, a.steps, a.batch, seg)
     print(
         f"CPU fp32 ({a.threads} threads): tiny {tiny:.2f} audio-s/s, demo {demo:.2f} audio-s/s, "

@@ -398,7 +398,8 @@ def test_hostile_bitstreams_fail_cleanly_in_bounded_memory(
     import codec.inference.model_source
 
     # The whole decode command runs for each example except the model load (0.3 s), cached.
-    monkeypatch.setattr(codec.inference.model_source, "load_model", functools.cache(codec.inference.model_source.load_model))
+    source = codec.inference.model_source
+    monkeypatch.setattr(source, "load_model", functools.cache(source.load_model))
     valid = _valid_stream(ckpt)
     src, out = tmp_path / "in.tscb", tmp_path / "out.wav"
     peaks: list[int] = []

@@ -262,7 +262,7 @@ def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_ru
     assert metrics["kbps"] == 3.6 and set(metrics["opus"]) == {"0.9kbps", "1.8kbps", "3.6kbps"}
     assert set(metrics["levels"]["3.6kbps"]) == {"-40dBFS", "-6dBFS"}
     report = (out / "report.md").read_text()
-    assert "| 3.6 | opus |" in report and "Gates preview" in report and "amplitude_ratio_at_-40dBFS" in report
+    assert "| 3.6 | opus |" in report and "Per input level" in report and "Gates preview" not in report
     media = sorted(p.name for p in (out / "media").iterdir())
     assert f"{held_out[0]}_spectrograms.png" in media and f"{held_out[0]}_opus_3.6kbps.wav" in media
 

@@ -203,7 +203,8 @@ def test_the_flow_tasks_are_the_dvc_stages_in_order(data_run: Run) -> None:
 
 
 def test_no_stage_logic_in_flows() -> None:
-    """flows/ orchestrates: it imports no audio, array or ML library and no stage module."""
+    """flows/ orchestrates: it imports no audio, array or ML library and no stage module (only
+    the errors it maps to exit codes and the schema of the promotion record it shows)."""
     allowed = {"__future__", "argparse", "csv", "dataclasses", "json", "math", "os", "re", "subprocess", "sys"}
     allowed |= {"time", "typing", "collections", "pathlib", "yaml", "prefect", "dvc", "networkx", "flows"}
     for path in sorted((REPO / "flows").glob("*.py")):
@@ -212,7 +213,8 @@ def test_no_stage_logic_in_flows() -> None:
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             for name in names:
-                assert name.split(".")[0] in allowed or name == "codec.errors", f"{path.name} imports {name}"
+                ok = name.split(".")[0] in allowed or name in ("codec.errors", "codec.registry.record")
+                assert ok, f"{path.name} imports {name}"
 
 
 @pytest.mark.slow

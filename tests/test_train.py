@@ -204,7 +204,7 @@ def test_stage_logs_an_mlflow_run(data: Path, tmp_path: Path, monkeypatch: pytes
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["model.n_codebooks"] == "12"
-    assert run.data.params["loss_weights.loss/l1"] == "10.0"
+    assert run.data.params["loss_weights.loss/nmse"] == "1.0" and run.data.params["loss_weights.loss/l1"] == "0.0"
     assert "val/snr_db" in run.data.metrics and "vq/usage" in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/total")] == [1, 2]
     assert run.data.tags["device"] == "cpu" and run.data.tags["data_version"].endswith(".dir")

@@ -105,7 +105,9 @@ class _Job:
 def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict[str, tp.Any]]:
     """Normalize mono ``x`` (``[T]`` at ``rate``, already at ``p.sample_rate``).
 
-    Returns the output and its manifest fields (levels before and after).
+    Returns the output and its manifest fields (levels before and after). One function on
+    purpose (~85 lines): the meter, energy and magnitude computed once at the top are shared
+    by the make-up loop and the fields, on the per-file hot path that benchmarks/ times.
     """
     x = np.asarray(x, np.float32)
     meter = LoudnessMeter(x, rate)

@@ -260,10 +260,17 @@ def train_step(state: State) -> Step:
     with torch.autocast(device_type=rt.device.type, dtype=rt.dtype or torch.bfloat16, enabled=rt.dtype is not None):
         res = state.net(x, n_q, quantize=quantize)
     y = res.audio.float()
+    energy = x.pow(2).sum()
+    if rt.world_size > 1:
+        # NMSE is a ratio of sums over the *global* batch: divide this rank's error by the mean
+        # energy per rank, so DDP's average of the ranks' gradients is one process's gradient.
+        energy = energy.detach().clone()
+        dist.all_reduce(energy)
+        energy = energy / rt.world_size
     losses: dict[str, Tensor] = {
         "loss/l1": (y - x).abs().mean(),
         # Error energy over signal energy: 1/SNR, free of the data's level.
-        "loss/nmse": (y - x).pow(2).sum() / x.pow(2).sum().clamp_min(1e-8),
+        "loss/nmse": (y - x).pow(2).sum() / energy.clamp_min(1e-8),
         # Output level over input level, per item, as a squared log ratio: a waveform loss
         # alone rewards shrinking what the codes can't pin down (the MSE-optimal output has
         # RMS ratio sqrt(1 - 1/SNR)), which is how a codec ends at 47 %.
@@ -309,6 +316,29 @@ def step_metrics(state: State, out: Step) -> dict[str, float]:
     return metrics
 
 
+def record(state: State, kind: str, metrics: dict[str, float], callback: Callback | None, bar: tp.Any) -> None:
+    """On rank 0: ``metrics`` into the history, to the callback and onto the progress bar."""
+    if not state.rt.is_main:
+        return
+    state.history.append({"step": float(state.step), **metrics})
+    if callback is not None:
+        callback(kind, state.step, metrics)
+    if bar is None:
+        return
+    if kind == "train":
+        bar.set_postfix(
+            loss=f"{metrics['loss/total']:.3f}",
+            snr=f"{metrics['train/snr_db']:.1f}dB",
+            amp=f"{metrics['train/amplitude_ratio']:.2f}",
+            refresh=False,
+        )
+    else:
+        bar.write(
+            f"step {state.step}: val snr {metrics['val/snr_db']:.2f} dB, amplitude ratio "
+            f"{metrics['val/amplitude_ratio']:.3f}, codebook usage {metrics['vq/usage']:.2f}"
+        )
+
+
 def train(
     params: TrainParams,
     data_dir: str | Path,
@@ -340,30 +370,12 @@ def train(
         out = train_step(state)
         step = state.step
         if step % params.log_every == 0 or step == params.steps:
-            metrics = step_metrics(state, out)
-            if rt.is_main:
-                state.history.append({"step": float(step), **metrics})
-                if callback is not None:
-                    callback("train", step, metrics)
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{metrics['loss/total']:.3f}",
-                        snr=f"{metrics['train/snr_db']:.1f}dB",
-                        amp=f"{metrics['train/amplitude_ratio']:.2f}",
-                        refresh=False,
-                    )
+            record(state, "train", step_metrics(state, out), callback, bar)
         if bar is not None:
             bar.update(1)
         if (step % params.val_every == 0 or step == params.steps) and rt.is_main:
             state.val = validate(state.model, state.val_audio, state.mel_loss, rt.device, rt.dtype)
-            state.history.append({"step": float(step), **state.val})
-            if callback is not None:
-                callback("val", step, state.val)
-            if bar is not None:
-                bar.write(
-                    f"step {step}: val snr {state.val['val/snr_db']:.2f} dB, amplitude ratio "
-                    f"{state.val['val/amplitude_ratio']:.3f}, codebook usage {state.val['vq/usage']:.2f}"
-                )
+            record(state, "val", state.val, callback, bar)
         out_of_time = params.time_limit_s > 0 and agreed(time.perf_counter() - start >= params.time_limit_s, rt)
         if step % params.checkpoint_every == 0 or step == params.steps or step == stop_after or out_of_time:
             if rt.is_main:
