@@ -1,26 +1,5 @@
-"""``codec encode IN OUT --kbps K [--model M]``: a recording → a bitstream (:mod:`codec.inference.bitstream`).
-
-The same steps as :func:`codec.inference.pipeline.prepare` and :func:`codec.inference.pipeline.encode_to_stream`
-(mix down, resample to the model's rate, measure BS.1770 loudness, gain to the training
-loudness, limit peaks, encode chunk by chunk), but streamed from the file, so a long
-recording never sits in memory:
-
-1. one pass over the input (``soundfile`` blocks): mix down, resample (soxr, streaming:
-   the same samples as a whole-file resample), meter the loudness as the samples go by
-   (:class:`StreamingLoudness`: K-weighting with carried filter state, energies summed
-   per 100 ms step; the gating needs only those sums, 10 floats per second), and write
-   the mono model-rate samples to an unlinked temporary file (4 bytes per sample: 64 kB
-   per second at 16 kHz, less than the input file itself for 44.1 kHz 16-bit audio);
-2. the gain is known only now (integrated loudness needs the whole file: one pass);
-3. :func:`codec.inference.pipeline.encode_codes` reads the temporary file chunk by chunk through
-   :class:`PreparedAudio`, which applies the gain and the look-ahead limiter to each
-   slice with enough margin that the result equals limiting the whole signal; the codes
-   go to :func:`codec.inference.bitstream.write_stream` chunk by chunk.
-
-Memory is bounded by the chunk size (10 s of audio and its codes), not by the file: a
-10-minute input is measured in ``tests/test_codec_cli.py``. The output is written under a
-temporary name and renamed into place, so a failure leaves no partial file.
-"""
+"""``codec encode IN OUT --kbps K [--model M]``: a recording → a bitstream (argument parsing
+and printing; the work is :func:`codec.inference.compress.encode_file`)."""
 
 from __future__ import annotations
 
@@ -78,14 +57,3 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-# --- streaming loudness ---------------------------------------------------------------------
-
-
-# --- pass 1: read, mix down, resample, meter --------------------------------------------------
-
-
-# --- pass 2: gain, limiter, encode -------------------------------------------------------------
-
-

@@ -319,8 +319,3 @@ def build_codec(config: CodecConfig, seed: int | None = None) -> Codec:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return Codec(config)
-
-
-# --- checkpoints ------------------------------------------------------------------------
-
-
