@@ -10,10 +10,14 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import signal
 import typing as tp
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
+
+from codec.errors import UserError
 
 T = tp.TypeVar("T")
 R = tp.TypeVar("R")
@@ -29,6 +33,45 @@ def resolve_workers(workers: int) -> int:
         return os.cpu_count() or 1
 
 
+def _libc_function(name: str) -> tp.Any:
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):  # not glibc / not Linux
+        return None
+
+
+# Resolved here, in the parent: a worker must not dlopen() after fork, since a thread of
+# the parent may have held the loader's lock at the fork (a worker hung so in testing).
+_PRCTL = _libc_function("prctl")
+_MALLOPT = _libc_function("mallopt")
+
+
+def die_with_parent() -> None:
+    """Pool initializer: the kernel sends this worker SIGKILL when its parent process dies.
+
+    Without it a ``kill -9`` of a stage left its workers running (blocked, ~126 MB each)
+    for minutes. Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere a no-op. If the
+    parent died before the call, the worker exits at once. Only for workers forked by
+    the parent's main thread (the death signal follows the thread that forked), which is
+    how :func:`parallel_map`'s pool starts them.
+    """
+    if _PRCTL is None:
+        return
+    pr_set_pdeathsig = 1  # <sys/prctl.h>
+    _PRCTL(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != _PARENT_PID:
+        os._exit(1)
+
+
+_PARENT_PID = os.getpid()  # set again in the parent before each pool (see parallel_map)
+
+
+def worker_init() -> None:
+    """The data stages' pool initializer: die with the parent, keep freed memory."""
+    die_with_parent()
+    keep_freed_memory()
+
+
 def keep_freed_memory() -> None:
     """Pool initializer: let glibc's malloc keep and reuse freed memory in the worker.
 
@@ -39,11 +82,9 @@ def keep_freed_memory() -> None:
     stage ~15 % faster on an hour of audio). The heap holds at most what one file's work
     peaks at. No-op where there is no glibc.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    if _MALLOPT is None:
         return
+    mallopt = _MALLOPT
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
     mallopt(m_mmap_threshold, 64 << 20)
     mallopt(m_trim_threshold, 256 << 20)
@@ -68,11 +109,20 @@ def parallel_map(fn: tp.Callable[[T], R], items: tp.Sequence[T], workers: int, d
         # fork: workers inherit imported modules instead of importing them again.
         ctx = multiprocessing.get_context("fork")
         chunksize = max(1, min(16, len(items) // (n * 8)))
-        with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=keep_freed_memory) as pool:
+        global _PARENT_PID
+        _PARENT_PID = os.getpid()
+        with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=worker_init) as pool:
             out = []
-            for r in pool.map(fn, items, chunksize=chunksize):
-                out.append(r)
-                bar.update()
+            try:
+                for r in pool.map(fn, items, chunksize=chunksize):
+                    out.append(r)
+                    bar.update()
+            except BrokenProcessPool:
+                raise UserError(
+                    f"{desc}: a worker process died (killed, or out of memory) after {len(out)} of {len(items)} "
+                    "files; nothing was written. Re-run; if it happens again, lower the stage's workers param "
+                    "or check the system log (dmesg) for the out-of-memory killer"
+                ) from None
             return out
     finally:
         bar.close()

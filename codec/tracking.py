@@ -83,4 +83,3 @@ def logged_model_id(run_id: str, name: str = MODEL_ARTIFACT) -> str | None:
         output_format="list",
     )
     return str(models[0].model_id) if models else None
-

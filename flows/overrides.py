@@ -17,6 +17,11 @@ changed and ``git checkout params.yaml && dvc repro`` goes back.
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import typing as tp
 from pathlib import Path
 
@@ -40,7 +45,12 @@ def flatten(section: tp.Mapping[str, tp.Any], prefix: str = "") -> dict[str, tp.
 def hydra_value(value: tp.Any) -> str:
     """A Python value in Hydra's override grammar (what ``-S key=value`` takes)."""
     if isinstance(value, str):
-        return value
+        # Quoted, so the grammar reads it as the string it is (spaces, ';', '=' included).
+        # Hydra's rule: a quote inside is escaped, and backslashes before a quote (or the
+        # closing quote) are doubled; other backslashes stay as they are.
+        inner = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+        inner = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, inner)
+        return f"'{inner}'"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -68,6 +78,21 @@ def collect_overrides(params_file: Path | None, set_params: tp.Mapping[str, tp.A
     return overrides
 
 
+def check_params(path: Path, label: str | None = None) -> None:
+    """``codec check-params`` on ``path``: every stage's own loader (types, ranges, allowed
+    values, unknown keys), in a subprocess so the flow imports no stage code; ``ValueError``
+    with the stage's message if one refuses."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "codec", "check-params", "--params", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        message = (proc.stderr.strip() or proc.stdout.strip()).replace("codec check-params: error: ", "")
+        raise ValueError(f"{label or path}: refused: {message.replace(str(path), PARAMS_FILE)}")
+
+
 def apply_overrides(repo: Path, overrides: tp.Mapping[str, tp.Any]) -> dict[str, tuple[tp.Any, tp.Any]]:
     """Write ``overrides`` into ``repo/params.yaml``; return ``{key: (old, new)}`` for what changed.
 
@@ -83,6 +108,18 @@ def apply_overrides(repo: Path, overrides: tp.Mapping[str, tp.Any]) -> dict[str,
     unknown = sorted(k for k in overrides if k not in before)
     if unknown:
         raise ValueError(f"{path}: no such param(s): {', '.join(unknown)} (known: {', '.join(sorted(before))})")
-    dvc_apply_overrides(path, [f"{k}={hydra_value(v)}" for k, v in overrides.items()])
+    # Applied to a copy first and checked by every stage's own loader, so a value a key
+    # does not allow (a string for a number, a mode that does not exist) never reaches
+    # params.yaml or a stage.
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / PARAMS_FILE
+        shutil.copyfile(path, trial)
+        label = f"{path} with overrides {dict(overrides)}"
+        try:
+            dvc_apply_overrides(trial, [f"{k}={hydra_value(v)}" for k, v in overrides.items()])
+        except Exception as e:  # DVC's own grammar errors
+            raise ValueError(f"{label}: refused: {e}") from None
+        check_params(trial, label=label)
+        shutil.copyfile(trial, path)
     after = flatten(yaml.safe_load(path.read_text()) or {})
     return {k: (before.get(k), after.get(k)) for k in overrides if before.get(k) != after.get(k)}

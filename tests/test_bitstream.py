@@ -163,6 +163,9 @@ def craft_header(**fields: object) -> bytes:
         ({"chunk": 2**31}, "frames per chunk 2147483648"),
         ({"hop": 0}, "hop length 0"),
         ({"gain": float("nan")}, "gain nan"),
+        ({"gain": -200.0}, r"gain -200 dB is out of bounds \(-60\.\.60 dB"),  # decode would amplify 1e10 times
+        ({"gain": 60.5}, "gain 60.5 dB"),
+        ({"rate": 192_001, "length": 384_002}, r"sample rate 192001 is out of bounds \(1000\.\.192000 Hz\)"),
         ({"lufs": float("inf")}, "input loudness inf"),
         ({"size": 4096}, "header size 4096"),
         ({"reserved": 3}, "reserved field"),
@@ -171,6 +174,16 @@ def craft_header(**fields: object) -> bytes:
 def test_absurd_header_values_are_refused_before_allocating(fields: dict[str, object], message: str) -> None:
     with pytest.raises(bs.BitstreamError, match=message):
         read(craft_header(**fields))
+
+
+def test_a_reader_given_the_size_checks_it_against_the_header_first() -> None:
+    header, data = good_stream()
+    assert bs.read_all(io.BytesIO(data))[0] == header
+    assert bs.read_stream(io.BytesIO(data), size=len(data)).header == header
+    # Refused before a chunk is read, however the rest of the file looks.
+    for size, message in [(len(data) - 1, "truncated: the header declares 100 frames"), (10**9, "data continues")]:
+        with pytest.raises(bs.BitstreamError, match=message):
+            bs.read_stream(io.BytesIO(data), size=size)
 
 
 def test_decoder_limit_and_model_mismatch() -> None:

@@ -124,13 +124,19 @@ def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
 
 
 def test_a_failure_halfway_leaves_the_registry_as_it_was(
-    clips: list[sets.EvalClip], tmp_path: Path, mlflow_uri: str
+    clips: list[sets.EvalClip], tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(mlflow_uri)
     blocked = tmp_path / "blocked.json"
-    blocked.mkdir()  # promotion.json can't be written there: the last step fails, after the registry changed
+
+    def disk_full(path: Path, text: str) -> None:  # the last step fails, after the registry changed
+        if Path(path) == blocked:
+            raise OSError(28, "No space left on device", str(path))
+        Path(path).write_text(text)
+
+    monkeypatch.setattr(pr, "write_text_atomic", disk_full)
     good = evaluated(PcmCodec(), clips)
 
     # No registered model before: none after.

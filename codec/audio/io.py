@@ -7,6 +7,7 @@ after :func:`to_mono`.
 from __future__ import annotations
 
 import io
+import math
 import os
 import wave
 from pathlib import Path
@@ -26,33 +27,62 @@ def read_mono(path: str | Path, start: int = 0, frames: int = -1) -> Array:
     return np.ascontiguousarray(x[:, 0])
 
 
-def read_audio(path: str | Path) -> tuple[Array, int]:
+def read_audio(path: str | Path, max_seconds: float | None = None) -> tuple[Array, int]:
     """Read any format libsndfile knows (WAV, FLAC, OGG, MP3, …) as float32 ``[T, C]``.
 
-    Raises ``soundfile.LibsndfileError`` / ``RuntimeError`` for unreadable files
-    and ``TruncatedAudioError`` when the file holds fewer frames than its header says.
+    Raises ``soundfile.LibsndfileError`` / ``RuntimeError`` for unreadable files,
+    ``TruncatedAudioError`` when the file holds fewer frames than its header says, and
+    ``AudioTooLongError`` when it is longer than ``max_seconds``: from the header, before
+    anything is decoded, or while reading for formats whose header does not know. Samples
+    are read in blocks, so memory follows what the file holds, never what a header claims.
     """
-    plain = _read_pcm16_wav(Path(path))
+    plain = _read_pcm16_wav(Path(path), max_seconds)
     if plain is not None:
         return plain
     with sf.SoundFile(str(path)) as f:
         declared = f.frames
         rate = f.samplerate
         fmt = f.format
-        if f.subtype == "PCM_16":
+        limit = None if max_seconds is None else math.floor(max_seconds * rate)
+        exact = fmt not in ("MP3", "OGG")  # those headers estimate the length, or leave it out
+        if limit is not None and exact and declared > limit:
+            raise AudioTooLongError(declared / rate, from_header=True)
+        pcm16 = f.subtype == "PCM_16"
+        blocks: list[np.ndarray] = []
+        got = 0
+        while True:
             # Reading 16-bit samples and scaling them here is twice as fast as
             # libsndfile's own float conversion, and gives the same values.
-            data = np.multiply(f.read(dtype="int16", always_2d=True), np.float32(1 / 32768), dtype=np.float32)
-        else:
-            data = f.read(dtype="float32", always_2d=True)
-    if declared > 0 and data.shape[0] < declared and fmt not in ("MP3", "OGG"):
+            block = f.read(_BLOCK_FRAMES, dtype="int16" if pcm16 else "float32", always_2d=True)
+            if block.shape[0] == 0:
+                break
+            blocks.append(block)
+            got += block.shape[0]
+            if limit is not None and got > limit:
+                raise AudioTooLongError(got / rate, from_header=False)
+        channels = f.channels
+    raw = np.concatenate(blocks) if len(blocks) > 1 else (blocks[0] if blocks else np.zeros((0, channels), np.float32))
+    data = np.multiply(raw, np.float32(1 / 32768), dtype=np.float32) if pcm16 else raw.astype(np.float32, copy=False)
+    if declared > 0 and data.shape[0] < declared and exact:
         raise TruncatedAudioError(f"header declares {declared} frames but only {data.shape[0]} could be read")
-    if fmt in ("WAV", "WAVEX"):
+    if fmt in ("WAV", "WAVEX", "RF64"):
         check_riff_data_size(Path(path))
     return data, int(rate)
 
 
-def _read_pcm16_wav(path: Path) -> tuple[Array, int] | None:
+_BLOCK_FRAMES = 1 << 20  # ~65 s at 16 kHz per read
+
+
+class AudioTooLongError(RuntimeError):
+    """The file is longer than the caller accepts (from its header, or found while reading)."""
+
+    def __init__(self, seconds: float, from_header: bool) -> None:
+        super().__init__(f"{seconds:.3f} s" + (" (from the header)" if from_header else ""))
+        self.seconds = seconds
+        self.from_header = from_header
+
+
+def _read_pcm16_wav(path: Path, max_seconds: float | None = None) -> tuple[Array, int] | None:
     """A plain 16-bit PCM WAV through the standard library's reader, or ``None`` for anything else.
 
     The common case of the data stages: one open and one read, where libsndfile plus
@@ -68,6 +98,8 @@ def _read_pcm16_wav(path: Path) -> tuple[Array, int] | None:
             channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
             if width != 2 or rate <= 0 or frames <= 0 or frames * channels * 2 >= 0xFFFFFFFF - 3:
                 return None
+            if max_seconds is not None and frames > math.floor(max_seconds * rate):
+                raise AudioTooLongError(frames / rate, from_header=True)
             # The reader stops at the start of the samples: a header that declares more
             # than the file holds is refused before anything that size is allocated.
             available = (os.fstat(f.fileno()).st_size - f.tell()) // (2 * channels)
@@ -82,22 +114,30 @@ def _read_pcm16_wav(path: Path) -> tuple[Array, int] | None:
 
 
 def check_riff_data_size(path: Path) -> None:
-    """Raise ``TruncatedAudioError`` if a RIFF/WAVE 'data' chunk runs past the end of the file.
+    """Raise ``TruncatedAudioError`` if a RIFF/WAVE (or RF64) 'data' chunk runs past the end of the file.
 
     libsndfile quietly shortens such files to what is there, which would turn a
-    cut-off upload into a shorter, valid-looking clip.
+    cut-off upload into a shorter, valid-looking clip. RF64 files (WAVs over 4 GB)
+    keep the real data size in their ``ds64`` chunk; the 'data' chunk says 0xFFFFFFFF.
     """
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
             return
+        ds64_data: int | None = None
         pos = 12
         while pos + 8 <= size:
             f.seek(pos)
             chunk = f.read(8)
             cid, clen = chunk[:4], int.from_bytes(chunk[4:8], "little")
+            if cid == b"ds64" and clen >= 16:
+                body = f.read(16)
+                if len(body) == 16:
+                    ds64_data = int.from_bytes(body[8:16], "little")
             if cid == b"data":
+                if clen == 0xFFFFFFFF and ds64_data is not None:
+                    clen = ds64_data
                 if clen not in (0, 0xFFFFFFFF) and pos + 8 + clen > size:
                     raise TruncatedAudioError(
                         f"the WAV data chunk declares {clen} bytes but the file ends after {size - pos - 8}"

@@ -4,28 +4,53 @@ Goes through :func:`codec.inference.pipeline.decode_from_stream` (header checks,
 chunk-by-chunk decode with context, level restore, resampling back to the original
 rate) and writes the blocks as they come, so memory is bounded by one chunk whatever
 the length. The bitstream is untrusted: its header is bounded by
-:mod:`codec.inference.bitstream` before anything is allocated, and this command adds two limits
-of its own (the longest stream it will decode, ``--max-seconds``, and the largest chunk,
-:data:`MAX_CHUNK_FRAMES`, which bounds the audio one decoder call produces).
+:mod:`codec.inference.bitstream` and checked against the file's size before anything is
+allocated, and this command adds limits of its own: the longest stream it will decode
+(``--max-seconds``, default the format's 24 h), the largest WAV it will write
+(``--max-output-mb``, default :data:`~codec.inference.compress.DEFAULT_MAX_OUTPUT_MB`, 4 GB:
+a header sets the output's rate and length) and the largest chunk
+(:data:`~codec.inference.compress.MAX_CHUNK_FRAMES`, which bounds the audio one decoder call
+produces). A limit is checked before decoding and its message says how to raise it.
 
 Exit codes: 0 done; 2 a bad argument, a missing or unreadable file, no model;
 5 not a bitstream, a truncated or corrupted one, an unsupported version, a limit;
 6 the stream was encoded by another model. The output is written under a temporary
-name and renamed into place only when complete, so a failure leaves no partial file.
+name and renamed into place only when complete, so a failure leaves no partial file (and
+one a ``kill -9`` left is removed by the next successful run for that output:
+:func:`codec.inference.compress.remove_stale_partials`).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import typing as tp
 from pathlib import Path
 
 from codec.errors import UserError
 from codec.inference import bitstream
-from codec.inference.compress import SUBTYPES, check_input_path, decode_file
+from codec.inference.compress import DEFAULT_MAX_OUTPUT_MB, MB, SUBTYPES, check_input_path, decode_file
 
 EXIT_BAD_BITSTREAM = 5
 EXIT_MODEL_MISMATCH = 6
+MAX_OUTPUT_MB = 10**9  # 1 PB: above this a limit means nothing (and stays an exact int of bytes)
+
+
+def _bounded(what: str, hi: float) -> tp.Callable[[str], float]:
+    """An argparse ``type``: a finite number in ``(0, hi]`` (argparse reports anything else
+    as a usage error, exit 2, no traceback)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what}") from None
+        if not (math.isfinite(value) and 0 < value <= hi):
+            raise argparse.ArgumentTypeError(f"{text} must be a number of {what} above 0 and at most {hi:g}")
+        return value
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +66,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-seconds",
-        type=float,
+        type=_bounded("seconds", bitstream.MAX_SECONDS),
         default=None,
-        help="refuse streams longer than this (default: the format's limit, 24 h)",
+        help=f"refuse streams longer than this (default and most: the format's {bitstream.MAX_SECONDS:g} s, 24 h)",
+    )
+    parser.add_argument(
+        "--max-output-mb",
+        type=_bounded("MB", MAX_OUTPUT_MB),
+        default=DEFAULT_MAX_OUTPUT_MB,
+        help="refuse streams whose WAV would be larger than this many MB (10^6 bytes), before decoding "
+        "(default: %(default)s, 4 GB)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
@@ -69,14 +101,14 @@ def _run(args: argparse.Namespace) -> int:
     if out.exists() and out.resolve() == src.resolve():
         raise UserError(f"{out}: the output would overwrite the input; choose another OUT")
     loaded = load_model(args.model)
-    max_frames = None
-    if args.max_seconds is not None:
-        if not args.max_seconds > 0:
-            raise UserError(f"--max-seconds {args.max_seconds:g} must be positive")
-        config = loaded.model.config
-        max_frames = int(args.max_seconds * config.sample_rate / config.hop_length) + 1
     header = decode_file(
-        loaded.model, src, out, fingerprint=model_fingerprint(loaded.model), max_frames=max_frames, subtype=args.subtype
+        loaded.model,
+        src,
+        out,
+        fingerprint=model_fingerprint(loaded.model),
+        max_seconds=args.max_seconds,
+        max_output_bytes=int(args.max_output_mb * MB),
+        subtype=args.subtype,
     )
     if not args.quiet:
         print(
@@ -85,5 +117,3 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
-
-

@@ -12,10 +12,23 @@ from codec.errors import UserError
 from codec.inference.compress import check_input_path, encode_file
 
 
+def _finite(text: str) -> float:
+    """An argparse ``type``: a finite number (``nan``/``inf`` are usage errors, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="IN", help="a recording: any format libsndfile reads (WAV, FLAC, OGG, MP3, …)")
     parser.add_argument("output", metavar="OUT", help="the bitstream to write (conventionally .tscb)")
-    parser.add_argument("--kbps", type=float, default=None, help="bitrate, one the model serves (default: its highest)")
+    parser.add_argument(
+        "--kbps", type=_finite, default=None, help="bitrate, one the model serves (default: its highest)"
+    )
     parser.add_argument(
         "--model",
         default=None,
@@ -24,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--target-lufs",
-        type=float,
+        type=_finite,
         default=None,
         help="loudness the input is brought to before coding (default: the model's training loudness, or -16)",
     )
@@ -38,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from codec.model.checkpoint import model_fingerprint
 
     src, out = Path(args.input), Path(args.output)
-    check_input_path(src)
+    check_input_path(src, allow_empty=False)  # before the model loads
     if out.exists() and out.resolve() == src.resolve():
         raise UserError(f"{out}: the output would overwrite the input; choose another OUT")
     loaded = load_model(args.model)

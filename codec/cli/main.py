@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("codec.training.stage", "train the codec on data/normalized (GPU when present), tracked in MLflow"),
     "evaluate": ("codec.evaluation.stage", "measure the trained codec against Opus on held-out speech"),
     "promote": ("codec.registry.promote", "register the model and set @champion when it passes the gates"),
+    "check-params": ("codec.cli.check_params", "check a params file with every stage's own loader"),
     "models": ("codec.cli.models", "list registered model versions with their metrics and aliases"),
     "encode": ("codec.cli.encode", "encode a recording into a compact bitstream"),
     "decode": ("codec.cli.decode", "decode a bitstream back to a WAV file at the input's level"),

@@ -2,12 +2,16 @@
 
 The tags come from ``codec promote`` (:func:`codec.registry.promote.version_tags`). For plots and
 run-level detail, open the MLflow UI: ``mlflow ui --backend-store-uri sqlite:///mlflow.db``.
+Where tags and aliases disagree (a promotion killed halfway, an alias moved by hand), it says
+so under the table, with what the next ``codec promote`` will do about it
+(:mod:`codec.registry.consistency`).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from codec.registry.consistency import problems
 from codec.registry.versions import format_table, table
 from codec.tracking import MODEL_NAME, tracking_uri
 
@@ -27,4 +31,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.name} in {mlflow.get_tracking_uri()} (metrics at the gate bitrate; opus_*: Opus there)")
     print(format_table(rows))
+    found = problems(MlflowClient(), args.name)
+    if found:
+        print(f"\ninconsistent: {len(found)} version(s) whose decision tag and the aliases disagree")
+        for p in found:
+            print(f"  {p.message}; {p.repair}")
     return 0

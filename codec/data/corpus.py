@@ -24,6 +24,7 @@ import ctypes
 import dataclasses
 import multiprocessing
 import os
+import re
 import typing as tp
 from pathlib import Path
 
@@ -234,6 +235,18 @@ def _render_to_file(job: tuple[Path, Utterance, CorpusParams, int]) -> None:
         sf.write(str(path), x, sr, subtype="PCM_16")
 
 
+def _corpus_owned(folder: Path) -> bool:
+    """The folder holds only what :func:`write_corpus` writes (``speaker_*/utt_NNNNN.wav|flac``)."""
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if not re.fullmatch(r"speaker_[\w+-]+", rel):
+                return False
+        elif not re.fullmatch(r"speaker_[\w+-]+/utt_\d{5}\.(wav|flac)", rel):
+            return False
+    return True
+
+
 def write_corpus(out: Path, params: CorpusParams, workers: int = 0) -> int:
     """Write the corpus folder ``out`` (replaced atomically as a whole). Returns the clip count.
 
@@ -244,7 +257,7 @@ def write_corpus(out: Path, params: CorpusParams, workers: int = 0) -> int:
     byte-identical from run to run and spreads the work over the cores.
     """
     utterances = plan(params, load_sentences())
-    with staged_dir(out) as staging:
+    with staged_dir(out, owned=_corpus_owned) as staging:
         jobs = [(staging, utt, params, i) for i, utt in enumerate(utterances)]
         ctx = multiprocessing.get_context("fork")
         pool = ctx.Pool(resolve_workers(workers), maxtasksperchild=1)

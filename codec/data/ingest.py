@@ -15,10 +15,14 @@ unreadable          the decoder refused it (corrupt header, wrong format…)
 truncated           shorter than its header declares
 empty               no samples
 nan_or_inf          holds NaN or infinite samples
-too_short/too_long  outside [ingest.min_duration_s, ingest.max_duration_s]
+too_short/too_long  outside [ingest.min_duration_s, ingest.max_duration_s] (too_long from the
+                    header when it says, before anything is decoded)
 silent              peak below ingest.silence_peak_dbfs
+dc_only             a constant offset and nothing else (peak below silence once it is removed)
 too_quiet_to_meter  no 400 ms block above BS.1770's -70 LUFS gate
-duplicate           same audio content as an accepted clip (hash of the samples)
+duplicate           same audio content as an accepted clip (hash of the samples), or a link
+                    to a folder that is read already
+symlink_loop        a symbolic link that leads back to itself or to a folder it is inside
 =================== ==========================================================
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import hashlib
 import math
 import os
@@ -37,13 +42,13 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from codec.audio.io import TruncatedAudioError, read_audio, to_mono, write_wav
+from codec.audio.io import AudioTooLongError, TruncatedAudioError, read_audio, to_mono, write_wav
 from codec.audio.levels import clipped_fraction, peak_dbfs, rms_dbfs
 from codec.audio.loudness import integrated_lufs
 from codec.audio.resample import resample
 from codec.data.corpus import CorpusParams
 from codec.errors import UserError
-from codec.files import staged_dir, write_text_atomic
+from codec.files import manifest_owned, staged_dir, write_text_atomic
 from codec.parallel import parallel_map
 from codec.params import load_section
 
@@ -104,27 +109,75 @@ class _Job:
     clip_id: str
     out_dir: str
     params: IngestParams
+    reject: tuple[str, str] | None = None  # decided while listing (links)
 
 
-def list_inputs(source: Path) -> list[tuple[Path, str]]:
-    """Every entry under ``source`` that ingest must account for: (path, relative path).
+@dataclasses.dataclass(frozen=True)
+class Input:
+    """One entry under the source folder that ingest must account for."""
 
-    Files of any kind, plus directories whose name looks like an audio file
-    (``take.wav/``), which are inputs a user meant as audio. Sorted, so ids and
+    path: Path
+    rel: str  # relative to the source folder (POSIX)
+    reject: tuple[str, str] | None = None  # (reason, detail) decided while listing
+
+
+def list_inputs(source: Path) -> list[Input]:
+    """Every entry under ``source`` that ingest must account for.
+
+    Files of any kind (symlinks and dangling links included: they become rejected rows,
+    never nothing), plus directories whose name looks like an audio file (``take.wav/``),
+    which are inputs a user meant as audio. Symlinked folders are followed; a link to a
+    folder that is being read already (a loop, or a second way into the same folder) is
+    itself an input, rejected as ``symlink_loop``/``duplicate``. Sorted, so ids and
     duplicate resolution do not depend on the file system's order.
     """
-    found: list[tuple[Path, str]] = []
-    for root, dirs, files in os.walk(source):
-        dirs.sort()
-        base = Path(root)
-        for d in dirs:
-            if d.lower().endswith(AUDIO_EXTENSIONS):
-                p = base / d
-                found.append((p, p.relative_to(source).as_posix()))
-        for f in files:
-            p = base / f
-            found.append((p, p.relative_to(source).as_posix()))
-    return sorted(found, key=lambda t: t[1])
+    found: list[Input] = []
+    read: dict[tuple[int, int], str] = {}  # folders listed so far -> their relative path
+
+    def walk(folder: Path, rel: str, ancestors: frozenset[tuple[int, int]]) -> None:
+        st = folder.stat()
+        key = (st.st_dev, st.st_ino)
+        read[key] = rel.rstrip("/") or "."
+        ancestors = ancestors | {key}
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            raise UserError(f"ingest: cannot list {folder}: {e.strerror}; fix its permissions") from None
+        for entry in entries:
+            p, r = Path(entry.path), f"{rel}{entry.name}"
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                reason = _link_problem(p) if entry.is_symlink() else None
+                found.append(Input(p, r, reason))
+                continue
+            if entry.name.lower().endswith(AUDIO_EXTENSIONS):
+                found.append(Input(p, r))  # rejected as not_a_file by the worker
+                continue
+            st_d = p.stat()
+            key_d = (st_d.st_dev, st_d.st_ino)
+            if key_d in ancestors:
+                found.append(Input(p, r, ("symlink_loop", f"a link to {read[key_d]}, a folder it is inside")))
+            elif key_d in read:
+                found.append(Input(p, r, ("duplicate", f"a link to the folder {read[key_d]}, read already")))
+            else:
+                walk(p, r + "/", ancestors)
+
+    walk(source, "", frozenset())
+    return sorted(found, key=lambda t: t.rel)
+
+
+def _link_problem(path: Path) -> tuple[str, str] | None:
+    """(reason, detail) for a symlink that does not lead to a file, else ``None``."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return ("symlink_loop", "a symbolic link that leads back to itself")
+        return ("not_a_file", f"a symbolic link to {os.readlink(path)}, which does not exist")
+    return None
 
 
 def make_ids(rels: list[str]) -> list[str]:
@@ -151,6 +204,8 @@ def _ingest_one(job: _Job) -> dict[str, tp.Any]:
     """Decode, check, convert and measure one input. Runs in a worker process."""
     p = job.params
     src = Path(job.source)
+    if job.reject is not None:
+        return _reject(job, *job.reject)
     if not src.is_file():
         kind = "a directory" if src.is_dir() else "not a regular file"
         return _reject(job, "not_a_file", f"{kind} with an audio file name")
@@ -159,10 +214,14 @@ def _ingest_one(job: _Job) -> dict[str, tp.Any]:
     if src.stat().st_size == 0:
         return _reject(job, "empty", "zero bytes")
     try:
-        data, rate = read_audio(src)
+        data, rate = read_audio(src, max_seconds=p.max_duration_s)
         fmt = sf.info(str(src)).format
+    except AudioTooLongError as e:
+        return _reject(job, "too_long", f"{e} > max_duration_s {p.max_duration_s}")
     except TruncatedAudioError as e:
         return _reject(job, "truncated", str(e))
+    except MemoryError:
+        return _reject(job, "unreadable", "decoding it needs more memory than this machine has")
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         return _reject(job, "unreadable", str(e).replace(str(src), job.rel))
     if data.shape[0] == 0:
@@ -179,6 +238,12 @@ def _ingest_one(job: _Job) -> dict[str, tp.Any]:
     if peak < p.silence_peak_dbfs:
         return _reject(job, "silent", f"peak {peak:.1f} dBFS < silence_peak_dbfs {p.silence_peak_dbfs}")
     mono_src = to_mono(data)
+    dc = float(np.mean(mono_src, dtype=np.float64))
+    ac_peak = peak_dbfs(mono_src - np.float32(dc))
+    if ac_peak < p.silence_peak_dbfs:
+        return _reject(
+            job, "dc_only", f"a constant offset ({dc:+.4f}) with no signal: peak {ac_peak:.1f} dBFS once it is removed"
+        )
     mono = resample(mono_src, rate, p.sample_rate)
     lufs = integrated_lufs(mono, p.sample_rate)
     if not math.isfinite(lufs):
@@ -199,7 +264,7 @@ def _ingest_one(job: _Job) -> dict[str, tp.Any]:
         "rms_dbfs": round(rms_dbfs(mono), 4),
         "lufs": round(lufs, 4),
         "clipped_fraction": clipped_fraction(data, p.clip_threshold),
-        "dc_offset": float(np.mean(mono_src, dtype=np.float64)),
+        "dc_offset": dc,
         "content_hash": hashlib.sha256(pcm16.tobytes()).hexdigest(),
     }
 
@@ -218,11 +283,11 @@ def ingest(source: Path, out: Path, params: IngestParams) -> IngestResult:
     if not source.is_dir():
         raise UserError(f"ingest source {source} is not a folder; point ingest.source at a folder of recordings")
     inputs = list_inputs(source)
-    ids = make_ids([rel for _, rel in inputs])
-    with staged_dir(out) as staging:
+    ids = make_ids([i.rel for i in inputs])
+    with staged_dir(out, inputs=[source], owned=manifest_owned(MANIFEST_COLUMNS)) as staging:
         jobs = [
-            _Job(str(path.resolve()), rel, cid, str(staging), params)
-            for (path, rel), cid in zip(inputs, ids, strict=True)
+            _Job(str(i.path.absolute()), i.rel, cid, str(staging), params, i.reject)
+            for i, cid in zip(inputs, ids, strict=True)
         ]
         results = parallel_map(_ingest_one, jobs, params.workers, desc="ingest")
         accepted, rejected = [], []
@@ -252,14 +317,20 @@ def ingest(source: Path, out: Path, params: IngestParams) -> IngestResult:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", type=Path, required=True, help="folder of recordings (any format, nested)")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help="folder of recordings (any format, nested); default: ingest.source of the params file. "
+        "dvc.yaml leaves it to the params file, so the path never passes through a shell",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (data/raw)")
     parser.add_argument("--params", default="params.yaml", help="params file (reads the ingest section)")
 
 
 def run(args: argparse.Namespace) -> int:
     params = load_section(IngestParams, "ingest", args.params)
-    result = ingest(args.source, args.out, params)
+    source = args.source if args.source is not None else Path(params.source)
+    result = ingest(source, args.out, params)
     hours = result.accepted["duration_s"].sum() / 3600 if len(result.accepted) else 0.0
     print(
         f"codec ingest: {result.inputs} inputs -> {len(result.accepted)} accepted ({hours * 60:.1f} min of audio), "
@@ -269,5 +340,5 @@ def run(args: argparse.Namespace) -> int:
         for reason, n in result.rejected["reason"].value_counts().items():
             print(f"  rejected {n:4d} x {reason}")
     if result.accepted.empty:
-        raise UserError(f"no usable recordings under {args.source}: every input was rejected (see rejected.csv)")
+        raise UserError(f"no usable recordings under {source}: every input was rejected (see rejected.csv)")
     return 0

@@ -38,7 +38,7 @@ from codec.audio.loudness import LoudnessMeter
 from codec.audio.resample import resample
 from codec.data.manifest import read_manifest
 from codec.errors import UserError
-from codec.files import staged_dir, write_text_atomic
+from codec.files import manifest_owned, staged_dir, write_text_atomic
 from codec.parallel import parallel_map
 from codec.params import from_dict, read_params
 
@@ -242,8 +242,8 @@ def _normalize_one(job: _Job) -> dict[str, tp.Any]:
 
 def normalize(raw: Path, out: Path, params: NormalizeParams) -> pd.DataFrame:
     """Normalize every clip in ``raw``'s manifest into ``out`` (replaced as a whole)."""
-    manifest = read_manifest(raw)
-    with staged_dir(out) as staging:
+    manifest = read_manifest(raw)  # ids and paths checked: nothing read or written outside the folders
+    with staged_dir(out, inputs=[raw], owned=manifest_owned(MANIFEST_COLUMNS)) as staging:
         jobs = [
             _Job(str(cid), str(raw / path), str(staging), params)
             for cid, path in zip(manifest["id"], manifest["path"], strict=True)
@@ -260,15 +260,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (reads normalize, ingest.sample_rate)")
 
 
-def run(args: argparse.Namespace) -> int:
-    all_params = read_params(args.params)
+def load_params(path: str | Path) -> NormalizeParams:
+    """``normalize`` of the params file, with the sample rate and clip threshold of ``ingest``."""
+    all_params = read_params(path)
     section = dict(all_params.get("normalize") or {})
     # The clips are already at ingest.sample_rate; normalize keeps them there.
     ingest = all_params.get("ingest") or {}
     for key in ("sample_rate", "clip_threshold"):
         if key in ingest:
             section.setdefault(key, ingest[key])
-    params = from_dict(NormalizeParams, section, f"{args.params}: normalize")
+    return from_dict(NormalizeParams, section, f"{path}: normalize")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
     df = normalize(args.raw, args.out, params)
     limited = int(df["ceiling_applied"].sum())
     print(

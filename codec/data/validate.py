@@ -30,7 +30,7 @@ import pandas as pd
 
 from codec.data.manifest import read_manifest
 from codec.errors import DataQualityError, UserError
-from codec.files import write_text_atomic
+from codec.files import check_output_folder, write_text_atomic
 from codec.params import from_dict, read_params
 
 LEVEL_COLUMNS = ("lufs", "rms_dbfs", "peak_dbfs", "duration_s", "clipped_fraction")
@@ -43,6 +43,7 @@ class ValidateParams:
     lufs_tolerance: float = 0.5
     max_rms_spread_db: float = 1.5
     max_clipped_fraction: float = 0.0001
+    max_input_clipped_fraction: float = 0.01
     min_duration_s: float = 0.5
     max_duration_s: float = 60.0
     min_files: int = 20
@@ -110,6 +111,20 @@ def _checks(p: ValidateParams) -> list[tuple[Check, tp.Any]]:
             ),
             gxe.ExpectColumnValuesToBeBetween(
                 column="clipped_fraction", min_value=0.0, max_value=p.max_clipped_fraction
+            ),
+        ),
+        (
+            # Measured on the recording as it arrived (data/raw's clipped_fraction): the
+            # limiter in normalize turns a clipped take into one that reads 0 % clipped
+            # after it, so only the input shows that the waveform was flattened.
+            Check(
+                "input_clipping",
+                "input_clipped_fraction",
+                f"<= {p.max_input_clipped_fraction} of the input's samples at full scale",
+                outside("input_clipped_fraction", 0.0, p.max_input_clipped_fraction),
+            ),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="input_clipped_fraction", min_value=0.0, max_value=p.max_input_clipped_fraction
             ),
         ),
         (
@@ -300,6 +315,9 @@ def validate(
     """Run the gate; write the summary (and Data Docs). Raises ``DataQualityError`` on failure."""
     df = read_manifest(normalized, required=("id", "path"))
     raw_df = read_manifest(raw) if raw is not None else None
+    if raw_df is not None and "clipped_fraction" in raw_df.columns:
+        inputs = raw_df[["id", "clipped_fraction"]].rename(columns={"clipped_fraction": "input_clipped_fraction"})
+        df = df.merge(inputs, on="id", how="left", validate="one_to_one")
     results = run_suite(df, p, docs_dir, raw_df)
     failed = [r for r in results if not r.success]
 
@@ -349,11 +367,23 @@ def load_params(path: str) -> ValidateParams:
     return from_dict(ValidateParams, section, f"{path}: validate")
 
 
+DATA_DOCS_ENTRIES = frozenset({"index.html", "static", "validations", "expectations"})
+
+
+def _docs_owned(folder: Path) -> bool:
+    """The folder holds Great Expectations Data Docs and nothing else."""
+    names = {p.name for p in folder.iterdir()}
+    return "index.html" in names and names <= DATA_DOCS_ENTRIES
+
+
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     if args.docs is not None and args.docs.exists():
         import shutil
 
+        # Only a folder of Data Docs (or an empty one) is cleared: --docs pointed at
+        # anything else is refused before it is touched.
+        check_output_folder(args.docs, inputs=[args.normalized, *([args.raw] if args.raw else [])], owned=_docs_owned)
         shutil.rmtree(args.docs)
     try:
         summary = validate(args.normalized, args.raw, params, args.summary, args.docs)

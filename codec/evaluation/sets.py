@@ -20,6 +20,7 @@ from codec.audio.io import read_mono
 from codec.data.split import split_of
 from codec.errors import UserError
 from codec.evaluation.params import EvaluateParams, LevelSettings
+from codec.files import inside
 
 EVALUATION_VERSION = 1
 
@@ -60,7 +61,7 @@ def load_eval_clips(raw: Path, ids: tp.Sequence[str], seconds: float, sample_rat
         rate = int(float(row["sample_rate"]))
         if rate != sample_rate:
             raise UserError(f"{raw / row['path']} is at {rate} Hz, the model at {sample_rate} Hz; re-run ingest")
-        path = raw / row["path"]
+        path = inside(raw, row["path"], f"{raw / 'manifest.csv'} (clip {clip_id})")
         if not path.is_file():
             raise UserError(f"{path} (clip {clip_id}) is missing; re-run the data stages (dvc repro ingest)")
         audio = read_mono(path, frames=round(seconds * rate))

@@ -54,7 +54,13 @@ A reader treats the file as untrusted: every header value is checked against the
 bounds below before anything is allocated from it, a chunk is at most
 ``MAX_CHUNK_FRAMES·MAX_QUANTIZERS·MAX_BITS/8`` = 256 KiB (reading one peaks at about
 6 MB, measured in ``tests/test_bitstream.py``), and every failure is a
-:class:`BitstreamError` with a one-line message.
+:class:`BitstreamError` with a one-line message. The bounds are what the encoder writes,
+so a header outside them was not written by it: the sample rate is at most 192 kHz
+(the encoder refuses faster inputs) and the gain within ±60 dB (the encoder refuses an
+input more than 60 dB louder than its target), so a decoder's output holds at most
+24 h at 192 kHz and is at most 1000 times (60 dB) the model's output level. A reader
+given the file's size (``read_stream(size=…)``) also checks, before reading any chunk,
+that the file holds exactly the bytes the header's frame count implies.
 """
 
 from __future__ import annotations
@@ -81,7 +87,9 @@ _INDEX = struct.Struct("<I")
 
 # Bounds on header values: refuse before allocating.
 MIN_SAMPLE_RATE = 1000
-MAX_SAMPLE_RATE = 768_000
+# Decode writes the input's rate, so this rate bounds the output per second of codes: 192 kHz
+# is the highest rate of mainstream recording gear; the encoder refuses faster inputs.
+MAX_SAMPLE_RATE = 192_000
 MAX_CHANNELS = 256
 MAX_QUANTIZERS = 32
 MAX_BITS = 16
@@ -89,7 +97,11 @@ MAX_CHUNK_FRAMES = 4096
 DEFAULT_CHUNK_FRAMES = 500  # 10 s at 50 frames/s: 8 bytes of chunk record per 10 s
 MAX_SECONDS = 24 * 3600  # one day of audio
 FRAME_COUNT_TOLERANCE = 2  # frames, for the resampler's rounding of the length
-MAX_ABS_GAIN_DB = 200.0
+# The gain the encoder applies (target - loudness, at most +max_gain_db): decode applies its
+# negative, so MIN_GAIN_DB bounds how far decode may amplify (60 dB, x1000). The encoder refuses
+# inputs more than 60 dB louder than the target (+44 LUFS at -16: float samples in the hundreds).
+MIN_GAIN_DB = -60.0
+MAX_GAIN_DB = 60.0
 LUFS_RANGE = (-400.0, 100.0)
 
 Codes = npt.NDArray[np.int64]
@@ -198,8 +210,8 @@ class Header:
         hi = math.ceil(expected) + FRAME_COUNT_TOLERANCE
         if not lo <= self.frame_count <= hi:
             raise bad("frame count", self.frame_count, f"{lo}..{hi} for {self.length} samples")
-        if not (math.isfinite(self.gain_db) and abs(self.gain_db) <= MAX_ABS_GAIN_DB):
-            raise bad("gain", self.gain_db, f"±{MAX_ABS_GAIN_DB:g} dB")
+        if not (math.isfinite(self.gain_db) and MIN_GAIN_DB <= self.gain_db <= MAX_GAIN_DB):
+            raise bad("gain", f"{self.gain_db:g} dB", f"{MIN_GAIN_DB:g}..{MAX_GAIN_DB:g} dB, what the encoder writes")
         if not (self.input_lufs == -math.inf or LUFS_RANGE[0] <= self.input_lufs <= LUFS_RANGE[1]):
             raise bad("input loudness", self.input_lufs, f"{LUFS_RANGE[0]:g}..{LUFS_RANGE[1]:g} LUFS or -inf")
 
@@ -400,21 +412,46 @@ class Stream:
     chunks: tp.Iterator[Codes]
 
 
-def read_stream(fileobj: tp.BinaryIO, max_frames: int | None = None, name: str = "bitstream") -> Stream:
+def read_stream(
+    fileobj: tp.BinaryIO, max_frames: int | None = None, name: str = "bitstream", *, size: int | None = None
+) -> Stream:
     """Read and check the header now; return it with an iterator over the chunks.
 
     ``max_frames`` lets the caller refuse streams longer than it is willing to decode.
+    ``size``, the file's size in bytes when known, is checked against the size the header
+    implies (:meth:`Header.stream_bytes`) now, so a header that claims more (or fewer)
+    frames than the file holds is refused before any chunk is read or decoded.
     Iterating raises :class:`BitstreamError` at the first truncated, corrupted,
     misplaced or extra chunk (after yielding the good chunks before it), and after the
     last chunk checks that the file ends there.
     """
     header = Header.unpack(_read_exact(fileobj, HEADER_SIZE), name)
+    if size is not None:
+        check_size(header, size, name)
     if max_frames is not None and header.frame_count > max_frames:
         raise BitstreamError(
             f"{name}: {header.frame_count} frames ({header.duration_s:.0f} s) exceed this decoder's limit of "
             f"{max_frames} frames"
         )
     return Stream(header, _iter_chunks(fileobj, header, name))
+
+
+def check_size(header: Header, size: int, name: str = "bitstream") -> None:
+    """Raise :class:`BitstreamError` unless a file of ``size`` bytes is exactly the stream
+    ``header`` describes (the header's frame count is what the payload holds)."""
+    expected = header.stream_bytes()
+    if size == expected:
+        return
+    declared = (
+        f"the header declares {header.frame_count} frames ({header.duration_s:.1f} s) in {expected} bytes "
+        f"but the file has {size}"
+    )
+    if size < expected:
+        raise BitstreamError(f"{name}: truncated: {declared}; re-encode or re-copy it")
+    raise BitstreamError(
+        f"{name}: corrupted: {declared}: data continues after the last of {header.n_chunks} chunks; "
+        "the file was appended to or is not one bitstream"
+    )
 
 
 def _iter_chunks(fileobj: tp.BinaryIO, header: Header, name: str) -> tp.Iterator[Codes]:

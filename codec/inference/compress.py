@@ -19,15 +19,33 @@ but streamed from the file, so a long recording never sits in memory:
    :func:`codec.inference.bitstream.write_stream` chunk by chunk.
 
 Memory is bounded by the chunk size (10 s of audio and its codes), not by the file: a
-10-minute input is measured in ``tests/test_codec_cli.py``. The output is written under a
-temporary name and renamed into place, so a failure leaves no partial file.
+10-minute input is measured in ``tests/test_codec_cli.py``.
+
+Decoding checks the header against the file before decoding anything: the file must hold
+exactly the bytes the header's frame count implies, the stream must be at most
+``max_seconds`` long, and the WAV it makes at most ``max_output_bytes``
+(:data:`DEFAULT_MAX_OUTPUT_MB`, 4 GB, unless raised: ``codec decode --max-output-mb``).
+
+Both write their output under a temporary name beside it (:func:`codec.files.atomic_path`)
+and rename it into place, so a failure leaves no partial file. A ``kill -9`` cannot be
+cleaned up after, so the next successful run for the same output removes the partial files
+such a run left (:func:`remove_stale_partials`): a writer holds an exclusive ``flock`` on
+its partial file while it writes, which the kernel drops when the process dies, however
+it dies, so a partial file nobody holds a lock on, last modified before this run began,
+has no live writer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import math
+import os
+import re
+import stat
 import tempfile
+import time
 import typing as tp
 from pathlib import Path
 
@@ -54,8 +72,9 @@ READ_BLOCK = 1 << 16  # input frames per read
 SLICE_MARGIN_WINDOWS = 4  # limiter support is 1.5 windows each side; 4 leaves room
 
 
-def check_input_path(path: Path) -> None:
-    """:class:`UserError` unless ``path`` is an existing, readable file."""
+def check_input_path(path: Path, *, allow_empty: bool = True) -> None:
+    """:class:`UserError` unless ``path`` is an existing, readable file (and, unless
+    ``allow_empty``, not 0 bytes long)."""
     if not path.exists():
         raise UserError(f"{path}: no such file; pass an existing recording")
     if not path.is_file():
@@ -65,6 +84,8 @@ def check_input_path(path: Path) -> None:
             pass
     except OSError as e:
         raise UserError(f"{path}: cannot be read ({e.strerror or e}); check its permissions") from None
+    if not allow_empty and path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file (0 bytes), no audio in it; pass a recording")
 
 
 class FloatFile:
@@ -108,13 +129,18 @@ def ingest_stream(path: Path, model_rate: int, tmp: tp.BinaryIO) -> Ingested:
     import soundfile as sf
     import soxr
 
-
+    check_input_path(path, allow_empty=False)  # libsndfile would say "Format not recognised"
     try:
         f = sf.SoundFile(str(path))
     except Exception as e:  # libsndfile's message names the problem (format, header, …)
         raise UserError(f"{path}: not an audio file this tool can read ({_one_line(e)})") from None
     with f:
         rate, channels, declared, fmt = int(f.samplerate), int(f.channels), int(f.frames), f.format
+        if not bitstream.MIN_SAMPLE_RATE <= rate <= bitstream.MAX_SAMPLE_RATE:
+            raise UserError(
+                f"{path}: sample rate {rate} Hz is outside the {bitstream.MIN_SAMPLE_RATE}.."
+                f"{bitstream.MAX_SAMPLE_RATE} Hz a bitstream carries; resample it first (say to 48000 Hz)"
+            )
         if declared > rate * MAX_SECONDS:
             raise UserError(f"{path}: {declared / rate / 3600:.1f} h is longer than the {MAX_SECONDS // 3600} h limit")
         meter = StreamingLoudness(model_rate)
@@ -226,6 +252,7 @@ def encode_file(
     """Encode the recording ``src`` to the bitstream ``out`` (atomically); returns the header."""
     from codec.inference import pipeline as inf
 
+    started = time.time()
     model = loaded.model
     config = model.config
     n_q = inf.n_quantizers_for(model, kbps)  # an unserved bitrate fails before any work
@@ -239,6 +266,7 @@ def encode_file(
                 "nothing to encode (pass --allow-silence to encode it anyway)"
             )
         gain_db = gain_for(ing.input_lufs, ing.silent, target_lufs, inf.DEFAULT_MAX_GAIN_DB)
+        inf.check_gain(gain_db, ing.input_lufs, target_lufs, str(src))
         window = max(1, round(inf.DEFAULT_LIMITER_WINDOW_MS * 1e-3 * model_rate))
         audio = PreparedAudio(ing.audio, gain_db, inf.DEFAULT_PEAK_CEILING_DB, window)
         header = bitstream.Header(
@@ -258,11 +286,66 @@ def encode_file(
         header.check(str(src))
         blocks = inf.encode_codes(model, tp.cast(Array, audio), kbps, chunk_frames=chunk)
         try:
-            with atomic_path(out) as part, part.open("wb") as f:
+            with locked_partial(out, started) as part, part.open("wb") as f:
                 bitstream.write_stream(tp.cast(tp.BinaryIO, f), header, blocks)
         except OSError as e:
             raise UserError(f"{out}: cannot be written ({e.strerror or e}); check the folder and free space") from None
     return header
+
+
+# tempfile.mkstemp's names, as codec.files.atomic_path makes them: ".NAME." + 8 of these + ".partial"
+_MKSTEMP_RANDOM = r"[a-z0-9_]{8}"
+
+
+@contextlib.contextmanager
+def locked_partial(out: Path, started: float) -> tp.Iterator[Path]:
+    """:func:`codec.files.atomic_path` for ``out``, with an exclusive ``flock`` held on the
+    partial file while the body writes it; once ``out`` is in place, removes the partial
+    files of ``out`` that runs killed before ``started`` (a ``time.time()``) left behind."""
+    # The lock is on a handle of our own (the writer may reopen the file by name); it is
+    # released just before atomic_path renames the file into place.
+    with atomic_path(out) as part, part.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield part
+    remove_stale_partials(out, started)
+
+
+def remove_stale_partials(out: Path, started: float) -> list[Path]:
+    """Remove the partial files :func:`codec.files.atomic_path` leaves beside ``out`` when its
+    run is killed (``.{out.name}.XXXXXXXX.partial``); returns the paths removed.
+
+    Only regular files of this user with exactly that name, last modified before
+    ``started`` and not locked: a live writer (:func:`locked_partial`) holds an exclusive
+    ``flock`` on its partial file, and the kernel releases it when the writer dies, SIGKILL
+    included. The age check covers the instant between a writer creating its file and
+    locking it. Failures to remove are ignored: the output itself is already in place.
+    """
+    pattern = re.compile(re.escape(f".{out.name}.") + _MKSTEMP_RANDOM + re.escape(".partial"))
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(out.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mtime >= started:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (an OSError): a writer holds it
+            if os.fstat(fd).st_ino == os.stat(entry.path, follow_symlinks=False).st_ino:  # still that file
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 # Our encoder writes 500-frame (10 s) chunks; a crafted header may ask for up to 4096, whose
@@ -274,6 +357,46 @@ SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 
 
 WAV_LIMIT_BYTES = 2**32 - 1024  # past this a RIFF size field overflows: write RF64
+SAMPLE_BYTES = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}
+
+# The largest WAV decode writes unless told otherwise (--max-output-mb): a stream's header
+# sets the output's length and rate, and 1.5 kbps of codes become up to 768 kB/s of WAV
+# (192 kHz FLOAT), so a 16 MB stream could ask for 66 GB. 4 GB (about where WAV must turn
+# into RF64) is 17 h of 16 kHz or 5.8 h of 48 kHz FLOAT, twice that in PCM_16.
+DEFAULT_MAX_OUTPUT_MB = 4000
+MB = 1_000_000
+
+
+def output_bytes(header: Header, subtype: str) -> int:
+    """The size of the samples of the WAV that decoding ``header``'s stream writes."""
+    return header.length * SAMPLE_BYTES[subtype]
+
+
+def check_decode_limits(
+    header: Header, subtype: str, max_seconds: float | None, max_output_bytes: int | None, name: str
+) -> None:
+    """Raise :class:`codec.inference.bitstream.BitstreamError` for chunks larger than
+    :data:`MAX_CHUNK_FRAMES`, a stream longer than ``max_seconds`` or one whose WAV would
+    be larger than ``max_output_bytes``, saying how to raise the limit."""
+    if header.chunk_frames > MAX_CHUNK_FRAMES:
+        raise bitstream.BitstreamError(
+            f"{name}: chunks of {header.chunk_frames} frames exceed this decoder's limit of {MAX_CHUNK_FRAMES}; "
+            "re-encode with codec encode"
+        )
+    seconds = header.duration_s
+    if max_seconds is not None and seconds > max_seconds:
+        raise bitstream.BitstreamError(
+            f"{name}: {seconds:.1f} s is longer than the --max-seconds limit of {max_seconds:g} s; "
+            f"pass --max-seconds {math.ceil(seconds)} to decode it"
+        )
+    size = output_bytes(header, subtype)
+    if max_output_bytes is not None and size > max_output_bytes:
+        smaller = " (or a smaller --subtype: PCM_16 is 2 bytes a sample)" if SAMPLE_BYTES[subtype] > 2 else ""
+        raise bitstream.BitstreamError(
+            f"{name}: the decoded WAV would be {size / MB:,.1f} MB ({seconds:,.1f} s at {header.sample_rate} Hz, "
+            f"{subtype}), over the {max_output_bytes / MB:g} MB output limit; pass --max-output-mb "
+            f"{math.ceil(size / MB)}{smaller} to decode it"
+        )
 
 
 def decode_file(
@@ -282,33 +405,34 @@ def decode_file(
     out: Path,
     *,
     fingerprint: bytes,
-    max_frames: int | None = None,
+    max_seconds: float | None = None,
+    max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_MB * MB,
     subtype: str = "FLOAT",
 ) -> Header:
     """Decode the bitstream ``src`` to the WAV ``out`` (atomically); returns the header.
 
-    Raises :class:`codec.inference.bitstream.BitstreamError` for a bad stream (nothing is left at ``out``).
+    Before decoding anything, the file's size must be the one its header implies, and the
+    stream within ``max_seconds`` (``None``: the format's 24 h) and ``max_output_bytes`` of
+    WAV samples (``None``: no limit; see :func:`check_decode_limits`). Raises
+    :class:`codec.inference.bitstream.BitstreamError` for a bad stream or a limit (nothing
+    is left at ``out``).
     """
     import soundfile as sf
 
     from codec.inference.pipeline import decode_from_stream  # torch: as above
 
+    started = time.time()
     name = str(src)
     with src.open("rb") as f:
         header, blocks = decode_from_stream(
-            model, tp.cast(tp.BinaryIO, f), fingerprint=fingerprint, max_frames=max_frames, name=name
+            model, tp.cast(tp.BinaryIO, f), fingerprint=fingerprint, name=name, size=os.fstat(f.fileno()).st_size
         )
-        if header.chunk_frames > MAX_CHUNK_FRAMES:
-            raise bitstream.BitstreamError(
-                f"{name}: chunks of {header.chunk_frames} frames exceed this decoder's limit of {MAX_CHUNK_FRAMES}; "
-                "re-encode with codec encode"
-            )
-        sample_bytes = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}[subtype]
-        fmt = "WAV" if header.length * sample_bytes < WAV_LIMIT_BYTES else "RF64"
+        check_decode_limits(header, subtype, max_seconds, max_output_bytes, name)
+        fmt = "WAV" if output_bytes(header, subtype) < WAV_LIMIT_BYTES else "RF64"
         pcm = subtype != "FLOAT"
         try:
             with (
-                atomic_path(out) as part,
+                locked_partial(out, started) as part,
                 sf.SoundFile(
                     str(part), "w", samplerate=header.sample_rate, channels=1, subtype=subtype, format=fmt
                 ) as wav,

@@ -21,7 +21,9 @@ Encode side (:func:`prepare`, then :func:`encode_codes`):
      faint recording's hiss is not pushed to speech level;
 
    the gain is rounded to float32, the precision the bitstream carries, so encoder
-   and decoder use the very same number;
+   and decoder use the very same number; a bitstream carries -60..+60 dB
+   (:func:`check_gain`), so :func:`encode_to_stream` refuses an input more than 60 dB
+   louder than the target (float samples in the hundreds, at -16 LUFS);
 4. peaks above the training data's ceiling are limited with the normalize stage's
    look-ahead limiter (:func:`codec.audio.limiter.limit`), as the training clips were: the
    model never sees a sample level it was not trained on;
@@ -389,6 +391,24 @@ def roundtrip(
 # --- bitstreams ---------------------------------------------------------------------------
 
 
+def check_gain(gain_db: float, input_lufs: float, target_lufs: float, name: str = "the input") -> None:
+    """:class:`InferenceError` unless ``gain_db`` fits the bitstream's
+    :data:`~codec.inference.bitstream.MIN_GAIN_DB`..:data:`~codec.inference.bitstream.MAX_GAIN_DB`
+    (what a decoder accepts), naming the input's loudness and what to change."""
+    lo, hi = bitstream.MIN_GAIN_DB, bitstream.MAX_GAIN_DB
+    if not math.isfinite(target_lufs):
+        raise InferenceError(f"target loudness {target_lufs} LUFS is not a number; pass a finite --target-lufs")
+    if gain_db < lo:
+        hot = " (its samples are far above full scale)" if input_lufs > 0.0 else ""
+        raise InferenceError(
+            f"{name}: at {input_lufs:.1f} LUFS{hot} it is {-gain_db:.1f} dB louder than the {target_lufs:g} LUFS "
+            f"target, and a bitstream carries at most {-lo:g} dB of attenuation; lower its level, "
+            "or pass a higher --target-lufs"
+        )
+    if not gain_db <= hi:
+        raise InferenceError(f"{name}: a gain of {gain_db:g} dB exceeds the bitstream's {hi:g} dB; lower max_gain_db")
+
+
 def _fingerprint(model: CodecLike, fingerprint: bytes | None) -> bytes:
     if fingerprint is not None:
         return fingerprint
@@ -424,6 +444,7 @@ def encode_to_stream(
         peak_ceiling_db=peak_ceiling_db,
         limiter_window_ms=limiter_window_ms,
     )
+    check_gain(prepared.gain_db, prepared.input_lufs, target_lufs)
     header = bitstream.Header(
         fingerprint=_fingerprint(model, fingerprint),
         sample_rate=prepared.sample_rate,
@@ -451,16 +472,18 @@ def decode_from_stream(
     max_frames: int | None = None,
     context_frames: int = DEFAULT_CONTEXT_FRAMES,
     name: str = "bitstream",
+    size: int | None = None,
 ) -> tuple[bitstream.Header, tp.Iterator[Array]]:
     """Read a bitstream's header, check it was written by ``model``, and return it with
     an iterator over the decoded audio (mono float32 blocks at the original rate and
-    level, ``header.length`` samples in all).
+    level, ``header.length`` samples in all). ``size`` (the file's bytes, when known) is
+    checked against the header now (:func:`codec.inference.bitstream.read_stream`).
 
     Raises :class:`codec.inference.bitstream.BitstreamError` (or its
     :class:`~codec.inference.bitstream.ModelMismatchError`) for a bad header or another model's
     stream now, and for a bad chunk while iterating.
     """
-    stream = bitstream.read_stream(fileobj, max_frames=max_frames, name=name)
+    stream = bitstream.read_stream(fileobj, max_frames=max_frames, name=name, size=size)
     header = stream.header
     bitstream.check_model(header, _fingerprint(model, fingerprint), name)
     config = model.config

@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 import typing as tp
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,19 +51,41 @@ def save_checkpoint(path: str | Path, model: nn.Module, extra: tp.Mapping[str, t
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, tp.Any]:
-    """The checkpoint dict, read with ``weights_only=True``; ``UserError`` when unreadable."""
+    """The checkpoint dict, read with ``weights_only=True``; ``UserError`` when unreadable.
+
+    A file that holds pickled code or objects (anything but tensors and plain data) is
+    refused as not a codec checkpoint. torch's own message for it advises loading with
+    ``weights_only=False``, which would run that code: it is not passed on.
+    """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"checkpoint not found: {p} (train a model first: codec train, or dvc repro train)")
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated file, or not a checkpoint at all
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # the weights-only unpickler refused something
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" (such as {found[1]})" if found else ""
         raise UserError(
-            f"{p} is not a readable codec checkpoint ({type(e).__name__}: {e}); retrain or restore it"
+            f"{p} is not a readable codec checkpoint: it holds pickled code or objects beyond tensors and "
+            f"plain data{what}, which this tool refuses to load (unpickling them could run code); use a "
+            "checkpoint written by codec train, or retrain"
         ) from None
+    except Exception as e:  # a truncated file, or not a checkpoint at all
+        reason = "the file is empty" if p.stat().st_size == 0 else _first_line(e)
+        raise UserError(f"{p} is not a readable codec checkpoint ({reason}); retrain or restore it") from None
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         raise UserError(f"{p} is not a codec checkpoint (no model_config/model entries)")
     return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    text = text.splitlines()[0] if text else ""
+    if "weights_only" in text:  # never relay torch's advice to load untrusted pickles
+        text = "not a weights-only torch file"
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> Codec:

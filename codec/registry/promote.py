@@ -19,10 +19,15 @@ candidate's clips at the gate bitrate, so the two numbers always come from the s
 audio; if that fails (the model can't be loaded), the candidate cannot be shown to beat
 it and is at most ``challenger``, with the reason in ``promotion.json``.
 
-**All or nothing.** The registry is changed only inside :func:`codec.registry.transaction.register`, which notes the
-aliases first and, on any exception (including writing ``promotion.json``, the last
-step), deletes the version it created (and the registered model if it created it) and
-puts the aliases back.
+**One decision at a time, all or nothing.** Before the registry is touched, ``--out`` must be
+writable and the evaluation's MLflow run (and logged model) must be in the store. Then, under
+:func:`codec.registry.lock.registry_lock` (a file lock beside the SQLite store; see that module
+for a remote tracking server), the stage repairs what a killed promotion left
+(:func:`codec.registry.consistency.repair`, said on stdout), reads the champion, compares,
+and changes the registry only inside :func:`codec.registry.transaction.register`: the version
+is created ``decision=pending`` and tagged with its decision only once it holds its alias, and
+on any exception (including writing ``promotion.json``, the last step) that promotion's own
+changes are undone.
 
 Exit status: 0 whatever the decision, unless ``fail_on_gate`` is true and a gate failed
 (:class:`codec.errors.GateError`, exit code 4), after everything is recorded.
@@ -34,6 +39,8 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+import tempfile
 import typing as tp
 from pathlib import Path
 
@@ -45,6 +52,7 @@ from codec.files import write_text_atomic
 from codec.inference.model_source import load_model
 from codec.params import PARAMS_FILE, from_dict, load_section
 from codec.provenance import data_version, git_commit, repo_root
+from codec.registry.consistency import repair
 from codec.registry.gates import (
     Direction,
     Gate,
@@ -55,9 +63,10 @@ from codec.registry.gates import (
     check_gates,
     gate_kbps,
 )
+from codec.registry.lock import registry_lock
 from codec.registry.record import Decision, PromotionRecord
 from codec.registry.transaction import champion_version, register
-from codec.tracking import tracking_uri
+from codec.tracking import CHAMPION, tracking_uri
 
 if tp.TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -186,6 +195,7 @@ class Promotion:
     model_uri: str
     eval_set_fingerprint: str
     tags: dict[str, str]
+    repairs: list[str] = dataclasses.field(default_factory=list)  # what repair() fixed first
 
     @property
     def all_gates_passed(self) -> bool:
@@ -218,6 +228,56 @@ class Promotion:
         }
 
 
+def check_writable(out: Path) -> None:
+    """:class:`UserError` unless a file can be written at ``out``: checked before the registry is
+    touched, so an unwritable ``--out`` leaves nothing half-done."""
+    if out.is_dir():
+        raise UserError(
+            f"--out {out} is a folder; give the path of the file to write, such as {out / 'promotion.json'} "
+            "(nothing was registered)"
+        )
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(
+            f"can't write --out {out}: {blocker} is a file, not a folder; choose another --out (nothing was registered)"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(
+            f"can't write --out {out}: {e.strerror or e} ({e.filename or out.parent}); choose another --out or "
+            f"make {out.parent} writable (nothing was registered)"
+        ) from None
+
+
+def registry_uri(client: MlflowClient) -> str:
+    # MlflowClient keeps its registry URI private; it defaults to the tracking URI.
+    return str(getattr(client, "_registry_uri", None) or client.tracking_uri)
+
+
+def check_logged(client: MlflowClient, run_id: str, model_id: str | None) -> None:
+    """:class:`UserError` unless the evaluation's run (and logged model) are in the store."""
+    from mlflow.exceptions import MlflowException
+
+    where = registry_uri(client)
+    what: list[tuple[str, str, tp.Callable[[str], object]]] = [("run", run_id, client.get_run)]
+    if model_id:
+        what.append(("logged model", model_id, client.get_logged_model))
+    for kind, ident, get in what:
+        try:
+            get(ident)
+        except MlflowException as e:
+            first = e.message.splitlines()[0] if e.message else str(e)
+            raise PromotionError(
+                f"evaluation.json names MLflow {kind} {ident}, which the store at {where} can't give "
+                f"({e.error_code}: {first}); run codec promote against the store codec evaluate logged to "
+                "(MLFLOW_TRACKING_URI), or re-run codec evaluate (nothing was registered)"
+            ) from None
+
+
 def promote(
     client: MlflowClient,
     record: tp.Mapping[str, tp.Any],
@@ -226,8 +286,12 @@ def promote(
     *,
     provenance: tp.Mapping[str, str] | None = None,
     re_evaluate: ReEvaluate | None = None,
+    say: tp.Callable[[str], None] | None = None,
 ) -> Promotion:
-    """Gate, compare, register and write ``out`` (``promotion.json``); see the module docstring."""
+    """Gate, compare, register and write ``out`` (``promotion.json``); see the module docstring.
+    ``say`` hears what is done besides the decision (a wait for the lock, a repair)."""
+    from mlflow.exceptions import MlflowException
+
     run_id, source = record.get("mlflow_run_id"), record.get("model_uri")
     if not run_id or not source:
         raise PromotionError(
@@ -236,40 +300,69 @@ def promote(
         )
     k = gate_kbps(record["metrics"], params)
     gates = check_gates(record["metrics"], params)
-    cmp = (
-        compare(client, record, params, k, re_evaluate)
-        if all(g.passed for g in gates)
-        else Comparison(
-            params.primary_metric,
-            params.primary_direction,
-            _value(record["metrics"]["ours"][k].get(params.primary_metric)),
-            source="not compared (a gate failed)",
-            beats=False,
-        )
-    )
-    decision, reasons = decide(gates, cmp)
-    tags = version_tags(record, gates, decision, reasons, k, dict(provenance or {}))
+    check_writable(out)
+    check_logged(client, str(run_id), record.get("model_id"))
+    uri = registry_uri(client)
     result: list[Promotion] = []
+    try:
+        with registry_lock(uri, say=say) as exclusive:
+            repairs = repair(client, params.model_name, exclusive)
+            for line in repairs:
+                if say is not None:
+                    say(line)
+            # The champion is read inside the lock: the comparison is against the real current one.
+            passed = all(g.passed for g in gates)
+            cmp = (
+                compare(client, record, params, k, re_evaluate)
+                if passed
+                else Comparison(
+                    params.primary_metric,
+                    params.primary_direction,
+                    _value(record["metrics"]["ours"][k].get(params.primary_metric)),
+                    source="not compared (a gate failed)",
+                    beats=False,
+                )
+            )
+            decision, reasons = decide(gates, cmp)
+            tags = version_tags(record, gates, decision, reasons, k, dict(provenance or {}))
 
-    def finish(version: str) -> None:
-        p = Promotion(
-            params.model_name,
-            version,
-            decision,
-            reasons,
-            gates,
-            cmp,
-            k,
-            str(run_id),
-            str(source),
-            str(record["eval_set_fingerprint"]),
-            tags,
-        )
-        write_text_atomic(out, json.dumps(p.to_dict(), indent=2) + "\n")
-        result.append(p)
+            def finish(version: str) -> None:
+                p = Promotion(
+                    params.model_name,
+                    version,
+                    decision,
+                    reasons,
+                    gates,
+                    cmp,
+                    k,
+                    str(run_id),
+                    str(source),
+                    str(record["eval_set_fingerprint"]),
+                    tags,
+                    repairs,
+                )
+                write_text_atomic(out, json.dumps(p.to_dict(), indent=2) + "\n")
+                result.append(p)
 
-    alias = None if decision == "rejected" else decision
-    register(client, params.model_name, str(source), str(run_id), tags, alias, finish, record.get("model_id"))
+            alias = None if decision == "rejected" else decision
+            # Compare-and-set: the champion must still be the one compared against when the alias moves.
+            expected = {CHAMPION: cmp.champion_version} if passed else {}
+            register(
+                client,
+                params.model_name,
+                str(source),
+                str(run_id),
+                tags,
+                alias,
+                finish,
+                record.get("model_id"),
+                expected,
+            )
+    except MlflowException as e:
+        raise PromotionError(
+            f"the MLflow store at {uri} refused a registry call ({e.error_code}: {e.message}); this promotion's "
+            "changes were undone; check the store (codec models) and re-run codec promote"
+        ) from e
     return result[0]
 
 
@@ -335,6 +428,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out),
         provenance=provenance,
         re_evaluate=champion_re_evaluator(record, Path(args.raw)),
+        say=lambda line: print(f"codec promote: {line}", flush=True),
     )
     print(f"{params.model_name} version {p.version}: {p.decision}")
     for g in p.gates:

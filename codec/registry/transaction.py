@@ -1,21 +1,56 @@
-"""The MLflow model registry, changed all or nothing.
+"""The MLflow model registry, changed all or nothing, in an order that survives ``kill -9``.
 
-:func:`register` creates a model version, points an alias at it and runs the caller's
-last step; on any exception it deletes what it created and puts the aliases back, so a
-failed promotion leaves the registry as it was (DESIGN: "nothing is lost"). MLflow has no
-transactions across these calls; the undo is explicit, and a crash of the process itself
-(SIGKILL) between two calls could still leave a version behind, tagged but without an alias.
+:func:`register` writes in this order, one MLflow call each:
+
+1. create the version tagged ``decision=pending``, with what it is about to do:
+   ``promotion.decision``, ``promotion.alias``, ``promotion.previous`` (the version that alias
+   was on), ``promotion.pid``, ``promotion.host``, ``promotion.started`` (Unix time);
+2. re-read the champion and the alias (compare-and-set: refuse if either moved since the
+   comparison), point the alias at the new version, read it back;
+3. tag the version the alias came from ``decision=former-<alias>``, ``replaced_by=<new>``;
+4. tag the new version with its decision: the commit point;
+5. the caller's last step (``promotion.json``).
+
+So a version claims ``champion`` only once it holds the alias, and a process killed between
+any two calls leaves at most a ``pending`` version whose tags say how to undo it
+(:func:`codec.registry.consistency.repair`, run by the next promotion). On an exception,
+:func:`rollback` undoes at once, and only what this process did: its own version, the alias
+only while it still points at that version, the registered model only if this process created
+it and no version is left in it. One promotion at a time is :mod:`codec.registry.lock`'s job.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import socket
+import sys
+import time
 import typing as tp
 
+from codec.errors import UserError
 from codec.tracking import CHAMPION
 
 if tp.TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
+
+PENDING = "pending"  # the decision tag of a version whose promotion has not committed
+PAUSE_ENV = "CODEC_TEST_PAUSE_AT"  # test hook: "<step>" or "<step>:<seconds>", see _pause
+
+
+class RegistryChanged(UserError):
+    """Another promotion moved an alias while this one ran (possible without a lock: remote stores)."""
+
+
+def former(alias: str) -> str:
+    """The decision tag of a version an alias moved away from (``former-champion``)."""
+    return f"former-{alias}"
+
+
+def aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    """alias -> version of the registered model ``name`` (MlflowException when there is none)."""
+    return {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
 
 
 def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
@@ -27,6 +62,56 @@ def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
         return None
 
 
+@dataclasses.dataclass
+class Undo:
+    """What one promotion changed, so that :func:`rollback` can put back exactly that."""
+
+    created_model: bool = False
+    version: str | None = None  # the version it created
+    alias: str | None = None  # the alias it pointed (or was about to point) at ``version``
+    previous: str | None = None  # the version that alias was on before
+    retagged: str | None = None  # ``previous``, once tagged former-<alias>
+
+
+def _pause(step: str) -> None:
+    """Test hook: with ``CODEC_TEST_PAUSE_AT=<step>[:<seconds>]`` the process says so on stderr and
+    sleeps here (an hour unless told), so a test can ``kill -9`` it between two registry calls."""
+    at, _, seconds = os.environ.get(PAUSE_ENV, "").partition(":")
+    if at == step:
+        print(f"codec promote: paused at {step} ({PAUSE_ENV})", file=sys.stderr, flush=True)
+        time.sleep(float(seconds) if seconds else 3600.0)
+
+
+def _ensure_model(client: MlflowClient, name: str) -> bool:
+    """Create the registered model if it is missing; whether this call created it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return False
+    except MlflowException:
+        pass
+    try:
+        client.create_registered_model(name, description="Telugu speech codec (DAC-style, 16 kHz)")
+        return True
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_ALREADY_EXISTS":  # another process created it just now
+            return False
+        raise
+
+
+def _check_unchanged(client: MlflowClient, name: str, *expected: tp.Mapping[str, str | None]) -> None:
+    now = aliases(client, name)
+    for alias, v in (pair for e in expected for pair in e.items()):
+        if now.get(alias) != v:
+            raise RegistryChanged(
+                f"@{alias} of {name} is on {f'version {now[alias]}' if alias in now else 'no version'}, not on "
+                f"{f'version {v}' if v else 'no version'} as this promotion expected: another codec promote changed "
+                "it at the same time (no lock guards this store; see codec.registry.lock); this promotion was "
+                "undone, re-run codec promote"
+            )
+
+
 def register(
     client: MlflowClient,
     name: str,
@@ -36,47 +121,89 @@ def register(
     alias: str | None,
     finish: tp.Callable[[str], None],
     model_id: str | None = None,
+    expected: tp.Mapping[str, str | None] | None = None,
 ) -> str:
-    """Create a version of ``name`` with ``tags``, point ``alias`` at it and call
-    ``finish(version)`` (which writes ``promotion.json``); on any exception, put the registry
-    back as it was and re-raise. Returns the version."""
-    from mlflow.exceptions import MlflowException
-
+    """Create a version of ``name`` with ``tags`` (their ``decision`` written last, see the module
+    docstring), point ``alias`` at it and call ``finish(version)`` (which writes ``promotion.json``).
+    ``expected``: alias -> the version it must still be on (``None``: on none) when ``alias`` is set,
+    else :class:`RegistryChanged`. On any exception, undo this call's changes and re-raise.
+    Returns the version."""
+    decision = tags["decision"]
+    undo = Undo()
     try:
-        before: dict[str, str] | None = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
-    except MlflowException:
-        before = None
-    created_model = False
-    version: str | None = None
-    try:
-        if before is None:
-            client.create_registered_model(name, description="Telugu speech codec (DAC-style, 16 kHz)")
-            created_model = True
-        mv = client.create_model_version(name, source=source, run_id=run_id, tags=dict(tags), model_id=model_id)
-        version = str(mv.version)
+        undo.created_model = _ensure_model(client, name)
+        previous = aliases(client, name).get(alias) if alias is not None else None
+        pending = {
+            **tags,
+            "decision": PENDING,
+            "promotion.decision": decision,
+            "promotion.alias": alias or "",
+            "promotion.previous": previous or "",
+            "promotion.pid": str(os.getpid()),
+            "promotion.host": socket.gethostname(),
+            "promotion.started": f"{time.time():.0f}",
+        }
+        mv = client.create_model_version(name, source=source, run_id=run_id, tags=pending, model_id=model_id)
+        undo.version = str(mv.version)
+        _pause("version-created")
         if alias is not None:
-            client.set_registered_model_alias(name, alias, version)
-        finish(version)
-        return version
-    except BaseException:
-        rollback(client, name, before, created_model, version)
+            _check_unchanged(client, name, expected or {}, {alias: previous})
+            undo.alias, undo.previous = alias, previous
+            client.set_registered_model_alias(name, alias, undo.version)
+            _pause("alias-set")
+            _check_unchanged(client, name, {alias: undo.version})
+            if previous is not None and client.get_model_version(name, previous).tags.get("decision") == alias:
+                undo.retagged = previous
+                client.set_model_version_tag(name, previous, "decision", former(alias))
+                client.set_model_version_tag(name, previous, "replaced_by", undo.version)
+                _pause("previous-retagged")
+        client.set_model_version_tag(name, undo.version, "decision", decision)
+        _pause("committed")
+        finish(undo.version)
+        return undo.version
+    except BaseException as e:
+        try:
+            rollback(client, name, undo)
+        except Exception as r:  # keep the first error; say what is left behind
+            e.add_note(
+                f"putting the registry back also failed ({type(r).__name__}: {r}); codec models lists "
+                "what is left and the next codec promote repairs it"
+            )
         raise
 
 
-def rollback(
-    client: MlflowClient, name: str, before: dict[str, str] | None, created_model: bool, version: str | None
-) -> None:
-    """Undo :func:`register`: delete the new version (or model), restore the aliases."""
-    if created_model:
+def rollback(client: MlflowClient, name: str, undo: Undo) -> list[str]:
+    """Undo what ``undo`` records and nothing else; returns what it did, in words."""
+    from mlflow.exceptions import MlflowException
+
+    done: list[str] = []
+    if undo.version is not None:
+        v = undo.version
+        back_on: str | None = None  # where this rollback put the alias back
+        if undo.alias is not None and aliases(client, name).get(undo.alias) == v:
+            if undo.previous is not None:
+                try:
+                    client.set_registered_model_alias(name, undo.alias, undo.previous)
+                    back_on = undo.previous
+                    done.append(f"put @{undo.alias} back on version {undo.previous}")
+                except MlflowException:  # that version is gone: the alias goes with ours
+                    done.append(f"removed @{undo.alias} (version {undo.previous}, where it was, is gone)")
+            else:
+                done.append(f"removed @{undo.alias}")
+        # The version it replaced is tagged as before only if it holds the alias again (if another
+        # promotion moved the alias on meanwhile, that one replaced it).
+        if (
+            undo.alias is not None
+            and back_on is not None
+            and undo.retagged == back_on
+            and client.get_model_version(name, back_on).tags.get("replaced_by") == v
+        ):
+            client.set_model_version_tag(name, back_on, "decision", undo.alias)
+            client.delete_model_version_tag(name, back_on, "replaced_by")
+            done.append(f"tagged version {back_on} decision={undo.alias} again")
+        client.delete_model_version(name, v)  # its aliases go with it
+        done.insert(0, f"deleted version {v}")
+    if undo.created_model and not client.search_model_versions(f"name = '{name}'"):
         client.delete_registered_model(name)
-        return
-    if version is not None:
-        client.delete_model_version(name, version)
-    if before is None:
-        return
-    now = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
-    for alias in now.keys() - before.keys():
-        client.delete_registered_model_alias(name, alias)
-    for alias, v in before.items():
-        if now.get(alias) != v:
-            client.set_registered_model_alias(name, alias, v)
+        done.append(f"deleted the registered model {name} (this promotion created it; it is empty)")
+    return done

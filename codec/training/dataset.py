@@ -23,6 +23,7 @@ from torch import Tensor
 from codec.audio.io import read_mono
 from codec.data.split import split_of
 from codec.errors import UserError
+from codec.files import inside
 
 MANIFEST = "manifest.csv"
 REQUIRED_COLUMNS = ("id", "path", "duration_s", "sample_rate")
@@ -54,7 +55,8 @@ def read_clips(data_dir: str | Path, sample_rate: int | None = None) -> list[Cli
         clips = []
         for line, row in enumerate(reader, start=2):
             try:
-                clip = Clip(row["id"], data_dir / row["path"], float(row["duration_s"]), int(float(row["sample_rate"])))
+                audio_path = inside(data_dir, row["path"], f"{manifest}:{line}")
+                clip = Clip(row["id"], audio_path, float(row["duration_s"]), int(float(row["sample_rate"])))
             except ValueError as e:
                 raise UserError(
                     f"{manifest}:{line}: bad value ({e}); duration_s and sample_rate must be numbers"
