@@ -336,3 +336,27 @@ def test_validate_replaces_its_data_docs_but_never_a_users_folder(tmp_path: Path
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "did not write" in proc.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["cv.pdf", "index.html"]
+
+
+def test_a_speaker_is_never_on_both_sides_of_the_split_for_a_user_folder(tmp_path: Path) -> None:
+    from codec.evaluation.sets import held_out_ids
+    from codec.training.dataset import read_clips, split_clips
+
+    src = tmp_path / "rec"
+    rng = np.random.default_rng(8)
+    for s in range(8):  # a user's layout: one folder per speaker, sessions below it
+        for k in range(3):
+            sub = src / f"spk{s}" / f"session{k % 2}"
+            sub.mkdir(parents=True, exist_ok=True)
+            sf.write(sub / f"take{k}.wav", speechlike(0.8, rng), RATE, subtype="PCM_16")
+    sf.write(src / "loose.wav", speechlike(0.8, rng), RATE, subtype="PCM_16")  # no speaker folder
+    raw, norm = tmp_path / "raw", tmp_path / "norm"
+    ingest(src, raw, IngestParams(workers=1))
+    normalize(raw, norm, NormalizeParams(workers=1))
+    speakers = pd.read_csv(norm / "manifest.csv", keep_default_na=False).set_index("id")["speaker"]
+    assert speakers["spk3__session1__take1"] == "spk3" and speakers["loose"] == ""
+    train, val = split_clips(read_clips(norm), 0.3)
+    assert train and val
+    assert not {c.speaker for c in train if c.speaker} & {c.speaker for c in val if c.speaker}
+    # The evaluation's held-out clips are the training's validation side, speakers included.
+    assert held_out_ids(norm, 0.3) == sorted(c.id for c in val)

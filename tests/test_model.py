@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
-from codec.data.split import split_of
+from codec.data.split import clip_split, split_of
 from codec.errors import UserError
 from codec.model.checkpoint import load_codec, model_fingerprint, save_checkpoint
 from codec.model.codec import CodecConfig, build_codec
@@ -124,17 +125,27 @@ def test_unreadable_checkpoint_is_a_user_error(tmp_path: Path) -> None:
         load_codec(tmp_path / "missing.pt")
 
 
-def test_split_is_stable_by_id_hash(tmp_path: Path) -> None:
-    ids = [f"utt_{i:05d}" for i in range(2000)]
-    first = {i: split_of(i, 0.1) for i in ids}
-    # Adding clips never moves existing ones; the share is close to val_fraction.
-    more = {i: split_of(i, 0.1) for i in ids + [f"new_{i}" for i in range(500)]}
-    assert all(more[i] == s for i, s in first.items())
-    assert sum(s == "val" for s in first.values()) / len(ids) == pytest.approx(0.1, abs=0.02)
-    data = write_dataset(tmp_path / "data", n_clips=12, seconds=0.5)
+def test_split_is_by_speaker_and_stable(tmp_path: Path) -> None:
+    speakers = [f"spk{i:03d}" for i in range(400)]
+    first = {k: split_of(k, 0.2) for k in speakers}
+    # Adding speakers never moves existing ones; the share is close to val_fraction.
+    more = {k: split_of(k, 0.2) for k in speakers + [f"new_{i}" for i in range(200)]}
+    assert all(more[k] == s for k, s in first.items())
+    assert sum(s == "val" for s in first.values()) / len(speakers) == pytest.approx(0.2, abs=0.05)
+    # A manifest with speakers: every clip of a speaker lands on its speaker's side.
+    data = write_dataset(tmp_path / "data", n_clips=24, seconds=0.5)
+    manifest = pd.read_csv(data / "manifest.csv")
+    manifest["speaker"] = [f"speaker_{i % 6}" for i in range(len(manifest))]
+    manifest.to_csv(data / "manifest.csv", index=False)
     train, val = split_clips(read_clips(data), 0.3)
-    assert {c.id for c in val} == {c.id for c in read_clips(data) if split_of(c.id, 0.3) == "val"}
-    assert len(train) + len(val) == 12
+    assert len(train) + len(val) == 24 and train and val
+    assert not {c.speaker for c in train} & {c.speaker for c in val}
+    assert {c.speaker for c in val} == {f"speaker_{i}" for i in range(6) if split_of(f"speaker_{i}", 0.3) == "val"}
+    # Without speakers (files directly in the source folder) each clip is its own speaker.
+    manifest["speaker"] = ""
+    manifest.to_csv(data / "manifest.csv", index=False)
+    _, val = split_clips(read_clips(data), 0.3)
+    assert {c.id for c in val} == {c.id for c in read_clips(data) if clip_split(c.id, "", 0.3) == "val"}
 
 
 def test_manifest_problems_are_user_errors(tmp_path: Path) -> None:

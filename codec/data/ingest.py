@@ -1,6 +1,7 @@
 """The ingest stage: a folder of recordings in, mono clips at one sample rate out.
 
-Every entry under the source folder is accounted for: it becomes a clip in
+Every entry under the source folder is accounted for (and each clip's speaker is the first
+folder level under it, see :mod:`codec.data.split`): it becomes a clip in
 ``data/raw/`` with a row in ``manifest.csv``, or a row in ``rejected.csv`` with a
 reason. ``accepted + rejected == inputs``, always. Levels are measured here and
 left alone (normalization is the next stage), so the raw manifest shows the
@@ -57,6 +58,7 @@ MANIFEST_COLUMNS = [
     "id",
     "path",
     "source_path",
+    "speaker",
     "duration_s",
     "sample_rate",
     "source_sample_rate",
@@ -180,6 +182,13 @@ def _link_problem(path: Path) -> tuple[str, str] | None:
     return None
 
 
+def speaker_from_path(rel: str) -> str:
+    """The speaker of an input: its first folder level under the source (``spk07/a.wav`` ->
+    ``spk07``), or ``""`` for a file directly in the source folder (no speaker known)."""
+    head, sep, _ = rel.partition("/")
+    return head if sep else ""
+
+
 def make_ids(rels: list[str]) -> list[str]:
     """A readable, unique id per relative path: ``spk1/utt 01.wav`` -> ``spk1__utt_01``."""
     ids: list[str] = []
@@ -255,6 +264,7 @@ def _ingest_one(job: _Job) -> dict[str, tp.Any]:
         "id": job.clip_id,
         "path": f"{job.clip_id}.wav",
         "source_path": job.rel,
+        "speaker": speaker_from_path(job.rel),
         "duration_s": round(mono.shape[0] / p.sample_rate, 6),
         "sample_rate": p.sample_rate,
         "source_sample_rate": rate,

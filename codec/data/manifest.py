@@ -26,7 +26,7 @@ def read_manifest(folder: Path, required: tp.Sequence[str] = ("id", "path")) -> 
     if not path.is_file():
         raise UserError(f"{path} not found: run the previous stage first (dvc repro)")
     try:
-        df = pd.read_csv(path, dtype={"id": str, "path": str})
+        df = pd.read_csv(path, dtype={"id": str, "path": str, "speaker": str})
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise UserError(f"{path} is not a readable CSV ({e}); re-run the stage that writes it") from None
     missing = [c for c in required if c not in df.columns]

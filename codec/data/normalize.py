@@ -51,6 +51,7 @@ LEVEL_TOLERANCE_DB = 0.05
 MANIFEST_COLUMNS = [
     "id",
     "path",
+    "speaker",
     "duration_s",
     "sample_rate",
     "mode",
@@ -100,6 +101,7 @@ class _Job:
     source: str
     out: str
     params: NormalizeParams
+    speaker: str = ""
 
 
 def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict[str, tp.Any]]:
@@ -234,6 +236,7 @@ def _normalize_one(job: _Job) -> dict[str, tp.Any]:
     return {
         "id": job.clip_id,
         "path": name,
+        "speaker": job.speaker,
         "duration_s": round(y.shape[0] / job.params.sample_rate, 6),
         "sample_rate": job.params.sample_rate,
         **fields,
@@ -244,9 +247,10 @@ def normalize(raw: Path, out: Path, params: NormalizeParams) -> pd.DataFrame:
     """Normalize every clip in ``raw``'s manifest into ``out`` (replaced as a whole)."""
     manifest = read_manifest(raw)  # ids and paths checked: nothing read or written outside the folders
     with staged_dir(out, inputs=[raw], owned=manifest_owned(MANIFEST_COLUMNS)) as staging:
+        speakers = manifest["speaker"] if "speaker" in manifest.columns else [""] * len(manifest)
         jobs = [
-            _Job(str(cid), str(raw / path), str(staging), params)
-            for cid, path in zip(manifest["id"], manifest["path"], strict=True)
+            _Job(str(cid), str(raw / path), str(staging), params, "" if pd.isna(spk) else str(spk))
+            for cid, path, spk in zip(manifest["id"], manifest["path"], speakers, strict=True)
         ]
         rows = parallel_map(_normalize_one, jobs, params.workers, desc=f"normalize ({params.mode})")
         df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)

@@ -17,7 +17,7 @@ import numpy as np
 
 from codec.audio import Array
 from codec.audio.io import read_mono
-from codec.data.split import split_of
+from codec.data.split import clip_split
 from codec.errors import UserError
 from codec.evaluation.params import EvaluateParams, LevelSettings
 from codec.files import inside
@@ -42,9 +42,15 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def held_out_ids(normalized: Path, val_fraction: float) -> list[str]:
-    """Ids of the validation split among the clips that passed normalization, in id order."""
+    """Ids of the validation split (held-out speakers) among the clips that passed normalization, in id order."""
     rows = _read_csv(normalized / "manifest.csv")
-    return sorted(r["id"] for r in rows if split_of(r["id"], val_fraction) == "val")
+    return sorted(r["id"] for r in rows if clip_split(r["id"], r.get("speaker"), val_fraction) == "val")
+
+
+def speakers_of(normalized: Path, ids: tp.Iterable[str]) -> dict[str, str]:
+    """clip id -> speaker (``""`` when the manifest has none) for ``ids``."""
+    by_id = {r["id"]: r.get("speaker") or "" for r in _read_csv(normalized / "manifest.csv")}
+    return {i: by_id.get(i, "") for i in ids}
 
 
 def load_eval_clips(raw: Path, ids: tp.Sequence[str], seconds: float, sample_rate: int) -> list[EvalClip]:

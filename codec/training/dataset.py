@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from codec.audio.io import read_mono
-from codec.data.split import split_of
+from codec.data.split import clip_split
 from codec.errors import UserError
 from codec.files import inside
 
@@ -37,6 +37,7 @@ class Clip:
     path: Path
     duration_s: float
     sample_rate: int
+    speaker: str = ""  # "" when unknown: the clip is then its own speaker (codec.data.split)
 
 
 def read_clips(data_dir: str | Path, sample_rate: int | None = None) -> list[Clip]:
@@ -56,7 +57,13 @@ def read_clips(data_dir: str | Path, sample_rate: int | None = None) -> list[Cli
         for line, row in enumerate(reader, start=2):
             try:
                 audio_path = inside(data_dir, row["path"], f"{manifest}:{line}")
-                clip = Clip(row["id"], audio_path, float(row["duration_s"]), int(float(row["sample_rate"])))
+                clip = Clip(
+                    row["id"],
+                    audio_path,
+                    float(row["duration_s"]),
+                    int(float(row["sample_rate"])),
+                    row.get("speaker") or "",
+                )
             except ValueError as e:
                 raise UserError(
                     f"{manifest}:{line}: bad value ({e}); duration_s and sample_rate must be numbers"
@@ -77,13 +84,15 @@ def read_clips(data_dir: str | Path, sample_rate: int | None = None) -> list[Cli
 
 
 def split_clips(clips: tp.Sequence[Clip], val_fraction: float) -> tuple[list[Clip], list[Clip]]:
-    """(train, val) by :func:`split_of`; ``UserError`` when a side is empty."""
-    train = [c for c in clips if split_of(c.id, val_fraction) == "train"]
-    val = [c for c in clips if split_of(c.id, val_fraction) == "val"]
+    """(train, val) by speaker (:func:`codec.data.split.clip_split`): no speaker is on both sides;
+    ``UserError`` when a side is empty."""
+    train = [c for c in clips if clip_split(c.id, c.speaker, val_fraction) == "train"]
+    val = [c for c in clips if clip_split(c.id, c.speaker, val_fraction) == "val"]
     if not train or not val:
         raise UserError(
             f"the split with val_fraction={val_fraction} leaves {len(train)} training and {len(val)} validation "
-            f"clips of {len(clips)}; add clips or change train.val_fraction"
+            f"clips of {len(clips)} ({len({c.speaker or c.id for c in clips})} speakers; the split is by speaker, "
+            "so every clip of a speaker is on one side); add speakers or change train.val_fraction"
         )
     return train, val
 
