@@ -263,6 +263,19 @@ def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_ru
     assert set(metrics["levels"]["3.6kbps"]) == {"-40dBFS", "-6dBFS"}
     report = (out / "report.md").read_text()
     assert "| 3.6 | opus |" in report and "Per input level" in report and "Gates preview" not in report
+    # Every evaluation set, scored like the held-out one: in the record, the metrics and the report.
+    names = ["held_out", "telephone", "cheap_mic", "reverb", "noise", "unseen_voice"]
+    assert list(record["sets"]) == names
+    assert record["sets"]["held_out"]["metrics"] == record["metrics"]
+    assert record["sets"]["telephone"]["clip_ids"] == held_out  # the same clips through the channel
+    assert [c.startswith("unseen_klatt") for c in record["sets"]["unseen_voice"]["clip_ids"]] == [True] * 4
+    for name in names:
+        entry = record["sets"][name]["metrics"]
+        assert set(entry["ours"]) == {"0.9kbps", "1.8kbps", "3.6kbps"} and set(entry["opus"]) == set(entry["ours"])
+        assert set(entry["levels"]["3.6kbps"]) == {"-40dBFS", "-6dBFS"}
+        assert f"| {name} |" in report
+    assert record["sets"]["noise"]["metrics"]["ours"]["3.6kbps"] != record["metrics"]["ours"]["3.6kbps"]
+    assert set(metrics["sets"]) == set(names) and "opus_pesq" in metrics["sets"]["reverb"]
     media = sorted(p.name for p in (out / "media").iterdir())
     assert f"{held_out[0]}_spectrograms.png" in media and f"{held_out[0]}_opus_3.6kbps.wav" in media
 

@@ -17,7 +17,7 @@ from torch import nn
 from codec.errors import GateError
 from codec.evaluation import evaluate as ev
 from codec.evaluation import params as ep
-from codec.evaluation import report, sets
+from codec.evaluation import report, sets, suite
 from codec.model.checkpoint import save_checkpoint
 from codec.model.codec import build_codec
 from codec.model.serving import for_inference
@@ -35,7 +35,7 @@ mlflow_uri = te.mlflow_uri
 one_torch_thread = te.one_torch_thread
 
 GATES = pr.PromoteParams(min_snr_db=10.0, min_pesq=2.0, max_mel_distance=2.0)
-EVAL = ep.EvaluateParams(levels_dbfs=[-40.0, -6.0], opus_modes=[], seconds=1.5)
+EVAL = ep.EvaluateParams(levels_dbfs=[-40.0, -6.0], opus_modes=[], seconds=1.5, sets=["held_out"])
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def evaluated(model: nn.Module, clips: list[sets.EvalClip], params: ep.EvaluateP
         mlflow.log_metrics(report.flat_metrics(result))
     return report.evaluation_record(
         result,
-        eval_set_fingerprint=sets.eval_set_fingerprint(clips, params, NO_LIMITER),
+        eval_set_fingerprint=suite.sets_fingerprint(suite.build_sets(clips, params), params, NO_LIMITER),
         mlflow_run_id=run.info.run_id,
         model_uri=f"runs:/{run.info.run_id}/codec",
         model_fingerprint=type(model).__name__,
@@ -259,3 +259,33 @@ def test_a_tampered_champion_artifact_is_never_executed(
     # Not loadable, so not compared: the candidate cannot be shown to beat it.
     assert p.comparison.source == "not compared" and "not a readable codec checkpoint" in p.comparison.note
     assert p.decision == "challenger" and registry(mlflow_uri)[0] == {"champion": "1", "challenger": "2"}
+
+
+def test_a_gate_failing_on_one_set_only_fails_the_promotion_and_names_that_set(
+    clips: list[sets.EvalClip], tmp_path: Path, mlflow_uri: str
+) -> None:
+    from mlflow import MlflowClient
+
+    record = evaluated(PcmCodec(), clips)
+    held = record["metrics"]
+    k = f"{held['kbps']:g}kbps"
+    # The same model on a telephone channel: fine on the held-out set, PESQ far lower there.
+    phone = json.loads(json.dumps(held))
+    phone["ours"][k]["pesq"] = 1.05
+    phone["levels"][k]["-6dBFS"]["amplitude_ratio"] = 0.62
+    record["sets"] = {"held_out": {"metrics": held}, "telephone": {"metrics": phone}}
+    gates = dataclasses.replace(
+        OPEN_GATES, min_pesq=1.2, amplitude_ratio_band=[0.8, 1.25], amplitude_band_at_every_level=True
+    )
+    assert held["ours"][k]["pesq"] >= 1.2  # the held-out set alone would pass
+    p = pr.promote(MlflowClient(mlflow_uri), record, gates, tmp_path / "p.json")
+    assert p.decision == "rejected"
+    failed = sorted(g.name for g in p.gates if not g.passed)
+    assert failed == ["telephone:amplitude_ratio_at_-6dBFS", "telephone:min_pesq"]
+    saved = read_promotion(tmp_path / "p.json")
+    assert saved["failed_gates"] == [g.name for g in p.gates if not g.passed]
+    assert {g["eval_set"] for g in saved["gates"]} == {"held_out", "telephone"}
+    assert saved["worst"]["amplitude_ratio"] == {"set": "telephone", "level": "-6dBFS", "value": 0.62}
+    assert any("telephone:min_pesq" in r for r in saved["reasons"])
+    _, tags = registry(mlflow_uri)
+    assert tags[p.version]["failed_gates"] == "telephone:amplitude_ratio_at_-6dBFS, telephone:min_pesq"

@@ -6,8 +6,15 @@ import dataclasses
 import typing as tp
 
 from codec.errors import UserError
+from codec.evaluation.conditions import CONDITIONS, ConditionParams
 
 OpusMode = tp.Literal["cbr", "vbr"]
+
+HELD_OUT = "held_out"  # the held-out speakers as recorded: the primary set
+UNSEEN_VOICE = "unseen_voice"  # speech from a synthesizer the corpus never used (codec.evaluation.unseen)
+# Every set the evaluation knows: the held-out speakers as recorded, the same clips through
+# each condition of codec.evaluation.conditions, and the unseen synthesizer.
+KNOWN_SETS = (HELD_OUT, *CONDITIONS, UNSEEN_VOICE)
 
 
 @dataclasses.dataclass
@@ -26,6 +33,12 @@ class EvaluateParams:
     audio_samples: int = 2
     # torch threads (0 = leave torch's default).
     threads: int = 1
+    # The evaluation sets, each scored ours vs Opus at every bitrate and input level; the
+    # promotion gates apply to every one of them (codec.evaluation.sets.build_sets).
+    sets: list[str] = dataclasses.field(default_factory=lambda: list(KNOWN_SETS))
+    conditions: ConditionParams = dataclasses.field(default_factory=ConditionParams)
+    # Clips of the unseen-synthesizer set (espeak-ng's Klatt voices), at the same seconds.
+    unseen_clips: int = 4
 
     def check(self, where: str) -> None:
         if self.max_clips < 1:
@@ -36,6 +49,15 @@ class EvaluateParams:
             raise UserError(f"{where}: audio_samples and threads must be >= 0")
         if len(set(self.opus_modes)) != len(self.opus_modes):
             raise UserError(f"{where}.opus_modes {self.opus_modes} lists a mode twice")
+        unknown = [s for s in self.sets if s not in KNOWN_SETS]
+        if unknown or len(set(self.sets)) != len(self.sets) or HELD_OUT not in self.sets:
+            raise UserError(
+                f"{where}.sets {self.sets}: each of {', '.join(KNOWN_SETS)} at most once, {HELD_OUT} included"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+            )
+        if self.unseen_clips < 1:
+            raise UserError(f"{where}.unseen_clips is {self.unseen_clips}; it must be >= 1")
+        self.conditions.check(f"{where}.conditions")
 
 
 @dataclasses.dataclass(frozen=True)

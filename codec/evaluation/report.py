@@ -154,6 +154,89 @@ def report_markdown(ev: Evaluation, context: tp.Mapping[str, str]) -> str:
     return "\n".join(lines)
 
 
+SET_DESCRIPTIONS = {
+    "held_out": "held-out speakers, as recorded",
+    "telephone": "the same clips band-limited to a telephone channel",
+    "cheap_mic": "the same clips through a cheap microphone's response",
+    "reverb": "the same clips in a reverberant room (synthetic impulse response)",
+    "noise": "the same clips with background noise",
+    "unseen_voice": "speech from a synthesizer the corpus never used (espeak-ng Klatt voices)",
+}
+
+
+def _worst_amplitude(ev: Evaluation, kbps: float) -> tuple[float, float]:
+    """(amplitude ratio, level dBFS) of the level farthest from 1.0 at ``kbps`` (NaN, NaN if none)."""
+    rows = [lv for lv in ev.levels if math.isclose(lv.kbps, kbps)]
+    if not rows:
+        return math.nan, math.nan
+    worst = max(rows, key=lambda lv: abs(math.log(lv.amplitude_ratio)) if lv.amplitude_ratio > 0 else math.inf)
+    return worst.amplitude_ratio, worst.level_dbfs
+
+
+def sets_summary(evs: tp.Mapping[str, Evaluation]) -> dict[str, dict[str, float | None]]:
+    """Per set, at each set's top bitrate: our headline metrics, Opus' beside them and the worst
+    input level's amplitude ratio (the few numbers a team compares; flat, for DVC metrics)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name, ev in evs.items():
+        top = ev.top_kbps
+        ours = ev.row(OURS, top).metrics
+        entry: dict[str, float | None] = {"kbps": top, "n_clips": float(len(ev.clip_ids))}
+        entry.update({k: _num(ours[k]) for k in ("snr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")})
+        for r in ev.rows:
+            if r.codec != OURS and math.isclose(r.kbps, top):
+                entry.update({f"{r.codec}_{k}": _num(r.metrics[k]) for k in ("mel_distance", "pesq", "stoi")})
+        amp, level = _worst_amplitude(ev, top)
+        entry["worst_level_amplitude_ratio"] = _num(amp)
+        entry["worst_level_dbfs"] = _num(level)
+        out[name] = entry
+    return out
+
+
+def sets_markdown(evs: tp.Mapping[str, Evaluation]) -> str:
+    """The report's section on every evaluation set: ours vs Opus at each bitrate, and the
+    amplitude ratio per input level at the top one."""
+    lines = [
+        "## Every evaluation set",
+        "",
+        "Each set scored like the held-out one; the promotion gates apply to every set, and the "
+        "promotion record names the worst. Per bitrate: ours / Opus.",
+        "",
+        "| set | what | kbps | SNR dB | amplitude | mel dist. ours / opus | PESQ ours / opus | STOI ours / opus |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, ev in evs.items():
+        for kbps in ev.bitrates_kbps:
+            m = ev.row(OURS, kbps).metrics
+            opus = next((r.metrics for r in ev.rows if r.codec != OURS and math.isclose(r.kbps, kbps)), None)
+
+            def pair(key: str, digits: int = 2, m: dict[str, float] = m, opus: dict[str, float] | None = opus) -> str:
+                return f"{_fmt(m[key], digits)} / {_fmt(opus[key], digits) if opus else 'n/a'}"
+
+            lines.append(
+                f"| {name} | {SET_DESCRIPTIONS.get(name, name)} ({len(ev.clip_ids)} clips) | {kbps:g} | "
+                f"{_fmt(m['snr_db'])} | {_fmt(m['amplitude_ratio'], 3)} | {pair('mel_distance', 3)} | "
+                f"{pair('pesq')} | {pair('stoi', 3)} |"
+            )
+    levels = sorted({lv.level_dbfs for ev in evs.values() for lv in ev.levels})
+    if levels:
+        lines += [
+            "",
+            "Amplitude ratio / SNR dB per input level (RMS dBFS), ours at the top bitrate:",
+            "",
+            "| set | " + " | ".join(f"{lv:g} dBFS" for lv in levels) + " |",
+            "| --- |" + " ---: |" * len(levels),
+        ]
+        for name, ev in evs.items():
+            top = ev.top_kbps
+            cells = []
+            for level in levels:
+                lv = next((x for x in ev.levels if math.isclose(x.kbps, top) and x.level_dbfs == level), None)
+                cells.append(f"{_fmt(lv.amplitude_ratio, 3)} / {_fmt(lv.snr_db, 1)}" if lv else "n/a")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def _spectrogram_png(clip_id: str, audios: tp.Mapping[str, Array], sample_rate: int) -> bytes:
     import matplotlib
 

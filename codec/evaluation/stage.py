@@ -20,17 +20,20 @@ import torch
 
 from codec.errors import UserError
 from codec.evaluation.evaluate import Evaluation, evaluate_model
-from codec.evaluation.params import EvaluateParams, LevelSettings
+from codec.evaluation.params import HELD_OUT, EvaluateParams, LevelSettings
 from codec.evaluation.report import (
     evaluation_record,
     flat_metrics,
     metrics_dict,
     plot_csv,
     report_markdown,
+    sets_markdown,
+    sets_summary,
     table_csv,
     write_media,
 )
-from codec.evaluation.sets import EvalClip, eval_set_fingerprint, held_out_ids, load_eval_clips
+from codec.evaluation.sets import EvalClip, held_out_ids, load_eval_clips, speakers_of
+from codec.evaluation.suite import build_sets, sets_fingerprint
 from codec.files import write_text_atomic
 from codec.model.checkpoint import load_codec, model_fingerprint, read_checkpoint
 from codec.model.codec import Codec
@@ -144,6 +147,22 @@ def log_evaluation(
     return run_id, model_id
 
 
+def held_out_speakers(speakers: tp.Mapping[str, str]) -> str:
+    """``"m2 (3 clips), Gene (2 clips); 1 clip without a speaker"`` for the report."""
+    counts: dict[str, int] = {}
+    for spk in speakers.values():
+        counts[spk] = counts.get(spk, 0) + 1
+    named = ", ".join(f"{k} ({n} clip{'s' if n > 1 else ''})" for k, n in sorted(counts.items()) if k)
+    loose = counts.get("", 0)
+    tail = f"{loose} clip(s) without a speaker (split per clip)" if loose else ""
+    return "; ".join(x for x in (named, tail) if x) or "none"
+
+
+def set_record(ev: Evaluation) -> dict[str, tp.Any]:
+    """One evaluation set in ``evaluation.json``: its clips and its metrics (the gates read these)."""
+    return {"clip_ids": ev.clip_ids, "metrics": metrics_dict(ev)}
+
+
 def run(args: argparse.Namespace) -> int:
     params, levels = load_params(args.params)
     if params.threads:
@@ -153,8 +172,11 @@ def run(args: argparse.Namespace) -> int:
     trained = load_codec(model_path)
     model = for_inference(trained)  # same outputs and fingerprint, faster on a CPU
     clips, val_fraction = held_out_clips(model_path, ckpt, args, params, model.config.sample_rate)
-    fingerprint = eval_set_fingerprint(clips, params, levels)
-    ev = evaluate_model(model, clips, params, levels)
+    sets = build_sets(clips, params)
+    fingerprint = sets_fingerprint(sets, params, levels)
+    evs = {name: evaluate_model(model, set_clips, params, levels) for name, set_clips in sets.items()}
+    ev = evs[HELD_OUT]
+    speakers = speakers_of(Path(args.data), ev.clip_ids)
 
     root = repo_root()
     context = {
@@ -163,8 +185,9 @@ def run(args: argparse.Namespace) -> int:
         "evaluation-set fingerprint": fingerprint,
         "git commit": git_commit(root),
         "data version (data/normalized)": data_version(Path(args.data), root)[0],
+        "held-out speakers (never in training)": held_out_speakers(speakers),
     }
-    report = report_markdown(ev, context)
+    report = report_markdown(ev, context) + "\n" + sets_markdown(evs)
     write_media(ev, Path(args.media))
     run_id: str | None = None
     model_id: str | None = None
@@ -183,9 +206,11 @@ def run(args: argparse.Namespace) -> int:
         params=dataclasses.asdict(params),
         level_settings=dataclasses.asdict(levels),
         val_fraction=val_fraction,
+        sets={name: set_record(e) for name, e in evs.items()},
+        set_summary=sets_summary(evs),
     )
     write_text_atomic(args.evaluation, json.dumps(record, indent=2) + "\n")
-    write_text_atomic(args.metrics, json.dumps(metrics_dict(ev), indent=2) + "\n")
+    write_text_atomic(args.metrics, json.dumps({**metrics_dict(ev), "sets": sets_summary(evs)}, indent=2) + "\n")
     write_text_atomic(args.table, table_csv(ev))
     write_text_atomic(args.plot, plot_csv(ev))
     write_text_atomic(args.report, report)

@@ -54,6 +54,7 @@ class Gate:
     limit: float | list[float]
     rule: str
     passed: bool
+    eval_set: str = "held_out"  # the evaluation set it was checked on
 
 
 def gate_kbps(metrics: tp.Mapping[str, tp.Any], params: PromoteParams) -> str:
@@ -114,6 +115,64 @@ def check_gates(metrics: tp.Mapping[str, tp.Any], params: PromoteParams) -> list
         mel <= params.max_mel_distance,
     )
     return gates
+
+
+HELD_OUT = "held_out"
+
+
+def set_metrics(record: tp.Mapping[str, tp.Any]) -> dict[str, tp.Mapping[str, tp.Any]]:
+    """Evaluation set -> its metrics JSON, from ``evaluation.json`` (one set, ``held_out``, for a
+    record written before the evaluation had several)."""
+    sets = record.get("sets")
+    if not sets:
+        return {HELD_OUT: record["metrics"]}
+    return {str(name): entry["metrics"] for name, entry in sets.items()}
+
+
+def check_set_gates(record: tp.Mapping[str, tp.Any], params: PromoteParams) -> list[Gate]:
+    """:func:`check_gates` on every evaluation set of ``record``: a gate failing on one set fails the
+    promotion. Gates of the held-out set keep their plain names; the others are ``<set>:<gate>``."""
+    gates: list[Gate] = []
+    for name, metrics in set_metrics(record).items():
+        for g in check_gates(metrics, params):
+            if name == HELD_OUT:
+                gates.append(g)
+            else:
+                gates.append(
+                    dataclasses.replace(g, name=f"{name}:{g.name}", metric=f"sets.{name}.{g.metric}", eval_set=name)
+                )
+    return gates
+
+
+def worst_of(record: tp.Mapping[str, tp.Any], params: PromoteParams, k: str) -> dict[str, tp.Any]:
+    """Which set was worst on the primary metric, and which set and input level on amplitude
+    (farthest from 1.0), at bitrate key ``k``: what the decision record names."""
+    lower = params.primary_direction == "lower"
+    primary: tuple[str, float] | None = None
+    amplitude: tuple[str, str, float] | None = None
+    for name, metrics in set_metrics(record).items():
+        ours = (metrics.get("ours") or {}).get(k) or {}
+        v = _value(ours.get(params.primary_metric))
+        # NaN is the worst value there is; among finite values, the far side of the direction.
+        if primary is None or (
+            math.isfinite(primary[1]) and (not math.isfinite(v) or (v > primary[1] if lower else v < primary[1]))
+        ):
+            primary = (name, v)
+        candidates = [("all levels", _value(ours.get("amplitude_ratio")))]
+        for level, entry in ((metrics.get("levels") or {}).get(k) or {}).items():
+            candidates.append((str(level), _value(entry.get("amplitude_ratio"))))
+        for level, a in candidates:
+            err = abs(math.log(a)) if a > 0 and math.isfinite(a) else math.inf
+            if amplitude is None or err > (
+                abs(math.log(amplitude[2])) if amplitude[2] > 0 and math.isfinite(amplitude[2]) else math.inf
+            ):
+                amplitude = (name, level, a)
+    out: dict[str, tp.Any] = {}
+    if primary is not None:
+        out["primary_metric"] = {"metric": params.primary_metric, "set": primary[0], "value": primary[1]}
+    if amplitude is not None:
+        out["amplitude_ratio"] = {"set": amplitude[0], "level": amplitude[1], "value": amplitude[2]}
+    return out
 
 
 def beats(candidate: float, champion: float, direction: Direction) -> bool:

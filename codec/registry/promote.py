@@ -47,7 +47,8 @@ from pathlib import Path
 from codec.errors import GateError, UserError
 from codec.evaluation.evaluate import evaluate_model
 from codec.evaluation.params import EvaluateParams, LevelSettings
-from codec.evaluation.sets import eval_set_fingerprint, load_eval_clips
+from codec.evaluation.sets import load_eval_clips
+from codec.evaluation.suite import build_sets, sets_fingerprint
 from codec.files import write_text_atomic
 from codec.inference.model_source import load_model
 from codec.params import PARAMS_FILE, from_dict, load_section
@@ -60,8 +61,9 @@ from codec.registry.gates import (
     PromotionError,
     _value,
     beats,
-    check_gates,
+    check_set_gates,
     gate_kbps,
+    worst_of,
 )
 from codec.registry.lock import registry_lock
 from codec.registry.record import Decision, PromotionRecord
@@ -99,13 +101,13 @@ def compare(
 ) -> Comparison:
     """See the module docstring: tags on the same set, else a re-evaluation of the champion."""
     metric = params.primary_metric
-    cand = _value(record["metrics"]["ours"][k].get(metric))
+    cand = candidate_value(record, params, k)
     cmp = Comparison(metric, params.primary_direction, cand)
     champ = champion_version(client, params.model_name)
     if champ is None:
         return cmp
     cmp.champion_version = str(champ.version)
-    tag = champ.tags.get(f"ours.{k}.{metric}")
+    tag = champ.tags.get(f"worst.{k}.{metric}")
     if champ.tags.get("eval_set_fingerprint") == record["eval_set_fingerprint"] and tag is not None:
         cmp.champion, cmp.source = float(tag), "its tags (same evaluation set)"
     elif re_evaluate is None:
@@ -121,6 +123,12 @@ def compare(
             )
     cmp.beats = cmp.champion is not None and beats(cand, cmp.champion, params.primary_direction)
     return cmp
+
+
+def candidate_value(record: tp.Mapping[str, tp.Any], params: PromoteParams, k: str) -> float:
+    """The candidate's primary metric for the comparison: its value on its worst evaluation set."""
+    worst = worst_of(record, params, k).get("primary_metric")
+    return _value(worst["value"]) if worst else math.nan
 
 
 def decide(gates: tp.Sequence[Gate], cmp: Comparison) -> tuple[Decision, list[str]]:
@@ -150,9 +158,11 @@ def version_tags(
     reasons: tp.Sequence[str],
     k: str,
     extra: tp.Mapping[str, str],
+    worst: tp.Mapping[str, tp.Any] | None = None,
 ) -> dict[str, str]:
     """Tags of the new version: every metric of every codec and bitrate, the gates, the provenance."""
     tags: dict[str, str] = {}
+    worst = worst or {}
     metrics = record["metrics"]
     for codec, by_rate in metrics.items():
         if codec == "levels" or not isinstance(by_rate, dict):
@@ -162,7 +172,16 @@ def version_tags(
                 if v is not None:
                     tags[f"{codec}.{kbps}.{name}"] = f"{v:.6g}"
     for g in gates:
-        tags[f"gate.{g.name}"] = f"{'pass' if g.passed else 'fail'}: {g.value:.4g} {g.rule}"
+        if g.eval_set == "held_out" or not g.passed:  # the other sets' passes are in promotion.json
+            tags[f"gate.{g.name}"] = f"{'pass' if g.passed else 'fail'}: {g.value:.4g} {g.rule}"
+    primary, amplitude = worst.get("primary_metric"), worst.get("amplitude_ratio")
+    if primary:
+        tags[f"worst.{k}.{primary['metric']}"] = f"{primary['value']:.6g}"
+        tags["worst_set"] = str(primary["set"])
+    if amplitude:
+        tags["worst_amplitude"] = f"{amplitude['value']:.4g} ({amplitude['set']}, {amplitude['level']})"
+    failed = [g.name for g in gates if not g.passed]
+    tags["failed_gates"] = ", ".join(failed)[:4900] if failed else "none"
     tags.update(
         {
             "decision": decision,
@@ -196,6 +215,7 @@ class Promotion:
     eval_set_fingerprint: str
     tags: dict[str, str]
     repairs: list[str] = dataclasses.field(default_factory=list)  # what repair() fixed first
+    worst: dict[str, tp.Any] = dataclasses.field(default_factory=dict)  # gates.worst_of: set and level
 
     @property
     def all_gates_passed(self) -> bool:
@@ -223,6 +243,7 @@ class Promotion:
             "mlflow_run_id": self.mlflow_run_id,
             "model_uri": self.model_uri,
             "eval_set_fingerprint": self.eval_set_fingerprint,
+            "worst": {key: {**entry, "value": num(_value(entry.get("value")))} for key, entry in self.worst.items()},
             "git_commit": self.tags.get("git_commit"),
             "data_version": self.tags.get("data_version"),
         }
@@ -299,7 +320,8 @@ def promote(
             "to register; re-run codec evaluate without --no-mlflow"
         )
     k = gate_kbps(record["metrics"], params)
-    gates = check_gates(record["metrics"], params)
+    gates = check_set_gates(record, params)
+    worst = worst_of(record, params, k)
     check_writable(out)
     check_logged(client, str(run_id), record.get("model_id"))
     uri = registry_uri(client)
@@ -318,13 +340,13 @@ def promote(
                 else Comparison(
                     params.primary_metric,
                     params.primary_direction,
-                    _value(record["metrics"]["ours"][k].get(params.primary_metric)),
+                    candidate_value(record, params, k),
                     source="not compared (a gate failed)",
                     beats=False,
                 )
             )
             decision, reasons = decide(gates, cmp)
-            tags = version_tags(record, gates, decision, reasons, k, dict(provenance or {}))
+            tags = version_tags(record, gates, decision, reasons, k, dict(provenance or {}), worst)
 
             def finish(version: str) -> None:
                 p = Promotion(
@@ -340,6 +362,7 @@ def promote(
                     str(record["eval_set_fingerprint"]),
                     tags,
                     repairs,
+                    worst,
                 )
                 write_text_atomic(out, json.dumps(p.to_dict(), indent=2) + "\n")
                 result.append(p)
@@ -369,20 +392,29 @@ def promote(
 # --- re-evaluating the champion ---------------------------------------------------------------
 
 
-def champion_re_evaluator(record: tp.Mapping[str, tp.Any], raw: Path) -> ReEvaluate:
+def champion_re_evaluator(record: tp.Mapping[str, tp.Any], raw: Path, direction: Direction = "lower") -> ReEvaluate:
     """A :data:`ReEvaluate` that loads a version's weights-only checkpoint artifact (nothing the
-    registry holds is unpickled) and measures it on the record's clips."""
+    registry holds is unpickled) and measures it on every evaluation set of the record, rebuilt from its
+    held-out clips; returns its value on its worst set (``direction``: which way is better)."""
 
     def run(mv: ModelVersion, k: str, metric: str) -> float:
         params = from_dict(EvaluateParams, record["params"], "evaluation.json: params")
         levels = from_dict(LevelSettings, record["level_settings"], "evaluation.json: level_settings")
         model = load_model(f"models:/{mv.name}/{mv.version}").model
         clips = load_eval_clips(raw, record["clip_ids"], params.seconds, int(model.config.sample_rate))
-        if eval_set_fingerprint(clips, params, levels) != record["eval_set_fingerprint"]:
+        sets = build_sets(clips, params)
+        if sets_fingerprint(sets, params, levels) != record["eval_set_fingerprint"]:
             raise PromotionError(f"the clips in {raw} changed since the evaluation; re-run codec evaluate")
         kbps = float(k.removesuffix("kbps"))
-        ev = evaluate_model(model, clips, params, levels, bitrates_kbps=[kbps], opus=False, sweep=False)
-        return ev.row("ours", kbps).metrics[metric]
+        values = []
+        for set_clips in sets.values():
+            ev = evaluate_model(model, set_clips, params, levels, bitrates_kbps=[kbps], opus=False, sweep=False)
+            values.append(ev.row("ours", kbps).metrics[metric])
+        # The champion's value on its worst set, as the candidate's (gates.worst_of).
+        finite = [v for v in values if math.isfinite(v)]
+        if len(finite) < len(values):
+            return math.nan
+        return max(finite) if direction == "lower" else min(finite)
 
     return run
 
@@ -427,7 +459,7 @@ def run(args: argparse.Namespace) -> int:
         params,
         Path(args.out),
         provenance=provenance,
-        re_evaluate=champion_re_evaluator(record, Path(args.raw)),
+        re_evaluate=champion_re_evaluator(record, Path(args.raw), params.primary_direction),
         say=lambda line: print(f"codec promote: {line}", flush=True),
     )
     print(f"{params.model_name} version {p.version}: {p.decision}")

@@ -31,6 +31,7 @@ class PromotionRecord(tp.TypedDict):
     mlflow_run_id: str
     model_uri: str
     eval_set_fingerprint: str
+    worst: dict[str, tp.Any]  # the worst set on the primary metric; the worst set and level on amplitude
     git_commit: str | None
     data_version: str | None
 
