@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: setup demo test lint typecheck flow clean-data
+.PHONY: setup demo test lint typecheck flow clean-data seed-experiment
 
 setup:
 	@[ -x "$(UV)" ] || $(SYSTEM_PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)"
@@ -25,6 +25,12 @@ demo:
 flow:
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
 		python -m flows.pipeline run $(FLOW_ARGS)
+
+# The seed's claim as a grid (experiments/seed_grid.py): normalize.mode peak/rms/lufs x the
+# seed's loss recipe and ours, each a queued DVC experiment (gate off, stops after evaluate),
+# logged to ./mlflow.db; writes experiments/seed_grid.{md,csv,png}. About 6 x 5 min on 2 cores.
+seed-experiment:
+	python experiments/seed_grid.py $(SEED_GRID_ARGS)
 
 lint:
 	ruff check codec flows tests benchmarks experiments

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 import torch
 import yaml
 from torch import nn
@@ -234,10 +235,19 @@ def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_ru
         )
     )
     out = tmp_path / "reports" / "evaluate"
+    # A user's evaluation set: two recordings (one stereo at 44.1 kHz), a broken file and notes.
+    field = tmp_path / "eval_sets" / "field recordings"
+    (field / "spk1").mkdir(parents=True)
+    sf.write(field / "spk1" / "a.wav", clips[0].audio, 16000, subtype="PCM_16")
+    stereo = np.stack([clips[1].audio, clips[1].audio], axis=1)
+    sf.write(field / "b.flac", soxr.resample(stereo, 16000, 44100), 44100, format="FLAC")
+    (field / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00not really a wav")
+    (field / "notes.txt").write_text("mic: phone")
     parser = argparse.ArgumentParser()
     stage.add_arguments(parser)
     paths = {"metrics": "metrics.json", "table": "bitrates.csv", "plot": "vs_opus.csv", "evaluation": "evaluation.json"}
     argv = ["--model", str(ckpt), "--data", str(norm), "--raw", str(raw), "--params", "params.yaml"]
+    argv += ["--user-sets", str(tmp_path / "eval_sets")]
     argv += [x for k, v in {**paths, "report": "report.md", "media": "media"}.items() for x in (f"--{k}", str(out / v))]
     args = parser.parse_args(argv)
     assert stage.run(args) == 0
@@ -265,17 +275,26 @@ def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_ru
     assert "| 3.6 | opus |" in report and "Per input level" in report and "Gates preview" not in report
     # Every evaluation set, scored like the held-out one: in the record, the metrics and the report.
     names = ["held_out", "telephone", "cheap_mic", "reverb", "noise", "unseen_voice"]
-    assert list(record["sets"]) == names
+    assert list(record["sets"]) == [*names, "field_recordings"]
     assert record["sets"]["held_out"]["metrics"] == record["metrics"]
     assert record["sets"]["telephone"]["clip_ids"] == held_out  # the same clips through the channel
     assert [c.startswith("unseen_klatt") for c in record["sets"]["unseen_voice"]["clip_ids"]] == [True] * 4
-    for name in names:
+    for name in [*names, "field_recordings"]:
         entry = record["sets"][name]["metrics"]
         assert set(entry["ours"]) == {"0.9kbps", "1.8kbps", "3.6kbps"} and set(entry["opus"]) == set(entry["ours"])
         assert set(entry["levels"]["3.6kbps"]) == {"-40dBFS", "-6dBFS"}
         assert f"| {name} |" in report
     assert record["sets"]["noise"]["metrics"]["ours"]["3.6kbps"] != record["metrics"]["ours"]["3.6kbps"]
-    assert set(metrics["sets"]) == set(names) and "opus_pesq" in metrics["sets"]["reverb"]
+    assert set(metrics["sets"]) == {*names, "field_recordings"} and "opus_pesq" in metrics["sets"]["reverb"]
+    user = record["sets"]["field_recordings"]
+    assert user["clip_ids"] == ["field_recordings/b", "field_recordings/spk1__a"]
+    assert (user["inputs"], user["accepted"]) == (4, 2)
+    assert {r["source_path"]: r["reason"] for r in user["rejected"]} == {
+        "broken.wav": "unreadable",
+        "notes.txt": "unsupported_format",
+    }
+    assert set(user["metrics"]["ours"]) == {"0.9kbps", "1.8kbps", "3.6kbps"}
+    assert "rejected `broken.wav`: unreadable" in report and "| field_recordings |" in report
     media = sorted(p.name for p in (out / "media").iterdir())
     assert f"{held_out[0]}_spectrograms.png" in media and f"{held_out[0]}_opus_3.6kbps.wav" in media
 

@@ -247,6 +247,10 @@ def test_clipping_is_measured_on_the_input_and_a_clipped_square_wave_is_refused(
     with pytest.raises(UserError, match="input_clipping") as e:
         validate(norm, raw, ValidateParams(min_files=1), tmp_path / "summary.json", None)
     assert "square" in str(e.value)
+    # With the gate switched off by its param, the failure is recorded and the stage goes on.
+    summary = validate(norm, raw, ValidateParams(min_files=1, enforce_gate=False), tmp_path / "off.json", None)
+    assert summary["success"] is False and summary["enforced"] is False
+    assert summary["expectations"]["input_clipping"]["success"] is False
 
 
 # --- Killed stages and workers ----------------------------------------------------------

@@ -39,6 +39,9 @@ class EvaluateParams:
     conditions: ConditionParams = dataclasses.field(default_factory=ConditionParams)
     # Clips of the unseen-synthesizer set (espeak-ng's Klatt voices), at the same seconds.
     unseen_clips: int = 4
+    # Each folder under data/eval_sets/ is an evaluation set of the user's own recordings:
+    # at most this many (the first in id order) are scored.
+    user_set_max_clips: int = 50
 
     def check(self, where: str) -> None:
         if self.max_clips < 1:
@@ -55,8 +58,8 @@ class EvaluateParams:
                 f"{where}.sets {self.sets}: each of {', '.join(KNOWN_SETS)} at most once, {HELD_OUT} included"
                 + (f" (unknown: {', '.join(unknown)})" if unknown else "")
             )
-        if self.unseen_clips < 1:
-            raise UserError(f"{where}.unseen_clips is {self.unseen_clips}; it must be >= 1")
+        if self.unseen_clips < 1 or self.user_set_max_clips < 1:
+            raise UserError(f"{where}: unseen_clips and user_set_max_clips must be >= 1")
         self.conditions.check(f"{where}.conditions")
 
 

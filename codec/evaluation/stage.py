@@ -33,7 +33,7 @@ from codec.evaluation.report import (
     write_media,
 )
 from codec.evaluation.sets import EvalClip, held_out_ids, load_eval_clips, speakers_of
-from codec.evaluation.suite import build_sets, sets_fingerprint
+from codec.evaluation.suite import UserSet, build_sets, load_user_set, sets_fingerprint, user_set_folders
 from codec.files import write_text_atomic
 from codec.model.checkpoint import load_codec, model_fingerprint, read_checkpoint
 from codec.model.codec import Codec
@@ -82,6 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evaluation", default="reports/evaluate/evaluation.json", help="full results JSON")
     parser.add_argument("--report", default="reports/evaluate/report.md", help="Markdown report")
     parser.add_argument("--media", default="reports/evaluate/media", help="folder for spectrograms and WAVs")
+    parser.add_argument(
+        "--user-sets",
+        default="data/eval_sets",
+        help="folder whose sub-folders are evaluation sets of your own recordings (default: %(default)s)",
+    )
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment (default: %(default)s)")
     parser.add_argument("--no-mlflow", action="store_true", help="evaluate without logging to MLflow")
@@ -158,9 +163,28 @@ def held_out_speakers(speakers: tp.Mapping[str, str]) -> str:
     return "; ".join(x for x in (named, tail) if x) or "none"
 
 
-def set_record(ev: Evaluation) -> dict[str, tp.Any]:
-    """One evaluation set in ``evaluation.json``: its clips and its metrics (the gates read these)."""
-    return {"clip_ids": ev.clip_ids, "metrics": metrics_dict(ev)}
+def set_record(ev: Evaluation, user: UserSet | None = None) -> dict[str, tp.Any]:
+    """One evaluation set in ``evaluation.json``: its clips and its metrics (the gates read these);
+    for a user's folder also where it is and what was rejected from it."""
+    out: dict[str, tp.Any] = {"clip_ids": ev.clip_ids, "metrics": metrics_dict(ev)}
+    if user is not None:
+        out.update(folder=str(user.folder), inputs=user.inputs, accepted=user.accepted, rejected=user.rejected)
+    return out
+
+
+def user_sets_markdown(user_sets: tp.Sequence[UserSet]) -> str:
+    """What each folder of the user's recordings held: scored, accepted, rejected and why."""
+    if not user_sets:
+        return ""
+    lines = ["## Your evaluation sets", ""]
+    for us in user_sets:
+        lines.append(
+            f"- `{us.name}` ({us.folder}): {us.inputs} inputs, {us.accepted} usable, {len(us.clips)} scored, "
+            f"{len(us.rejected)} rejected"
+        )
+        lines += [f"  - rejected `{r['source_path']}`: {r['reason']} ({r['detail']})" for r in us.rejected]
+    lines.append("")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,7 +196,11 @@ def run(args: argparse.Namespace) -> int:
     trained = load_codec(model_path)
     model = for_inference(trained)  # same outputs and fingerprint, faster on a CPU
     clips, val_fraction = held_out_clips(model_path, ckpt, args, params, model.config.sample_rate)
-    sets = build_sets(clips, params)
+    user_sets = [
+        load_user_set(name, folder, params, model.config.sample_rate)
+        for name, folder in user_set_folders(Path(args.user_sets)).items()
+    ]
+    sets = build_sets(clips, params, user_sets)
     fingerprint = sets_fingerprint(sets, params, levels)
     evs = {name: evaluate_model(model, set_clips, params, levels) for name, set_clips in sets.items()}
     ev = evs[HELD_OUT]
@@ -187,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         "data version (data/normalized)": data_version(Path(args.data), root)[0],
         "held-out speakers (never in training)": held_out_speakers(speakers),
     }
-    report = report_markdown(ev, context) + "\n" + sets_markdown(evs)
+    report = report_markdown(ev, context) + "\n" + sets_markdown(evs) + user_sets_markdown(user_sets)
     write_media(ev, Path(args.media))
     run_id: str | None = None
     model_id: str | None = None
@@ -206,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
         params=dataclasses.asdict(params),
         level_settings=dataclasses.asdict(levels),
         val_fraction=val_fraction,
-        sets={name: set_record(e) for name, e in evs.items()},
+        sets={name: set_record(e, next((u for u in user_sets if u.name == name), None)) for name, e in evs.items()},
+        user_sets_dir=str(args.user_sets),
         set_summary=sets_summary(evs),
     )
     write_text_atomic(args.evaluation, json.dumps(record, indent=2) + "\n")

@@ -48,7 +48,7 @@ from codec.errors import GateError, UserError
 from codec.evaluation.evaluate import evaluate_model
 from codec.evaluation.params import EvaluateParams, LevelSettings
 from codec.evaluation.sets import load_eval_clips
-from codec.evaluation.suite import build_sets, sets_fingerprint
+from codec.evaluation.suite import build_sets, load_user_set, sets_fingerprint, user_set_folders
 from codec.files import write_text_atomic
 from codec.inference.model_source import load_model
 from codec.params import PARAMS_FILE, from_dict, load_section
@@ -401,8 +401,14 @@ def champion_re_evaluator(record: tp.Mapping[str, tp.Any], raw: Path, direction:
         params = from_dict(EvaluateParams, record["params"], "evaluation.json: params")
         levels = from_dict(LevelSettings, record["level_settings"], "evaluation.json: level_settings")
         model = load_model(f"models:/{mv.name}/{mv.version}").model
-        clips = load_eval_clips(raw, record["clip_ids"], params.seconds, int(model.config.sample_rate))
-        sets = build_sets(clips, params)
+        rate = int(model.config.sample_rate)
+        clips = load_eval_clips(raw, record["clip_ids"], params.seconds, rate)
+        user_sets = [
+            load_user_set(name, folder, params, rate)
+            for name, folder in user_set_folders(Path(str(record.get("user_sets_dir") or "data/eval_sets"))).items()
+            if name in (record.get("sets") or {})
+        ]
+        sets = build_sets(clips, params, user_sets)
         if sets_fingerprint(sets, params, levels) != record["eval_set_fingerprint"]:
             raise PromotionError(f"the clips in {raw} changed since the evaluation; re-run codec evaluate")
         kbps = float(k.removesuffix("kbps"))
