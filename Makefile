@@ -1,4 +1,5 @@
-# make setup: the environment from the lock file · make demo: the whole pipeline · make test
+# make setup: the environment from the lock file (EXTRAS="s3" or "gcs" adds a DVC remote's
+# plugin, locked too) · make demo: the whole pipeline · make test
 SHELL := /bin/bash
 # The interpreter that installs uv: the machine's, not the venv's (which has no pip).
 SYSTEM_PYTHON := $(shell command -v python3)
@@ -10,7 +11,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 setup:
 	@[ -x "$(UV)" ] || $(SYSTEM_PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)"
-	$(UV) sync --frozen --compile-bytecode
+	$(UV) sync --frozen --compile-bytecode $(foreach e,$(EXTRAS),--extra $(e))
 	@echo "environment ready in .venv/ (source .venv/bin/activate to use 'codec', 'dvc', 'mlflow', 'prefect')"
 
 demo:

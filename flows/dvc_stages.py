@@ -153,8 +153,20 @@ def stage_env() -> dict[str, str]:
     return env
 
 
+def retry_env(attempt: int) -> dict[str, str]:
+    """Extra environment for a stage's ``attempt``-th run (1 = first): a retry of a failed
+    ``train`` continues from its last checkpoint when that checkpoint is from a run of the
+    same params (``CODEC_TRAIN_RESUME``, see :func:`codec.training.stage.resumable`), instead
+    of starting again from step 0."""
+    return {"CODEC_TRAIN_RESUME": "1"} if attempt > 1 else {}
+
+
 def repro_stage(
-    repo: Path, stage: str, force: bool = False, log: tp.Callable[[str], None] | None = None
+    repo: Path,
+    stage: str,
+    force: bool = False,
+    log: tp.Callable[[str], None] | None = None,
+    extra_env: tp.Mapping[str, str] | None = None,
 ) -> StageResult:
     """Run ``dvc repro --single-item [--force] <stage>`` in ``repo``; raise a :class:`StageFailed` on failure.
 
@@ -165,7 +177,13 @@ def repro_stage(
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     ran = False
     with subprocess.Popen(
-        cmd, cwd=repo, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        cmd,
+        cwd=repo,
+        env={**stage_env(), **(extra_env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
     ) as proc:
         assert proc.stdout is not None
         for raw in proc.stdout:

@@ -37,6 +37,7 @@ from flows.dvc_stages import (
     TransientStageError,
     pipeline_stages,
     repro_stage,
+    retry_env,
 )
 from flows.overrides import apply_overrides, collect_overrides, parse_assignment
 
@@ -73,8 +74,14 @@ def is_transient(task: tp.Any, task_run: TaskRun, state: State[tp.Any]) -> bool:
 )
 def dvc_stage(repo: str, stage: str, force: bool = False) -> StageResult:
     """Run one DVC stage: ``dvc repro --single-item [--force] <stage>``."""
+    from prefect.runtime import task_run
+
     logger = get_run_logger()
-    result = repro_stage(Path(repo), stage, force=force, log=logger.info)
+    attempt = int(task_run.run_count or 1)
+    env = retry_env(attempt)
+    if env:
+        logger.info("stage %s: attempt %d, with %s", stage, attempt, env)
+    result = repro_stage(Path(repo), stage, force=force, log=logger.info, extra_env=env)
     logger.info("stage %s: %s in %.1f s", stage, "ran" if result.ran else "up to date", result.seconds)
     return result
 
@@ -104,14 +111,35 @@ def publish_artifacts(
     validate_summary: str | None,
     evaluation_table: str | None,
     promotion_file: str | None,
+    in_run: tp.Collection[str] | None = None,
 ) -> dict[str, tp.Any]:
-    """Create the data-quality, evaluation and promotion artifacts; return the validate summary (or {})."""
+    """Create the data-quality, evaluation and promotion artifacts; return the validate summary (or {}).
+
+    ``in_run``: the stages this run chose; a stage outside it gets an artifact saying so, not
+    the report an earlier run left (a ``--until validate`` run does not republish an old
+    promotion as its own)."""
+
+    def skipped(stage: str) -> bool:
+        return in_run is not None and stage not in in_run
+
+    def not_run(what: str, stage: str, key: str) -> None:
+        create_markdown_artifact(
+            f"# {what}\n\n`{stage}` was not part of this run (see the run summary); its last report is "
+            "in the repository, from an earlier run.",
+            key=key,
+        )
+
     summary: dict[str, tp.Any] = {}
     vstage = _by_name(stages, DATA_QUALITY_STAGE)
     spath = validate_summary
     if spath is None and vstage is not None:
-        spath = next((m for m in vstage.metrics if m.endswith(".json")), None)
-    if spath and (repo / spath).is_file():
+        declared = [*vstage.outs, *vstage.metrics]
+        spath = next((m for m in declared if m.endswith("summary.json")), None) or next(
+            (m for m in vstage.metrics if m.endswith(".json")), None
+        )
+    if validate_summary is None and skipped(DATA_QUALITY_STAGE):
+        not_run("Data quality", DATA_QUALITY_STAGE, art.KEY_DATA_QUALITY)
+    elif spath and (repo / spath).is_file():
         summary = art.read_json(repo / spath)
         verdict = "passed" if summary.get("success") else "FAILED"
         create_table_artifact(
@@ -127,7 +155,9 @@ def publish_artifacts(
         )
 
     epath = evaluation_table or art.evaluation_table_path(_by_name(stages, EVALUATION_STAGE))
-    if epath and (repo / epath).is_file():
+    if evaluation_table is None and skipped(EVALUATION_STAGE):
+        not_run("Evaluation (ours vs Opus per bitrate)", EVALUATION_STAGE, art.KEY_EVALUATION)
+    elif epath and (repo / epath).is_file():
         create_table_artifact(
             art.evaluation_rows(repo / epath),
             key=art.KEY_EVALUATION,
@@ -140,7 +170,9 @@ def publish_artifacts(
         )
 
     ppath = promotion_file or art.promotion_path(_by_name(stages, PROMOTION_STAGE))
-    if ppath and (repo / ppath).is_file():
+    if promotion_file is None and skipped(PROMOTION_STAGE):
+        not_run("Promotion", PROMOTION_STAGE, art.KEY_PROMOTION)
+    elif ppath and (repo / ppath).is_file():
         create_markdown_artifact(
             art.promotion_markdown(read_promotion(repo / ppath), ppath),
             key=art.KEY_PROMOTION,
@@ -203,7 +235,9 @@ def codec_pipeline(
         failure = e
     finally:
         # Every run gets its artifacts, a failed one most of all (the gate's numbers).
-        summary = publish_artifacts(root, all_stages, validate_summary, evaluation_table, promotion_file)
+        summary = publish_artifacts(
+            root, all_stages, validate_summary, evaluation_table, promotion_file, in_run={s.name for s in chosen}
+        )
         create_markdown_artifact(
             art.run_summary_markdown(all_stages, results, str(failure) if failure else None, changed),
             key=art.KEY_RUN,
@@ -253,6 +287,12 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
     serve_p.add_argument("--cron", default=DEFAULT_CRON, help="cron schedule (default: %(default)r)")
     serve_p.add_argument("--timezone", default=None, help="time zone of the cron schedule (default: UTC)")
     serve_p.add_argument("--name", default="scheduled", help="deployment name (default: %(default)s)")
+    serve_p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=1,
+        help="runs of this deployment at once (default: %(default)s: a scheduled run waits for the previous one)",
+    )
     args = parser.parse_args(argv)
     params = _flow_parameters(args)
 
@@ -265,6 +305,8 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
             schedules=[schedule],
             parameters={k: v for k, v in params.items() if v is not None},
             description="The DVC pipeline (dvc.yaml) on a schedule: one task per stage, retries, artifacts.",
+            # One workspace, one params.yaml, one dvc.lock: runs of the deployment never overlap.
+            global_limit=args.max_concurrent,
         )
         return 0
 

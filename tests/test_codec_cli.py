@@ -528,3 +528,58 @@ def test_default_model_is_the_registry_champion_then_models_codec_pt(
     assert model_fingerprint(loaded.model) == model_fingerprint(load_model(str(ckpt)).model)
     assert loaded.source.startswith(f"{DEFAULT_URI} (version {mv.version}")
     assert loaded.target_lufs == -16.0
+
+
+# --- many files, pipes, --version --------------------------------------------------------------
+
+
+def test_a_folder_and_files_in_one_call_with_one_model_load(tmp_path: Path, ckpt: Path) -> None:
+    rec = tmp_path / "rec"
+    (rec / "spk1").mkdir(parents=True)
+    speech_wav(rec / "spk1" / "a.wav", -20.0)
+    speech_wav(rec / "b.flac", -30.0, channels=1, subtype="PCM_16")
+    (rec / "notes.txt").write_text("not audio: not an input of the batch")
+    single = speech_wav(tmp_path / "single.wav", -25.0)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....WAVEnot audio")
+    codes = tmp_path / "codes"
+    code = cli("encode", rec, single, broken, "--out-dir", codes, "--model", ckpt, "--kbps", str(KBPS), "-q")
+    assert code == 2  # the broken file's exit code; the others are written
+    assert sorted(p.relative_to(codes).as_posix() for p in codes.rglob("*.tscb")) == [
+        "rec/b.tscb",
+        "rec/spk1/a.tscb",
+        "single.tscb",
+    ]
+    wavs = tmp_path / "wavs"
+    assert cli("decode", codes, "--out-dir", wavs, "--model", ckpt, "-q") == 0
+    assert sorted(p.relative_to(wavs).as_posix() for p in wavs.rglob("*.wav")) == [
+        "codes/rec/b.wav",
+        "codes/rec/spk1/a.wav",
+        "codes/single.wav",
+    ]
+    # Each is what the one-file command writes.
+    encode(single, tmp_path / "one.tscb", ckpt)
+    assert (tmp_path / "one.tscb").read_bytes() == (codes / "single.tscb").read_bytes()
+
+
+def test_dash_is_standard_input_and_output_and_version_prints(tmp_path: Path, ckpt: Path) -> None:
+    src = speech_wav(tmp_path / "in.wav", -20.0)
+    codec = Path(sys.executable).parent / "codec"
+    enc = subprocess.run(
+        [str(codec), "encode", "-", "-", "--model", str(ckpt), "--kbps", str(KBPS), "-q"],
+        input=src.read_bytes(),
+        capture_output=True,
+    )
+    assert enc.returncode == 0, enc.stderr
+    assert not (tmp_path / "-").exists()
+    encode(src, tmp_path / "file.tscb", ckpt)
+    assert enc.stdout == (tmp_path / "file.tscb").read_bytes()  # the same bytes as through files
+    dec = subprocess.run(
+        [str(codec), "decode", "-", str(tmp_path / "out.wav"), "--model", str(ckpt), "-q"],
+        input=enc.stdout,
+        capture_output=True,
+    )
+    assert dec.returncode == 0, dec.stderr
+    assert sf.info(str(tmp_path / "out.wav")).duration == pytest.approx(sf.info(str(src)).duration, abs=1e-3)
+    version = subprocess.run([str(codec), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("codec 0.")

@@ -48,7 +48,7 @@ def test_dvc_repro_data_half_end_to_end(tmp_path: Path) -> None:
 
     # The metric is visible to DVC.
     metrics = run_cli("dvc", "metrics", "show", "--json", cwd=repo, check=True)
-    assert "rms_dbfs_std" in metrics.stdout
+    assert "rms_spread_db" in metrics.stdout and "expectations" not in metrics.stdout
 
     # A local remote: push, lose the cache and the workspace data, pull it back.
     remote = tmp_path / "remote"

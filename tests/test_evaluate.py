@@ -247,7 +247,8 @@ def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_ru
     stage.add_arguments(parser)
     paths = {"metrics": "metrics.json", "table": "bitrates.csv", "plot": "vs_opus.csv", "evaluation": "evaluation.json"}
     argv = ["--model", str(ckpt), "--data", str(norm), "--raw", str(raw), "--params", "params.yaml"]
-    argv += ["--user-sets", str(tmp_path / "eval_sets")]
+    argv += ["--user-sets", str(tmp_path / "eval_sets"), "--headline", str(out / "headline.json")]
+    argv += ["--levels", str(out / "levels.csv")]
     argv += [x for k, v in {**paths, "report": "report.md", "media": "media"}.items() for x in (f"--{k}", str(out / v))]
     args = parser.parse_args(argv)
     assert stage.run(args) == 0
@@ -295,8 +296,27 @@ def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_ru
     }
     assert set(user["metrics"]["ours"]) == {"0.9kbps", "1.8kbps", "3.6kbps"}
     assert "rejected `broken.wav`: unreadable" in report and "| field_recordings |" in report
-    media = sorted(p.name for p in (out / "media").iterdir())
-    assert f"{held_out[0]}_spectrograms.png" in media and f"{held_out[0]}_opus_3.6kbps.wav" in media
+    media = sorted(p.relative_to(out / "media").as_posix() for p in (out / "media").rglob("*") if p.is_file())
+    assert f"spectrograms/{held_out[0]}.png" in media and f"{held_out[0]}_opus_3.6kbps.wav" in media
+    assert all(p.endswith(".png") for p in media if p.startswith("spectrograms/"))  # DVC's image plot
+    head = json.loads((out / "headline.json").read_text())
+    assert set(head) == {
+        "kbps",
+        "amplitude",
+        "snr_db",
+        "pesq",
+        "opus_pesq",
+        "mel",
+        "opus_mel",
+        "worst_amplitude",
+        "worst_pesq",
+    }
+    assert head["amplitude"] == pytest.approx(metrics["amplitude_ratio"], abs=1e-4)
+    levels = (out / "levels.csv").read_text().splitlines()
+    assert levels[0].startswith("level_dbfs,amp_held_out,amp_telephone") and [r.split(",")[0] for r in levels[1:]] == [
+        "-40",
+        "-6",
+    ]
 
     client = MlflowClient(mlflow_uri)
     logged = client.get_run(train_run.info.run_id)
@@ -322,3 +342,33 @@ def test_a_checkpoint_without_its_split_is_refused(tmp_path: Path) -> None:
     args.params = str(tmp_path / "params.yaml")
     with pytest.raises(UserError, match="val_fraction"):
         stage.run(args)
+
+
+def test_held_out_clips_are_spread_over_the_held_out_speakers() -> None:
+    ids = [f"spk{s}_{k}" for s in "abc" for k in range(4)] + ["loose"]
+    speakers = {i: i.split("_")[0] for i in ids if i != "loose"}
+    picked = sets.spread_over_speakers(ids, speakers, 5)
+    assert picked == ["loose", "spka_0", "spka_1", "spkb_0", "spkc_0"]  # every voice before a second clip
+    assert sets.spread_over_speakers(ids, speakers, 100) == sorted(ids)
+
+
+def test_the_logged_model_serves_any_length_and_needs_no_private_package(mlflow_uri: str, tmp_path: Path) -> None:
+    import mlflow
+
+    from codec.model.serving import log_model
+
+    model = build_codec(tiny_config(), seed=0).eval()
+    mlflow.set_experiment("serving")
+    with mlflow.start_run() as run:
+        log_model(model)
+    uri = f"runs:/{run.info.run_id}/codec"
+    served = mlflow.pyfunc.load_model(uri)
+    for seconds in (2.0, 0.37):  # not the example's 1 s
+        x = np.zeros((1, 1, int(seconds * 16000)), np.float32)
+        x[0, 0, ::50] = 0.1
+        y = np.asarray(served.predict(x))
+        assert y.shape == x.shape and np.isfinite(y).all()
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "dl")))
+    requirements = (local / "requirements.txt").read_text()
+    assert "telugu-speech-codec" not in requirements and "torch==" in requirements
+    assert (local / "code" / "codec" / "model" / "codec.py").is_file()  # the code travels with it

@@ -251,6 +251,10 @@ def test_clipping_is_measured_on_the_input_and_a_clipped_square_wave_is_refused(
     summary = validate(norm, raw, ValidateParams(min_files=1, enforce_gate=False), tmp_path / "off.json", None)
     assert summary["success"] is False and summary["enforced"] is False
     assert summary["expectations"]["input_clipping"]["success"] is False
+    # With the gate switched off by its param, the failure is recorded and the stage goes on.
+    summary = validate(norm, raw, ValidateParams(min_files=1, enforce_gate=False), tmp_path / "off.json", None)
+    assert summary["success"] is False and summary["enforced"] is False
+    assert summary["expectations"]["input_clipping"]["success"] is False
 
 
 # --- Killed stages and workers ----------------------------------------------------------

@@ -180,3 +180,19 @@ def test_stage_deps_cover_the_code_it_imports(stage: str) -> None:
     for m in closure:
         for data in modules[m].parent.glob("*.txt"):
             assert covered(data, deps), f"dvc.yaml stage {stage}: {data.relative_to(REPO)} not a dep"
+
+
+def test_the_train_stage_depends_on_every_key_that_changes_results() -> None:
+    """dvc.yaml lists train's keys one by one (so speed and display keys don't retrain); a new
+    TrainParams field must be added there, or to the list of keys that change nothing."""
+    import dataclasses
+
+    import yaml
+
+    from codec.training.params import TrainParams
+
+    no_effect = {"threads", "progress", "cache_audio", "resume"}
+    listed = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["params"]
+    keys = {k.removeprefix("train.") for k in listed if isinstance(k, str)}
+    fields = {f.name for f in dataclasses.fields(TrainParams)}
+    assert keys == fields - no_effect

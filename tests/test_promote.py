@@ -113,6 +113,9 @@ def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
     assert versions[worse.version]["eval_set_fingerprint"] == versions[good.version]["eval_set_fingerprint"]
     assert versions[good.version]["gate.amplitude_ratio"].startswith("pass")
     assert versions[good.version]["ours.320kbps.pesq"]
+    # Tags hold the gate bitrate only (the run holds every metric): the decision is not buried.
+    assert not [t for t in versions[good.version] if t.startswith(("ours.", "opus.")) and ".320kbps." not in t]
+    assert len(versions[good.version]) < 40, sorted(versions[good.version])
 
     rows = table(client, MODEL_NAME)
     assert [(r["version"], r["aliases"], r["decision"]) for r in rows] == [

@@ -79,6 +79,22 @@ def test_resume_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
     ]
 
 
+def test_a_retry_resumes_only_a_stopped_run_of_the_same_params(data: Path, tmp_path: Path) -> None:
+    from codec.training.stage import resumable
+    from flows.dvc_stages import retry_env
+
+    assert retry_env(1) == {} and retry_env(2) == {"CODEC_TRAIN_RESUME": "1"}
+    ckpt = tmp_path / "out" / "checkpoints" / "last.pt"
+    assert resumable(ckpt, tiny_params()) == f"no checkpoint at {ckpt}"
+    train(tiny_params(), data, tmp_path / "out", stop_after=3)  # killed at step 3 (CUDA OOM, say)
+    assert resumable(ckpt, tiny_params()) is None
+    assert resumable(ckpt, tiny_params(threads=2, progress=True)) is None  # speed and display: same run
+    assert "other params (lr)" in str(resumable(ckpt, tiny_params(lr=1e-3)))  # another run's checkpoint
+    assert "other params (steps)" in str(resumable(ckpt, tiny_params(steps=8)))
+    train(tiny_params(resume=True), data, tmp_path / "out")
+    assert "finished run" in str(resumable(ckpt, tiny_params()))
+
+
 def test_two_process_ddp_matches_one_process(data: Path, tmp_path: Path) -> None:
     single = train(tiny_params(steps=3), data, tmp_path / "single")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

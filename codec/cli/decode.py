@@ -28,6 +28,7 @@ import sys
 import typing as tp
 from pathlib import Path
 
+from codec.cli import batch
 from codec.errors import UserError
 from codec.inference import bitstream
 from codec.inference.compress import DEFAULT_MAX_OUTPUT_MB, MB, SUBTYPES, check_input_path, decode_file
@@ -54,8 +55,16 @@ def _bounded(what: str, hi: float) -> tp.Callable[[str], float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="IN", help="a bitstream written by 'codec encode'")
-    parser.add_argument("output", metavar="OUT", help="the WAV file to write (mono, at the original sample rate)")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="IN OUT | IN...",
+        help="a bitstream written by 'codec encode' and the WAV file to write (mono, at the original sample "
+        "rate); '-' is standard input/output. With --out-dir: bitstreams and folders of them",
+    )
+    parser.add_argument(
+        "--out-dir", default=None, help="decode every IN (folders: every .tscb under them) into this folder"
+    )
     parser.add_argument(
         "--model",
         default=None,
@@ -96,24 +105,38 @@ def _run(args: argparse.Namespace) -> int:
     from codec.inference.model_source import load_model
     from codec.model.checkpoint import model_fingerprint
 
-    src, out = Path(args.input), Path(args.output)
-    check_input_path(src)
-    if out.exists() and out.resolve() == src.resolve():
-        raise UserError(f"{out}: the output would overwrite the input; choose another OUT")
+    jobs = batch.plan(args.paths, args.out_dir, (".tscb",), ".wav")
+    for job in jobs:
+        if job.src != batch.PIPE:
+            check_input_path(Path(job.src))
+        if batch.same_file(Path(job.src), Path(job.out)):
+            raise UserError(f"{job.out}: the output would overwrite the input; choose another OUT")
     loaded = load_model(args.model)
-    header = decode_file(
-        loaded.model,
-        src,
-        out,
-        fingerprint=model_fingerprint(loaded.model),
-        max_seconds=args.max_seconds,
-        max_output_bytes=int(args.max_output_mb * MB),
-        subtype=args.subtype,
-    )
-    if not args.quiet:
-        print(
-            f"decoded {src} ({header.duration_s:.2f} s at {header.bitrate_bps / 1000:g} kbps) with {loaded.source} "
-            f"-> {out} ({header.sample_rate} Hz mono, {args.subtype})",
-            file=sys.stderr,
-        )
-    return 0
+    fingerprint = model_fingerprint(loaded.model)
+
+    def one(job: batch.Job) -> None:
+        try:
+            with batch.local_input(job.src, ".tscb") as src, batch.local_output(job.out, ".wav") as out:
+                header = decode_file(
+                    loaded.model,
+                    src,
+                    out,
+                    fingerprint=fingerprint,
+                    max_seconds=args.max_seconds,
+                    max_output_bytes=int(args.max_output_mb * MB),
+                    subtype=args.subtype,
+                )
+        except bitstream.ModelMismatchError as e:
+            e.exit_code = EXIT_MODEL_MISMATCH
+            raise
+        except bitstream.BitstreamError as e:
+            e.exit_code = EXIT_BAD_BITSTREAM
+            raise
+        if not args.quiet:
+            print(
+                f"decoded {job.src} ({header.duration_s:.2f} s at {header.bitrate_bps / 1000:g} kbps) with "
+                f"{loaded.source} -> {job.out} ({header.sample_rate} Hz mono, {args.subtype})",
+                file=sys.stderr,
+            )
+
+    return batch.run_all(jobs, one, "decode")

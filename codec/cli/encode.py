@@ -1,5 +1,7 @@
 """``codec encode IN OUT --kbps K [--model M]``: a recording → a bitstream (argument parsing
-and printing; the work is :func:`codec.inference.compress.encode_file`)."""
+and printing; the work is :func:`codec.inference.compress.encode_file`). ``-`` for IN or OUT is
+a pipe; ``codec encode IN... --out-dir DIR`` encodes many files (folders too) with one model
+load (:mod:`codec.cli.batch`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import math
 import sys
 from pathlib import Path
 
+from codec.cli import batch
+from codec.data.ingest import AUDIO_EXTENSIONS
 from codec.errors import UserError
 from codec.inference.compress import check_input_path, encode_file
 
@@ -24,8 +28,16 @@ def _finite(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="IN", help="a recording: any format libsndfile reads (WAV, FLAC, OGG, MP3, …)")
-    parser.add_argument("output", metavar="OUT", help="the bitstream to write (conventionally .tscb)")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="IN OUT | IN...",
+        help="a recording (any format libsndfile reads: WAV, FLAC, OGG, MP3, …) and the bitstream to write "
+        "(conventionally .tscb); '-' is standard input/output. With --out-dir: recordings and folders of them",
+    )
+    parser.add_argument(
+        "--out-dir", default=None, help="encode every IN (folders: every recording under them) into this folder"
+    )
     parser.add_argument(
         "--kbps", type=_finite, default=None, help="bitrate, one the model serves (default: its highest)"
     )
@@ -50,23 +62,38 @@ def run(args: argparse.Namespace) -> int:
     from codec.inference.model_source import load_model
     from codec.model.checkpoint import model_fingerprint
 
-    src, out = Path(args.input), Path(args.output)
-    check_input_path(src, allow_empty=False)  # before the model loads
-    if out.exists() and out.resolve() == src.resolve():
-        raise UserError(f"{out}: the output would overwrite the input; choose another OUT")
+    jobs = batch.plan(args.paths, args.out_dir, AUDIO_EXTENSIONS, ".tscb")
+    for job in jobs:  # before the model loads
+        if job.src != batch.PIPE:
+            check_input_path(Path(job.src), allow_empty=False)
+        if batch.same_file(Path(job.src), Path(job.out)):
+            raise UserError(f"{job.out}: the output would overwrite the input; choose another OUT")
     loaded = load_model(args.model)
     kbps = float(args.kbps) if args.kbps is not None else max(loaded.model.config.bitrates_kbps)
     target = loaded.target_lufs if args.target_lufs is None else float(args.target_lufs)
-    header = encode_file(
-        loaded, src, out, kbps, target, fingerprint=model_fingerprint(loaded.model), allow_silence=args.allow_silence
-    )
-    if not args.quiet:
-        size = out.stat().st_size
-        lufs = f"{header.input_lufs:.1f} LUFS" if math.isfinite(header.input_lufs) else "silent"
-        print(
-            f"encoded {src} ({header.duration_s:.2f} s, {header.sample_rate} Hz, {header.channels} ch, {lufs}, "
-            f"gain {header.gain_db:+.1f} dB) at {kbps:g} kbps with {loaded.source} -> {out}: {size} bytes "
-            f"({size * 8 / header.duration_s / 1000:.2f} kbps with header)",
-            file=sys.stderr,
-        )
-    return 0
+    fingerprint = model_fingerprint(loaded.model)
+
+    def one(job: batch.Job) -> None:
+        with batch.local_input(job.src, "") as src, batch.local_output(job.out, ".tscb") as out:
+            if job.src == batch.PIPE:
+                check_input_path(src, allow_empty=False)
+            header = encode_file(
+                loaded,
+                src,
+                out,
+                kbps,
+                target,
+                fingerprint=fingerprint,
+                allow_silence=args.allow_silence,
+            )
+            size = out.stat().st_size
+        if not args.quiet:
+            lufs = f"{header.input_lufs:.1f} LUFS" if math.isfinite(header.input_lufs) else "silent"
+            print(
+                f"encoded {job.src} ({header.duration_s:.2f} s, {header.sample_rate} Hz, {header.channels} ch, "
+                f"{lufs}, gain {header.gain_db:+.1f} dB) at {kbps:g} kbps with {loaded.source} -> {job.out}: "
+                f"{size} bytes ({size * 8 / header.duration_s / 1000:.2f} kbps with header)",
+                file=sys.stderr,
+            )
+
+    return batch.run_all(jobs, one, "encode")

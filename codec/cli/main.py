@@ -38,11 +38,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         prog="codec",
         description="Telugu speech codec: pipeline stages and encode/decode tools.",
     )
+    parser.add_argument("--version", action="version", version=f"codec {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers = {}
     for name, (_, text) in COMMANDS.items():
         subparsers[name] = sub.add_parser(name, help=text, description=text)
     return parser, subparsers
+
+
+def _version() -> str:
+    """The installed package's version (``telugu-speech-codec``), or ``unknown`` from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("telugu-speech-codec")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 _MAIN_PID = os.getpid()
@@ -58,6 +69,8 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
     parser, subparsers = build_parser()
     args_list = list(sys.argv[1:] if argv is None else argv)
     # Only the chosen subcommand's module is imported.
+    if args_list[:1] in (["--version"], ["-h"], ["--help"]):
+        parser.parse_args(args_list[:1])  # prints and exits 0
     pre, _ = parser.parse_known_args(args_list[:1])
     if pre.command is None:
         parser.print_help()

@@ -28,7 +28,7 @@ def split_of(key: str, val_fraction: float) -> Split:
 
 def speaker_of(clip_id: str, speaker: str | None) -> str:
     """The key the split hashes: the clip's speaker, or (no speaker known) the clip itself."""
-    return speaker if speaker else f"clip:{clip_id}"
+    return speaker if speaker else clip_id
 
 
 def clip_split(clip_id: str, speaker: str | None, val_fraction: float) -> Split:

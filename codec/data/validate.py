@@ -362,7 +362,8 @@ def validate(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="normalized", type=Path, required=True, help="normalized clips (data/normalized)")
     parser.add_argument("--raw", type=Path, help="ingested clips (data/raw), profiled for comparison")
-    parser.add_argument("--summary", type=Path, required=True, help="JSON summary to write (a DVC metric)")
+    parser.add_argument("--summary", type=Path, required=True, help="JSON summary to write (every expectation)")
+    parser.add_argument("--headline", type=Path, help="the gate's few numbers (a DVC metric)")
     parser.add_argument("--docs", type=Path, help="folder for the Great Expectations Data Docs (HTML)")
     parser.add_argument("--params", default="params.yaml")
 
@@ -420,4 +421,20 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.docs is not None:
         print(f"  Data Docs: {args.docs / 'index.html'}")
+    if args.headline is not None:
+        write_text_atomic(args.headline, json.dumps(gate_headline(summary), indent=2) + "\n")
     return 0
+
+
+def gate_headline(summary: tp.Mapping[str, tp.Any]) -> dict[str, float | int | None]:
+    """The data gate in a few numbers (``dvc metrics show``): passed (1/0), files, failed
+    expectations, and the per-file RMS spread and loudness spread before and after normalize."""
+    n, r = summary.get("normalized") or {}, summary.get("raw") or {}
+    return {
+        "passed": int(bool(summary.get("success"))),
+        "files": int(summary.get("files") or 0),
+        "failed": int(summary.get("failed_expectations") or 0),
+        "rms_spread_db": n.get("rms_dbfs_std"),
+        "raw_rms_spread_db": r.get("rms_dbfs_std"),
+        "lufs_std": n.get("lufs_std"),
+    }

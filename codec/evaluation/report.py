@@ -192,6 +192,57 @@ def sets_summary(evs: tp.Mapping[str, Evaluation]) -> dict[str, dict[str, float 
     return out
 
 
+def headline(evs: tp.Mapping[str, Evaluation]) -> dict[str, float | None]:
+    """The few numbers a team compares between experiments (``dvc metrics show``, ``dvc exp
+    show``): flat and numeric, at the top bitrate. ``worst_*``: over every evaluation set (and,
+    for amplitude, every input level: the ratio farthest from 1.0)."""
+    held = evs["held_out"] if "held_out" in evs else next(iter(evs.values()))
+    top = held.top_kbps
+    ours = held.row(OURS, top).metrics
+    opus = next((r.metrics for r in held.rows if r.codec != OURS and math.isclose(r.kbps, top)), {})
+    out: dict[str, float | None] = {
+        "kbps": top,
+        "amplitude": _num(ours["amplitude_ratio"], 4),
+        "snr_db": _num(ours["snr_db"], 3),
+        "pesq": _num(ours["pesq"], 3),
+        "opus_pesq": _num(opus.get("pesq", math.nan), 3),
+        "mel": _num(ours["mel_distance"], 4),
+        "opus_mel": _num(opus.get("mel_distance", math.nan), 4),
+    }
+    amps: list[float] = []
+    pesqs: list[float] = []
+    for ev in evs.values():
+        m = ev.row(OURS, ev.top_kbps).metrics
+        amps.append(m["amplitude_ratio"])
+        amps += [lv.amplitude_ratio for lv in ev.levels if math.isclose(lv.kbps, ev.top_kbps)]
+        pesqs.append(m["pesq"])
+    finite = [a for a in amps if math.isfinite(a) and a > 0]
+    out["worst_amplitude"] = (
+        _num(max(finite, key=lambda a: abs(math.log(a))), 4) if len(finite) == len(amps) and finite else None
+    )
+    out["worst_pesq"] = _num(min(pesqs), 3) if all(math.isfinite(p) for p in pesqs) else None
+    return out
+
+
+def levels_csv(evs: tp.Mapping[str, Evaluation]) -> str:
+    """Amplitude ratio and SNR per input level, ours at each set's top bitrate, one column per
+    evaluation set (``amp_<set>``, ``snr_<set>``): the DVC plot of level handling, x = input level."""
+    by_level: dict[float, dict[str, float | None]] = {}
+    for name, ev in evs.items():
+        for lv in ev.levels:
+            if math.isclose(lv.kbps, ev.top_kbps):
+                row = by_level.setdefault(lv.level_dbfs, {})
+                row[f"amp_{name}"] = _num(lv.amplitude_ratio)
+                row[f"snr_{name}"] = _num(lv.snr_db)
+    columns = [f"amp_{n}" for n in evs] + [f"snr_{n}" for n in evs]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["level_dbfs", *columns])
+    for level in sorted(by_level):
+        w.writerow([f"{level:g}", *(by_level[level].get(c, "") for c in columns)])
+    return buf.getvalue()
+
+
 def sets_markdown(evs: tp.Mapping[str, Evaluation]) -> str:
     """The report's section on every evaluation set: ours vs Opus at each bitrate, and the
     amplitude ratio per input level at the top one."""
@@ -257,8 +308,10 @@ def write_media(ev: Evaluation, folder: Path) -> None:
     """Spectrogram PNGs (input, ours and Opus at each bitrate) and the decoded WAVs of the sample clips
     (float WAVs with the same bytes for the same audio, so the out's DVC hash only moves with the audio)."""
     folder.mkdir(parents=True, exist_ok=True)
+    images = folder / "spectrograms"  # a folder of images only: DVC's image plot
+    images.mkdir(exist_ok=True)
     for clip_id, audios in ev.samples.items():
-        (folder / f"{clip_id}_spectrograms.png").write_bytes(_spectrogram_png(clip_id, audios, ev.sample_rate))
+        (images / f"{clip_id}.png").write_bytes(_spectrogram_png(clip_id, audios, ev.sample_rate))
         for name, x in audios.items():
             write_wav(folder / f"{clip_id}_{name}.wav", np.clip(x, -1.0, 1.0), ev.sample_rate, subtype="FLOAT")
 

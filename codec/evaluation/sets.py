@@ -47,6 +47,22 @@ def held_out_ids(normalized: Path, val_fraction: float) -> list[str]:
     return sorted(r["id"] for r in rows if clip_split(r["id"], r.get("speaker"), val_fraction) == "val")
 
 
+def spread_over_speakers(ids: tp.Sequence[str], speakers: tp.Mapping[str, str], n: int) -> list[str]:
+    """``n`` of ``ids`` taken round-robin over their speakers (each speaker's clips in id order,
+    speakers in name order), so a few clips cover every held-out voice, not the first one's;
+    returned in id order. Clips without a speaker count as speakers of their own."""
+    by_speaker: dict[str, list[str]] = {}
+    for i in sorted(ids):
+        by_speaker.setdefault(speakers.get(i) or i, []).append(i)
+    queues = [by_speaker[k] for k in sorted(by_speaker)]
+    picked: list[str] = []
+    depth = 0
+    while len(picked) < n and any(len(q) > depth for q in queues):
+        picked += [q[depth] for q in queues if len(q) > depth][: n - len(picked)]
+        depth += 1
+    return sorted(picked)
+
+
 def speakers_of(normalized: Path, ids: tp.Iterable[str]) -> dict[str, str]:
     """clip id -> speaker (``""`` when the manifest has none) for ``ids``."""
     by_id = {r["id"]: r.get("speaker") or "" for r in _read_csv(normalized / "manifest.csv")}

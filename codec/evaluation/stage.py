@@ -24,6 +24,8 @@ from codec.evaluation.params import HELD_OUT, EvaluateParams, LevelSettings
 from codec.evaluation.report import (
     evaluation_record,
     flat_metrics,
+    headline,
+    levels_csv,
     metrics_dict,
     plot_csv,
     report_markdown,
@@ -32,7 +34,7 @@ from codec.evaluation.report import (
     table_csv,
     write_media,
 )
-from codec.evaluation.sets import EvalClip, held_out_ids, load_eval_clips, speakers_of
+from codec.evaluation.sets import EvalClip, held_out_ids, load_eval_clips, speakers_of, spread_over_speakers
 from codec.evaluation.suite import UserSet, build_sets, load_user_set, sets_fingerprint, user_set_folders
 from codec.files import write_text_atomic
 from codec.model.checkpoint import load_codec, model_fingerprint, read_checkpoint
@@ -80,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", default="reports/evaluate/bitrates.csv", help="per-bitrate table CSV (DVC plot)")
     parser.add_argument("--plot", default="reports/evaluate/vs_opus.csv", help="wide per-bitrate CSV (DVC plot)")
     parser.add_argument("--evaluation", default="reports/evaluate/evaluation.json", help="full results JSON")
+    parser.add_argument(
+        "--headline", default=None, help="the few numbers to compare (DVC metric; default: none written)"
+    )
+    parser.add_argument(
+        "--levels", default=None, help="amplitude and SNR per input level and set (DVC plot; default: none written)"
+    )
     parser.add_argument("--report", default="reports/evaluate/report.md", help="Markdown report")
     parser.add_argument("--media", default="reports/evaluate/media", help="folder for spectrograms and WAVs")
     parser.add_argument(
@@ -117,7 +125,8 @@ def held_out_clips(
             f"{model_path} does not record the val_fraction it was trained with (params.val_fraction), so the "
             "held-out clips are unknown; retrain with codec train"
         )
-    ids = held_out_ids(Path(args.data), float(val_fraction))[: params.max_clips]
+    all_ids = held_out_ids(Path(args.data), float(val_fraction))
+    ids = spread_over_speakers(all_ids, speakers_of(Path(args.data), all_ids), params.max_clips)
     if not ids:
         raise UserError(f"no held-out clips in {args.data} with val_fraction={val_fraction}; add clips")
     return load_eval_clips(Path(args.raw), ids, params.seconds, sample_rate), float(val_fraction)
@@ -146,7 +155,10 @@ def log_evaluation(
         (staged / "bitrates.csv").write_text(table_csv(ev), encoding="utf-8")
         (staged / "metrics.json").write_text(json.dumps(metrics_dict(ev), indent=2), encoding="utf-8")
         for f in Path(args.media).iterdir():
-            (staged / f.name).write_bytes(f.read_bytes())
+            if f.is_file():
+                (staged / f.name).write_bytes(f.read_bytes())
+        for f in (Path(args.media) / "spectrograms").glob("*.png"):
+            (staged / f"{f.stem}_spectrograms.png").write_bytes(f.read_bytes())
         run_id, model_id = log_to_mlflow(train_run, args.experiment, flat_metrics(ev), tags, staged, trained)
     print(f"evaluation logged to MLflow run {run_id} in {mlflow.get_tracking_uri()}")
     return run_id, model_id
@@ -243,5 +255,9 @@ def run(args: argparse.Namespace) -> int:
     write_text_atomic(args.table, table_csv(ev))
     write_text_atomic(args.plot, plot_csv(ev))
     write_text_atomic(args.report, report)
+    if args.headline:
+        write_text_atomic(args.headline, json.dumps(headline(evs), indent=2) + "\n")
+    if args.levels:
+        write_text_atomic(args.levels, levels_csv(evs))
     print(report)
     return 0

@@ -5,6 +5,8 @@ Audio ``[B, 1, T]`` float32 at the model's sample rate."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -16,21 +18,35 @@ from codec.tracking import MODEL_ARTIFACT
 
 
 def log_model(model: Codec) -> None:
-    """Log the codec with ``mlflow.pytorch.log_model`` (signature and input example: one
-    second of audio ``[1, 1, T]`` float32 in, the reconstruction ``[1, 1, T]`` out)."""
+    """Log the codec with ``mlflow.pytorch.log_model``, servable as it is:
+
+    - signature: audio ``[batch, 1, samples]`` float32 of any length in, the reconstruction of
+      the same shape out (the input example is one second);
+    - the model's own code travels with it (``code_paths``: the ``codec`` package, which is on
+      no package index), and its requirements are torch and numpy at the versions that
+      logged it, so ``mlflow models serve`` can build its environment.
+    """
     import mlflow  # heavy: only the stages that log import it
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
 
     serving = ServingCodec(fold_weight_norm(model.to("cpu")))
-    example = np.zeros((1, 1, model.config.sample_rate), dtype=np.float32)
-    example[0, 0] = 0.1 * np.sin(2 * np.pi * 220 * np.arange(model.config.sample_rate) / model.config.sample_rate)
-    with torch.no_grad():
-        output = serving(torch.from_numpy(example)).numpy()
-    signature = infer_signature(example, output)
+    rate = model.config.sample_rate
+    example = np.zeros((1, 1, rate), dtype=np.float32)
+    example[0, 0] = 0.1 * np.sin(2 * np.pi * 220 * np.arange(rate) / rate)
+    audio = Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1))])
+    signature = ModelSignature(inputs=audio, outputs=audio)
+    package = Path(__file__).resolve().parents[1]  # codec/
     # Pickle, not MLflow 3's default pt2 (torch.export): the number of quantizers run is
     # data-dependent, which export refuses, and pickle keeps encode/decode callable.
     mlflow.pytorch.log_model(
-        serving, name=MODEL_ARTIFACT, signature=signature, input_example=example, serialization_format="pickle"
+        serving,
+        name=MODEL_ARTIFACT,
+        signature=signature,
+        input_example=example,
+        serialization_format="pickle",
+        code_paths=[str(package)],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
     )
 
 

@@ -164,13 +164,14 @@ def version_tags(
     tags: dict[str, str] = {}
     worst = worst or {}
     metrics = record["metrics"]
+    # Only the gate bitrate's metrics (ours and each baseline): the version's run holds every
+    # metric of every bitrate, set and level; tags are what the registry page and codec models show.
     for codec, by_rate in metrics.items():
-        if codec == "levels" or not isinstance(by_rate, dict):
+        if codec in ("levels", "sets") or not isinstance(by_rate, dict) or not isinstance(by_rate.get(k), dict):
             continue
-        for kbps, entry in by_rate.items():
-            for name, v in entry.items():
-                if v is not None:
-                    tags[f"{codec}.{kbps}.{name}"] = f"{v:.6g}"
+        for name, v in by_rate[k].items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                tags[f"{codec}.{k}.{name}"] = f"{v:.6g}"
     for g in gates:
         if g.eval_set == "held_out" or not g.passed:  # the other sets' passes are in promotion.json
             tags[f"gate.{g.name}"] = f"{'pass' if g.passed else 'fail'}: {g.value:.4g} {g.rule}"
@@ -182,6 +183,10 @@ def version_tags(
         tags["worst_amplitude"] = f"{amplitude['value']:.4g} ({amplitude['set']}, {amplitude['level']})"
     failed = [g.name for g in gates if not g.passed]
     tags["failed_gates"] = ", ".join(failed)[:4900] if failed else "none"
+    n_sets = len({g.eval_set for g in gates})
+    plural = "s" if n_sets > 1 else ""
+    summary = f"{len(gates) - len(failed)}/{len(gates)} pass on {n_sets} evaluation set{plural}"
+    tags["gates"] = (summary + (f" (fail: {', '.join(failed)})" if failed else ""))[:4900]
     tags.update(
         {
             "decision": decision,

@@ -31,9 +31,12 @@ class PromotionRecord(tp.TypedDict):
     mlflow_run_id: str
     model_uri: str
     eval_set_fingerprint: str
-    worst: dict[str, tp.Any]  # the worst set on the primary metric; the worst set and level on amplitude
+    worst: tp.NotRequired[dict[str, tp.Any]]  # worst set (primary metric), worst set+level (amplitude)
     git_commit: str | None
     data_version: str | None
+
+
+OPTIONAL_KEYS = {"worst"}  # absent when no evaluation set was scored (a candidate refused before it)
 
 
 def read_promotion(path: str | Path) -> PromotionRecord:
@@ -43,7 +46,9 @@ def read_promotion(path: str | Path) -> PromotionRecord:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{p} can't be read as JSON ({e}); re-run codec promote") from None
-    missing = sorted(set(PromotionRecord.__annotations__) - set(data if isinstance(data, dict) else {}))
+    # typing cannot see NotRequired through this module's string annotations: name the optional keys.
+    required = set(PromotionRecord.__annotations__) - OPTIONAL_KEYS
+    missing = sorted(required - set(data if isinstance(data, dict) else {}))
     if missing:
         raise UserError(f"{p} lacks {', '.join(missing)}: not a promotion record of this version; re-run codec promote")
     return tp.cast(PromotionRecord, data)

@@ -34,8 +34,9 @@ def table(client: MlflowClient, name: str, columns: tp.Sequence[str] = COLUMNS) 
             "aliases": ",".join(sorted(by_version.get(str(mv.version), []))) or "-",
             "decision": t.get("decision", "?"),
             "kbps": k.removesuffix("kbps") or "?",
-            "gates": f"{len(gates) - len(failed)}/{len(gates)} pass"
-            + (f" (fail: {', '.join(failed)})" if failed else ""),
+            "gates": t.get("gates")
+            or (f"{len(gates) - len(failed)}/{len(gates)} pass" + (f" (fail: {', '.join(failed)})" if failed else "")),
+            "worst_set": t.get("worst_set", "-"),
         }
         for c in columns:
             row[c] = t.get(f"ours.{k}.{c}", "-")

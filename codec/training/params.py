@@ -99,9 +99,19 @@ class TrainParams:
             raise UserError(f"{where}.betas: {list(self.betas)} must be two numbers")
         self.model.check(f"{where}.model")
 
+    def result_dict(self) -> dict[str, tp.Any]:
+        """:meth:`to_dict` without the keys that change nothing in the result (:data:`NO_EFFECT_KEYS`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NO_EFFECT_KEYS}
+
     def to_dict(self) -> dict[str, tp.Any]:
         """Plain nested dict (lists, not tuples): checkpoints, JSON, MLflow."""
         return _plain(dataclasses.asdict(self))
+
+
+# Keys that change how fast a run goes, what it shows, or whether a stopped run is continued
+# (to the same result), but not the model or the reports: the train stage does not depend on
+# them in dvc.yaml (tests/test_layout.py), and a retried run may resume across them.
+NO_EFFECT_KEYS = frozenset({"threads", "progress", "cache_audio", "resume"})
 
 
 def _plain(x: tp.Any) -> tp.Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -35,8 +36,8 @@ from codec.plots import spectrogram_panel
 from codec.provenance import data_version, flatten, git_commit, repo_root
 from codec.tracking import EXPERIMENT, tracking_uri
 from codec.training.dataset import read_clips, split_clips, validation_audio
-from codec.training.loop import TrainResult, train
-from codec.training.params import TrainParams
+from codec.training.loop import CHECKPOINT, TrainResult, train
+from codec.training.params import NO_EFFECT_KEYS, TrainParams
 from codec.training.runtime import finish_distributed
 
 
@@ -56,13 +57,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--val-plots", default="reports/train/val_curves.csv", help="per-validation curves CSV (default: %(default)s)"
     )
+    parser.add_argument("--headline", default=None, help="the few numbers to compare (DVC metric; default: none)")
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name (default: %(default)s)")
     parser.add_argument("--no-mlflow", action="store_true", help="train without MLflow tracking")
 
 
+def _opt_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+RESUME_ENV = "CODEC_TRAIN_RESUME"  # "1": continue a stopped run of the same params (set by the flow on a retry)
+
+
+def resumable(checkpoint: Path, params: TrainParams) -> str | None:
+    """Why ``checkpoint`` can't continue a run of ``params`` (``None``: it can): it must exist,
+    have been written by a run of the same params (those that change results) and not be
+    finished. A checkpoint left by another run is never resumed by a retry."""
+    if not checkpoint.is_file():
+        return f"no checkpoint at {checkpoint}"
+    try:
+        ckpt = read_checkpoint(checkpoint, map_location="cpu")
+    except UserError as e:
+        return str(e)
+    saved = {k: v for k, v in (ckpt.get("params") or {}).items() if k not in NO_EFFECT_KEYS}
+    if saved != params.result_dict():
+        changed = sorted(
+            k for k in set(saved) | set(params.result_dict()) if saved.get(k) != params.result_dict().get(k)
+        )
+        return f"{checkpoint} was written by a run with other params ({', '.join(changed)})"
+    if int(ckpt.get("step", 0)) >= params.steps:
+        return f"{checkpoint} is a finished run (step {ckpt.get('step')})"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     params = load_section(TrainParams, "train", args.params)
+    if os.environ.get(RESUME_ENV) == "1" and not params.resume:
+        why_not = resumable(Path(args.out) / CHECKPOINT, params)
+        if why_not is None:
+            params = dataclasses.replace(params, resume=True)
+            print(f"codec train: {RESUME_ENV}=1: continuing the stopped run from {Path(args.out) / CHECKPOINT}")
+        else:
+            print(f"codec train: {RESUME_ENV}=1 but starting over: {why_not}")
     data, out = Path(args.data), Path(args.out)
     if not (data / "manifest.csv").is_file():
         raise UserError(
@@ -75,10 +112,12 @@ def run(args: argparse.Namespace) -> int:
             if rank == 0:
                 if result.model_path.is_file():
                     stamp_checkpoint(result.model_path, data)
-                write_reports(result, Path(args.metrics), Path(args.plots), Path(args.val_plots))
+                write_reports(
+                    result, Path(args.metrics), Path(args.plots), Path(args.val_plots), _opt_path(args.headline)
+                )
             return 0
         result = train_tracked(params, data, out, args.experiment)
-        write_reports(result, Path(args.metrics), Path(args.plots), Path(args.val_plots))
+        write_reports(result, Path(args.metrics), Path(args.plots), Path(args.val_plots), _opt_path(args.headline))
         v = result.val
         print(
             f"trained {result.step} steps in {result.seconds:.0f} s on {result.device} ({result.precision}); "
@@ -220,8 +259,14 @@ VAL_COLUMNS = {
 }
 
 
-def write_reports(result: TrainResult, metrics: Path, plots: Path, val_plots: Path) -> None:
-    """Final metrics JSON, and the training and validation curves as CSV (x: ``step``)."""
+HEADLINE_KEYS = ("step", "val_snr_db", "val_amplitude_ratio", "val_mel_distance", "vq_usage")
+
+
+def write_reports(
+    result: TrainResult, metrics: Path, plots: Path, val_plots: Path, headline: Path | None = None
+) -> None:
+    """Final metrics JSON, and the training and validation curves as CSV (x: ``step``); with
+    ``headline``, the few numbers to compare as a DVC metric (no timings: they differ per run)."""
     summary: dict[str, tp.Any] = {
         "step": result.step,
         "seconds": round(result.seconds, 2),
@@ -232,6 +277,8 @@ def write_reports(result: TrainResult, metrics: Path, plots: Path, val_plots: Pa
     }
     summary.update({k.replace("/", "_"): round(v, 5) for k, v in result.val.items()})
     write_text_atomic(metrics, json.dumps(summary, indent=2) + "\n")
+    if headline is not None:
+        write_text_atomic(headline, json.dumps({k: summary.get(k) for k in HEADLINE_KEYS}, indent=2) + "\n")
     for path, columns, marker in [(plots, TRAIN_COLUMNS, "loss/total"), (val_plots, VAL_COLUMNS, "val/snr_db")]:
         buf = io.StringIO()
         w = csv.writer(buf)
