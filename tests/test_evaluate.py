@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -169,7 +170,8 @@ NO_LIMITER = ep.LevelSettings(target_lufs=-16.0, peak_ceiling_db=12.0)  # the le
 @pytest.mark.parametrize("gain", [0.9, 0.47])
 def test_a_known_gain_reads_as_hand_computed_metrics_at_every_level(gain: float) -> None:
     clips = make_clips(2)
-    params = ep.EvaluateParams(levels_dbfs=[-40.0, -16.0, -6.0], opus_modes=[])
+    # The metrics' arithmetic: without the energy side information, which would correct g.
+    params = ep.EvaluateParams(levels_dbfs=[-40.0, -16.0, -6.0], opus_modes=[], side_info=False)
     result = ev.evaluate_model(PcmCodec(gain=gain), clips, params, NO_LIMITER, bitrates_kbps=[320.0])
     row = result.row("ours", 320.0).metrics
     # est = g·ref: SNR = -20·log10|1 - g|, amplitude ratio g, SI-SDR blind to the gain,
@@ -185,6 +187,19 @@ def test_a_known_gain_reads_as_hand_computed_metrics_at_every_level(gain: float)
     flat = report.flat_metrics(result)
     assert flat["ours.320kbps.amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
     assert flat["levels.320kbps.-40dBFS.amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
+    # With it (the default, what codec encode sends): the level comes back at every input
+    # level, and the path without it is scored beside, not gated as ours.
+    shaped = ev.evaluate_model(
+        PcmCodec(gain=gain), clips, dataclasses.replace(params, side_info=True), NO_LIMITER, bitrates_kbps=[320.0]
+    )
+    assert 0.97 <= shaped.row("ours", 320.0).metrics["amplitude_ratio"] <= 1.03
+    assert all(0.97 <= lv.amplitude_ratio <= 1.03 for lv in shaped.levels)
+    assert [r.codec for r in shaped.without_side] == ["ours_no_side_info"]
+    assert shaped.without_side[0].metrics["amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
+    side_flat = report.flat_metrics(shaped)
+    assert side_flat["ours_no_side_info.320kbps.amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
+    # The side information is counted in ours' bitrate: a block of 500 samples here, 8 bits.
+    assert shaped.row("ours", 320.0).effective_kbps == pytest.approx(320.0 + 16000 / 500 * 8 / 1000)
 
 
 def test_a_transparent_codec_reads_as_transparent() -> None:

@@ -191,7 +191,7 @@ def test_chunked_encode_and_decode_match_the_whole_file() -> None:
 def test_real_codec_roundtrip_has_the_input_rate_length_and_bitrate() -> None:
     model = tiny_codec()
     x = resample(telugu_speech()[: 2 * SR], SR, 22050) * np.float32(0.03)
-    result = inf.roundtrip_with_codes(model, x, 22050, kbps=0.9, chunk_frames=40)
+    result = inf.roundtrip_with_codes(model, x, 22050, kbps=0.9, chunk_frames=40, energy=False)
     assert result.audio.shape == x.shape and np.all(np.isfinite(result.audio))
     assert result.codes.shape == (3, 100)  # 0.9 kbps = 3 quantizers
     assert result.codes.min() >= 0 and result.codes.max() < 64
@@ -231,7 +231,10 @@ def test_real_codec_bitstream_matches_the_roundtrip_and_refuses_other_models() -
     header = inf.encode_to_stream(model, x, SR, 1.8, f, chunk_frames=64)
     data = f.getvalue()
     assert header.bitrate_bps == 1800 and header.n_chunks == 3
-    assert len(data) == 64 + 3 * 8 + math.ceil(150 * 6 * 6 / 8)  # 150 frames × 6 quantizers × 6 bits
+    # 150 frames × 6 quantizers × 6 bits, and a byte of level code per block: 16 frames (the
+    # largest divisor of the 64-frame chunks up to 0.5 s), so 4 + 4 + 2 blocks
+    assert header.energy is not None and header.energy.block_frames == 16
+    assert len(data) == 76 + 3 * 8 + math.ceil(150 * 6 * 6 / 8) + 4 + 4 + 2
     _, out = decode_all(model, data)
     expected = inf.roundtrip(model, x, SR, 1.8, chunk_frames=64)
     np.testing.assert_allclose(out, expected, atol=1e-6)
@@ -243,7 +246,7 @@ def test_a_crafted_header_with_the_right_fingerprint_is_still_checked() -> None:
     model = tiny_codec()
     x = (0.1 * telugu_speech()[:SR]).astype(np.float32)
     f = io.BytesIO()
-    header = inf.encode_to_stream(model, x, SR, 0.9, f)
+    header = inf.encode_to_stream(model, x, SR, 0.9, f, energy=False)  # version 1: CRC at 60
     body = bytearray(f.getvalue())
     for offset, value, message in [(37, 16, "bits per code is 16"), (36, 4, "4 quantizers")]:
         forged = body.copy()

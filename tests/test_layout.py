@@ -196,3 +196,6 @@ def test_the_train_stage_depends_on_every_key_that_changes_results() -> None:
     keys = {k.removeprefix("train.") for k in listed if isinstance(k, str)}
     fields = {f.name for f in dataclasses.fields(TrainParams)}
     assert keys == fields - no_effect
+    # dvc repro refuses a listed key that params.yaml lacks ("Parameters ... are missing")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    assert sorted(keys - set(params)) == []

@@ -35,7 +35,10 @@ mlflow_uri = te.mlflow_uri
 one_torch_thread = te.one_torch_thread
 
 GATES = pr.PromoteParams(min_snr_db=10.0, min_pesq=2.0, max_mel_distance=2.0)
-EVAL = ep.EvaluateParams(levels_dbfs=[-40.0, -6.0], opus_modes=[], seconds=1.5, sets=["held_out"])
+# The registry's mechanics, with models told apart by their decoder's gain: measured without
+# the energy side information, which corrects a gain (tests/test_energy.py); the test below
+# shows the gates with it on.
+EVAL = ep.EvaluateParams(levels_dbfs=[-40.0, -6.0], opus_modes=[], seconds=1.5, sets=["held_out"], side_info=False)
 
 
 @pytest.fixture(scope="module")
@@ -292,3 +295,24 @@ def test_a_gate_failing_on_one_set_only_fails_the_promotion_and_names_that_set(
     assert any("telephone:min_pesq" in r for r in saved["reasons"])
     _, tags = registry(mlflow_uri)
     assert tags[p.version]["failed_gates"] == "telephone:amplitude_ratio_at_-6dBFS, telephone:min_pesq"
+
+
+def test_with_side_information_a_collapsed_decoder_is_still_rejected_on_its_own_amplitude(
+    clips: list[sets.EvalClip], tmp_path: Path, mlflow_uri: str
+) -> None:
+    """The side information brings the seed's 47 % back to the input's level (what users
+    hear), so the delivered amplitude passes; the model_amplitude_ratio gate, on the same
+    clips without it, still refuses the model."""
+    from mlflow import MlflowClient
+
+    with_side = dataclasses.replace(EVAL, side_info=True)
+    record = evaluated(Collapsed(PcmCodec()), clips, with_side)
+    pr.promote(MlflowClient(mlflow_uri), record, GATES, tmp_path / "p.json")
+    doc = json.loads((tmp_path / "p.json").read_text())
+    gates = {g["name"]: g for g in doc["gates"]}
+    assert doc["decision"] == "rejected"
+    assert gates["amplitude_ratio"]["passed"] and 0.97 <= gates["amplitude_ratio"]["value"] <= 1.03
+    model = gates["model_amplitude_ratio"]
+    assert not model["passed"] and model["value"] == pytest.approx(0.47, abs=1e-3)
+    assert model["metric"] == "ours_no_side_info.320kbps.amplitude_ratio" and model["limit"] == [0.8, 1.25]
+    assert doc["failed_gates"] == ["model_amplitude_ratio"]

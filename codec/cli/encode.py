@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="loudness the input is brought to before coding (default: the model's training loudness, or -16)",
     )
     parser.add_argument("--allow-silence", action="store_true", help="encode an all-zero input instead of refusing it")
+    parser.add_argument(
+        "--no-energy",
+        action="store_true",
+        help="leave out the energy side information (16 bit/s that keeps the decoded level on speech the model "
+        "has not heard; writes a version-1 stream)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
 
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 target,
                 fingerprint=fingerprint,
                 allow_silence=args.allow_silence,
+                energy=not args.no_energy,
             )
             size = out.stat().st_size
         if not args.quiet:
@@ -92,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"encoded {job.src} ({header.duration_s:.2f} s, {header.sample_rate} Hz, {header.channels} ch, "
                 f"{lufs}, gain {header.gain_db:+.1f} dB) at {kbps:g} kbps with {loaded.source} -> {job.out}: "
-                f"{size} bytes ({size * 8 / header.duration_s / 1000:.2f} kbps with header)",
+                f"{size} bytes ({size * 8 / header.duration_s / 1000:.2f} kbps with header and "
+                f"{header.side_bps:g} bit/s of energy side information)",
                 file=sys.stderr,
             )
 

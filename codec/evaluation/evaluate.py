@@ -8,6 +8,9 @@ normalization, encode, decode, level restore: exactly what a user gets):
 - :func:`level_sweep`: the same clips played in at each of ``levels_dbfs`` (RMS dBFS, float:
   a -6 dBFS clip may peak above full scale), amplitude ratio and SNR per level at the top
   bitrate, so a model that collapses quiet or loud input is caught;
+- with ``evaluate.side_info_compare``, ours again without the energy side information
+  (:mod:`codec.inference.energy`; codec ``ours_no_side_info``, kept apart from the rows the
+  gates read), so the report shows what the side information buys and costs;
 - :func:`measure_opus`: libopus (:func:`codec.evaluation.opus.opus_roundtrip`) at the same
   nominal bitrates on the same clips, per ``opus_modes`` (``cbr`` keeps to the bitrate;
   ``vbr`` spends ~5.5 kbps at any lower request), with the effective bitrate of its packets.
@@ -29,6 +32,7 @@ from codec.evaluation import metrics as m
 from codec.evaluation.opus import opus_roundtrip
 from codec.evaluation.params import EvaluateParams, LevelSettings
 from codec.evaluation.sets import EvalClip
+from codec.inference.energy import Energy
 from codec.inference.pipeline import RoundTrip, roundtrip_with_codes
 
 if tp.TYPE_CHECKING:
@@ -37,6 +41,7 @@ if tp.TYPE_CHECKING:
 Measured = tuple[dict[str, float], dict[str, str]]  # metric values, reasons for NaNs
 
 OURS = "ours"
+OURS_NO_SIDE = "ours_no_side_info"  # ours with the energy side information turned off
 OPUS_NAMES: dict[str, str] = {"cbr": "opus", "vbr": "opus_vbr"}
 # Metrics of a row of the per-bitrate table, in column order; lower is better only for mel_distance.
 CLIP_METRICS = ("snr_db", "si_sdr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")
@@ -77,6 +82,8 @@ class Evaluation:
     levels: list[LevelRow]
     per_clip: list[dict[str, tp.Any]]
     samples: dict[str, dict[str, Array]] = dataclasses.field(default_factory=dict)
+    # Ours without the energy side information (evaluate.side_info_compare); not gated.
+    without_side: list[Row] = dataclasses.field(default_factory=list)
 
     def row(self, codec: str, kbps: float) -> Row:
         for r in self.rows:
@@ -140,15 +147,23 @@ def summarize(codec: str, kbps: float, clips: tp.Sequence[EvalClip], eff: list[f
     return Row(
         codec=codec,
         kbps=float(kbps),
-        effective_kbps=_mean(eff),
+        effective_kbps=float(np.mean(eff)) if eff else float("nan"),  # not _mean: no ±200 cap on a bitrate
         metrics={k: _mean(v[k] for v, _ in results) for k in CLIP_METRICS},
         n_clips=len(clips),
         failures=failures,
     )
 
 
-def code(model: CodecLike, x: Array, rate: int, kbps: float, levels: LevelSettings) -> RoundTrip:
-    """``x`` through the user's inference path at ``kbps``."""
+def code(
+    model: CodecLike,
+    x: Array,
+    rate: int,
+    kbps: float,
+    levels: LevelSettings,
+    energy: Energy = True,
+) -> RoundTrip:
+    """``x`` through the user's inference path at ``kbps`` (``energy=False``: without the
+    energy side information)."""
     return roundtrip_with_codes(
         model,
         x,
@@ -157,6 +172,7 @@ def code(model: CodecLike, x: Array, rate: int, kbps: float, levels: LevelSettin
         levels.target_lufs,
         peak_ceiling_db=levels.peak_ceiling_db,
         limiter_window_ms=levels.limiter_window_ms,
+        energy=energy,
     )
 
 
@@ -176,20 +192,24 @@ def measure_ours(
     levels: LevelSettings,
     codebook_size: int,
     sample_ids: tp.Collection[str] = (),
+    energy: Energy = True,
+    name: str = OURS,
 ) -> Measurement:
-    """Our codec at ``kbps`` on ``clips``, with codebook usage and perplexity."""
+    """Our codec at ``kbps`` on ``clips``, with codebook usage and perplexity; the effective
+    bitrate counts the energy side information."""
     results: list[Measured] = []
-    codes, per_clip = [], []
+    codes, per_clip, eff = [], [], []
     samples: dict[tuple[str, str], Array] = {}
     for clip in clips:
-        rt = code(model, clip.audio, clip.sample_rate, kbps, levels)
+        rt = code(model, clip.audio, clip.sample_rate, kbps, levels, energy)
         values, reasons = measure(clip.audio, rt.audio, clip.sample_rate)
         results.append((values, reasons))
         codes.append(rt.codes)
-        per_clip.append({"codec": OURS, "kbps": kbps, "id": clip.id, **values, "reasons": reasons})
+        eff.append(kbps + rt.side_bps / 1000.0)
+        per_clip.append({"codec": name, "kbps": kbps, "id": clip.id, **values, "reasons": reasons})
         if clip.id in sample_ids:
-            samples[clip.id, f"{OURS}_{kbps_key(kbps)}"] = rt.audio
-    row = summarize(OURS, kbps, clips, [kbps] * len(clips), results)
+            samples[clip.id, f"{name}_{kbps_key(kbps)}"] = rt.audio
+    row = summarize(name, kbps, clips, eff, results)
     usage = m.codebook_usage(np.concatenate(codes, axis=1), codebook_size)
     row.metrics["codebook_usage"] = usage.mean_used_fraction
     row.metrics["codebook_perplexity"] = usage.mean_perplexity
@@ -197,7 +217,12 @@ def measure_ours(
 
 
 def level_sweep(
-    model: CodecLike, clips: tp.Sequence[EvalClip], kbps: float, levels: LevelSettings, levels_dbfs: tp.Sequence[float]
+    model: CodecLike,
+    clips: tp.Sequence[EvalClip],
+    kbps: float,
+    levels: LevelSettings,
+    levels_dbfs: tp.Sequence[float],
+    energy: Energy = True,
 ) -> list[LevelRow]:
     """Our codec at ``kbps`` with every clip played in at each RMS level of ``levels_dbfs``."""
     out = []
@@ -205,7 +230,7 @@ def level_sweep(
         snrs, ratios = [], []
         for clip in clips:
             x = _at_level(clip.audio, level)
-            y = code(model, x, clip.sample_rate, kbps, levels).audio
+            y = code(model, x, clip.sample_rate, kbps, levels, energy).audio
             snrs.append(m.snr_db(x, y))
             ratios.append(m.amplitude_ratio(x, y))
         finite = [r for r in ratios if math.isfinite(r)] or [float("nan")]
@@ -250,13 +275,15 @@ def evaluate_model(
     bitrates_kbps: tp.Sequence[float] | None = None,
     opus: bool = True,
     sweep: bool = True,
+    compare: bool = True,
     codebook_size: int | None = None,
 ) -> Evaluation:
     """Measure ``model`` (and Opus) on ``clips``: see the module docstring.
 
     ``bitrates_kbps`` defaults to every bitrate the model serves; ``opus=False`` and
-    ``sweep=False`` skip the baseline and the level sweep (re-evaluating a champion needs
-    neither). ``codebook_size`` defaults to ``2 ** model.config.bits_per_code``.
+    ``sweep=False`` skip the baseline and the level sweep, ``compare=False`` the run without
+    side information (re-evaluating a champion needs none of them). ``codebook_size``
+    defaults to ``2 ** model.config.bits_per_code``.
     """
     if not clips:
         raise UserError("no held-out clips to evaluate; add clips or raise train.val_fraction")
@@ -273,11 +300,16 @@ def evaluate_model(
         per_clip=[],
         samples={c.id: {"input": c.audio} for c in clips if c.id in sample_ids},
     )
+    energy = bool(params.side_info)
     for kbps in rates:
-        measured = [measure_ours(model, clips, kbps, levels, size, sample_ids)]
+        measured = [measure_ours(model, clips, kbps, levels, size, sample_ids, energy)]
         ev.rows.append(measured[0].row)
+        if compare and params.side_info and params.side_info_compare:
+            plain = measure_ours(model, clips, kbps, levels, size, (), False, OURS_NO_SIDE)
+            ev.without_side.append(plain.row)
+            ev.per_clip.extend(plain.per_clip)
         if sweep and kbps == max(rates):  # the level path is the same at every bitrate; time is not
-            ev.levels.extend(level_sweep(model, clips, kbps, levels, params.levels_dbfs))
+            ev.levels.extend(level_sweep(model, clips, kbps, levels, params.levels_dbfs, energy))
         if opus:
             for mode in params.opus_modes:
                 measured.append(measure_opus(clips, kbps, mode, params.opus_frame_ms, sample_ids))

@@ -42,6 +42,11 @@ class EvaluateParams:
     # Each folder under data/eval_sets/ is an evaluation set of the user's own recordings:
     # at most this many (the first in id order) are scored.
     user_set_max_clips: int = 50
+    # Energy side information in the evaluated path (what codec encode sends by default,
+    # codec.inference.energy); false evaluates the path without it (codec encode --no-energy).
+    side_info: bool = True
+    # With side_info: also score ours without it (ours_no_side_info: reported, not gated).
+    side_info_compare: bool = True
 
     def check(self, where: str) -> None:
         if self.max_clips < 1:

@@ -40,7 +40,7 @@ def metrics_dict(ev: Evaluation) -> dict[str, tp.Any]:
         out["worst_level_amplitude_ratio"] = _num(
             max((lv.amplitude_ratio for lv in worst), key=lambda a: abs(math.log(a)) if a > 0 else math.inf)
         )
-    for r in ev.rows:
+    for r in [*ev.rows, *ev.without_side]:
         entry = {k: _num(v) for k, v in r.metrics.items()}
         entry["effective_kbps"] = _num(r.effective_kbps, 3)
         out.setdefault(r.codec, {})[kbps_key(r.kbps)] = entry
@@ -185,6 +185,9 @@ def sets_summary(evs: tp.Mapping[str, Evaluation]) -> dict[str, dict[str, float 
         for r in ev.rows:
             if r.codec != OURS and math.isclose(r.kbps, top):
                 entry.update({f"{r.codec}_{k}": _num(r.metrics[k]) for k in ("mel_distance", "pesq", "stoi")})
+        plain = next((r.metrics for r in ev.without_side if math.isclose(r.kbps, top)), None)
+        if plain is not None:
+            entry.update({f"no_side_{k}": _num(plain[k]) for k in ("snr_db", "amplitude_ratio", "pesq", "stoi")})
         amp, level = _worst_amplitude(ev, top)
         entry["worst_level_amplitude_ratio"] = _num(amp)
         entry["worst_level_dbfs"] = _num(level)
@@ -284,6 +287,39 @@ def sets_markdown(evs: tp.Mapping[str, Evaluation]) -> str:
                 lv = next((x for x in ev.levels if math.isclose(x.kbps, top) and x.level_dbfs == level), None)
                 cells.append(f"{_fmt(lv.amplitude_ratio, 3)} / {_fmt(lv.snr_db, 1)}" if lv else "n/a")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def side_info_markdown(evs: tp.Mapping[str, Evaluation]) -> str:
+    """The report's section on the energy side information: ours with it (what users get) and
+    without it, per set and bitrate, and what it costs (empty when it was not compared)."""
+    if not any(ev.without_side for ev in evs.values()):
+        return ""
+    lines = [
+        "## Energy side information: with / without",
+        "",
+        "Ours with the coded block energies (what `codec encode` sends; the gates read these rows) "
+        "and without them (`codec encode --no-energy`; only the model_amplitude_ratio gate reads "
+        "these). Side bit/s: what the levels cost, counted in ours' effective bitrate.",
+        "",
+        "| set | kbps | side bit/s (% of kbps) | amplitude | SNR dB | PESQ | STOI | mel dist. |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, ev in evs.items():
+        for plain in ev.without_side:
+            row = ev.row(OURS, plain.kbps)
+            m, p = row.metrics, plain.metrics
+            side_bps = (row.effective_kbps - row.kbps) * 1000.0
+
+            def pair(key: str, digits: int = 2, m: dict[str, float] = m, p: dict[str, float] = p) -> str:
+                return f"{_fmt(m[key], digits)} / {_fmt(p[key], digits)}"
+
+            lines.append(
+                f"| {name} | {row.kbps:g} | {side_bps:.0f} ({100 * side_bps / (row.kbps * 1000):.2f} %) | "
+                f"{pair('amplitude_ratio', 3)} | {pair('snr_db')} | {pair('pesq')} | {pair('stoi', 3)} | "
+                f"{pair('mel_distance', 3)} |"
+            )
     lines.append("")
     return "\n".join(lines)
 

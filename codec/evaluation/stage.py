@@ -31,6 +31,7 @@ from codec.evaluation.report import (
     report_markdown,
     sets_markdown,
     sets_summary,
+    side_info_markdown,
     table_csv,
     write_media,
 )
@@ -227,7 +228,13 @@ def run(args: argparse.Namespace) -> int:
         "data version (data/normalized)": data_version(Path(args.data), root)[0],
         "held-out speakers (never in training)": held_out_speakers(speakers),
     }
-    report = report_markdown(ev, context) + "\n" + sets_markdown(evs) + user_sets_markdown(user_sets)
+    report = (
+        report_markdown(ev, context)
+        + "\n"
+        + sets_markdown(evs)
+        + side_info_markdown(evs)
+        + user_sets_markdown(user_sets)
+    )
     write_media(ev, Path(args.media))
     run_id: str | None = None
     model_id: str | None = None

@@ -6,14 +6,17 @@ It does not depend on the model: the header carries the model's 8-byte fingerpri
 (:func:`codec.model.checkpoint.model_fingerprint`) and the decoder compares it with the model it
 loaded (:func:`check_model`).
 
-All integers are little-endian. Header (64 bytes):
+All integers are little-endian. Two versions: version 2 (what ``codec encode`` writes) adds
+energy side information (:mod:`codec.inference.energy`) to version 1; a stream encoded with
+it turned off is written as version 1, and both are read. Header (64 bytes in version 1,
+76 in version 2):
 
 ======  ====  ======  =============================================================
 offset  size  type    field
 ======  ====  ======  =============================================================
 0       4     bytes   magic ``b"TSCB"`` (Telugu Speech Codec Bitstream)
-4       2     u16     format version (1)
-6       2     u16     header size in bytes (64 in version 1)
+4       2     u16     format version (1 or 2)
+6       2     u16     header size in bytes (64 in version 1, 76 in version 2)
 8       8     bytes   model fingerprint
 16      4     u32     sample rate of the original input (Hz); decode writes this rate
 20      8     u64     length of the original input, in samples at that rate
@@ -28,7 +31,13 @@ offset  size  type    field
 44      8     u64     frame count ``F`` (all chunks together)
 52      4     f32     input loudness, LUFS (BS.1770; -inf for silence)
 56      4     f32     gain applied before encoding, dB (decode applies its negative)
-60      4     u32     CRC-32 of bytes 0..59
+60      4     u32     version 1: CRC-32 of bytes 0..59 (the header ends here)
+60      2     u16     version 2: energy block ``B``, frames per level code (divides ``C``)
+62      1     u8      version 2: bits per level code ``e`` (2..16)
+63      1     u8      version 2: reserved, 0
+64      4     f32     version 2: level step, dB
+68      4     f32     version 2: level floor, dBFS (code 1; code 0 is "below it")
+72      4     u32     version 2: CRC-32 of bytes 0..71
 ======  ====  ======  =============================================================
 
 Then ``ceil(F / C)`` chunk records, chunk ``k`` (from 0) being:
@@ -43,12 +52,16 @@ offset  size          type    field
 8       ceil(n·Q·b/8)  bytes   payload: the codes frame by frame (frame 0's Q codes, then
                               frame 1's, …), each ``b`` bits, most significant bit
                               first, the last byte padded with zero bits
+…       ceil(m·e/8)   bytes   version 2: the ``m = ceil(n/B)`` level codes of the
+                              chunk's blocks, ``e`` bits each, packed the same way
 ======  ============  ======  =====================================================
 
-The file ends right after the last chunk. Size: ``64 + ceil(F/C)·8 + Σ payload``:
+The CRC of a version-2 chunk covers its level codes too. The file ends right after the
+last chunk. Size (version 1): ``64 + ceil(F/C)·8 + Σ payload``:
 at 50 frames/s and 10 bits per code, 6 kbps for 10 s is 7,500 payload bytes plus 72
 (1 %), 1.5 kbps is 1,875 plus 72 (3.8 %); each further chunk of ``C = 500`` frames
-(10 s) adds 8 bytes, 0.8 byte/s.
+(10 s) adds 8 bytes, 0.8 byte/s. Version 2 adds 12 header bytes and, at the default 8 bits
+per 0.5 s block, 16 bit/s (1.07 % of 1.5 kbps).
 
 A reader treats the file as untrusted: every header value is checked against the
 bounds below before anything is allocated from it, a chunk is at most
@@ -75,12 +88,16 @@ import numpy as np
 import numpy.typing as npt
 
 from codec.errors import UserError
+from codec.inference.energy import EnergySettings
 
 MAGIC = b"TSCB"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2  # what the encoder writes (with energy side information)
+SUPPORTED_VERSIONS = (1, 2)
 _HEADER = struct.Struct("<4sHH8sIQHHIBBHIQffI")
-HEADER_SIZE = _HEADER.size  # 64
+HEADER_SIZE = _HEADER.size  # 64: version 1
+_ENERGY = struct.Struct("<HBBff")
+HEADER_SIZES = {1: HEADER_SIZE, 2: HEADER_SIZE + _ENERGY.size}  # 64, 76
+MAX_HEADER_SIZE = max(HEADER_SIZES.values())
 _CHUNK = struct.Struct("<II")
 CHUNK_HEADER_SIZE = _CHUNK.size  # 8
 _INDEX = struct.Struct("<I")
@@ -137,7 +154,7 @@ class Header:
     chunk_frames: int
     input_lufs: float
     gain_db: float
-    version: int = FORMAT_VERSION
+    energy: EnergySettings | None = None  # the side information's settings (version 2)
 
     def __post_init__(self) -> None:
         # The file holds the loudness and gain as float32: round them here, so the header
@@ -145,6 +162,15 @@ class Header:
         with np.errstate(over="ignore"):
             object.__setattr__(self, "input_lufs", float(np.float32(self.input_lufs)))
             object.__setattr__(self, "gain_db", float(np.float32(self.gain_db)))
+
+    @property
+    def version(self) -> int:
+        """1 without energy side information, 2 with it."""
+        return 1 if self.energy is None else 2
+
+    @property
+    def header_size(self) -> int:
+        return HEADER_SIZES[self.version]
 
     @property
     def frame_rate(self) -> float:
@@ -157,6 +183,11 @@ class Header:
         return self.frame_rate * self.n_quantizers * self.bits_per_code
 
     @property
+    def side_bps(self) -> float:
+        """Bitrate of the energy side information (0 without it)."""
+        return 0.0 if self.energy is None else self.energy.bits_per_second(self.frame_rate)
+
+    @property
     def duration_s(self) -> float:
         return self.length / self.sample_rate
 
@@ -165,13 +196,23 @@ class Header:
         return -(-self.frame_count // self.chunk_frames)
 
     def chunk_payload_bytes(self, frames: int) -> int:
-        """Payload bytes of a chunk of ``frames`` frames."""
+        """Payload bytes of a chunk of ``frames`` frames (its codes, then its level codes)."""
+        return self.chunk_code_bytes(frames) + self.chunk_level_bytes(frames)
+
+    def chunk_code_bytes(self, frames: int) -> int:
         return (frames * self.n_quantizers * self.bits_per_code + 7) // 8
+
+    def chunk_levels(self, frames: int) -> int:
+        """Level codes in a chunk of ``frames`` frames (0 without side information)."""
+        return 0 if self.energy is None else -(-frames // self.energy.block_frames)
+
+    def chunk_level_bytes(self, frames: int) -> int:
+        return 0 if self.energy is None else (self.chunk_levels(frames) * self.energy.bits + 7) // 8
 
     def stream_bytes(self) -> int:
         """Exact size of the whole bitstream."""
         full, last = divmod(self.frame_count, self.chunk_frames)
-        size = HEADER_SIZE + self.n_chunks * CHUNK_HEADER_SIZE + full * self.chunk_payload_bytes(self.chunk_frames)
+        size = self.header_size + self.n_chunks * CHUNK_HEADER_SIZE + full * self.chunk_payload_bytes(self.chunk_frames)
         return size + (self.chunk_payload_bytes(last) if last else 0)
 
     def check(self, name: str = "bitstream") -> None:
@@ -214,6 +255,10 @@ class Header:
             raise bad("gain", f"{self.gain_db:g} dB", f"{MIN_GAIN_DB:g}..{MAX_GAIN_DB:g} dB, what the encoder writes")
         if not (self.input_lufs == -math.inf or LUFS_RANGE[0] <= self.input_lufs <= LUFS_RANGE[1]):
             raise bad("input loudness", self.input_lufs, f"{LUFS_RANGE[0]:g}..{LUFS_RANGE[1]:g} LUFS or -inf")
+        if self.energy is not None and self.chunk_frames % self.energy.block_frames:
+            raise bad(
+                "energy block", self.energy.block_frames, f"a divisor of the {self.chunk_frames} frames per chunk"
+            )
 
     def pack(self) -> bytes:
         """The 64 header bytes, CRC included (checks the values first)."""
@@ -221,7 +266,7 @@ class Header:
         body = _HEADER.pack(
             MAGIC,
             self.version,
-            HEADER_SIZE,
+            self.header_size,
             self.fingerprint,
             self.sample_rate,
             self.length,
@@ -237,11 +282,15 @@ class Header:
             self.gain_db,
             0,
         )[:-4]
+        if self.energy is not None:
+            e = self.energy
+            body += _ENERGY.pack(e.block_frames, e.bits, 0, e.step_db, e.floor_db)
         return body + struct.pack("<I", zlib.crc32(body))
 
     @classmethod
     def unpack(cls, data: bytes, name: str = "bitstream") -> Header:
-        """Parse and check 64 header bytes; :class:`BitstreamError` on any problem."""
+        """Parse and check the header at the start of ``data`` (64 or 76 bytes; more are
+        ignored); :class:`BitstreamError` on any problem."""
         if not data:
             raise BitstreamError(f"{name}: the file is empty; pass a file written by 'codec encode'")
         if data[:4] != MAGIC and not (len(data) < 4 and MAGIC.startswith(data)):
@@ -257,23 +306,37 @@ class Header:
                 f"{name}: bitstream format version {version} is not supported (this codec reads version "
                 f"{', '.join(map(str, SUPPORTED_VERSIONS))}); decode it with the codec version that wrote it"
             )
-        if len(data) < HEADER_SIZE:
-            raise BitstreamError(f"{name}: truncated: the file ends after {len(data)} bytes, inside the header")
-        if header_size != HEADER_SIZE:
+        expected_size = HEADER_SIZES[version]
+        if header_size != expected_size:
             raise BitstreamError(
-                f"{name}: header size {header_size} does not match version {version}'s {HEADER_SIZE} bytes; "
+                f"{name}: header size {header_size} does not match version {version}'s {expected_size} bytes; "
                 "the file is corrupted"
             )
+        if len(data) < expected_size:
+            raise BitstreamError(f"{name}: truncated: the file ends after {len(data)} bytes, inside the header")
         fields = _HEADER.unpack(data[:HEADER_SIZE])
         (_, _, _, fp, rate, length, channels, hop, model_rate, n_q, bits, reserved, chunk, frames, lufs, gain, crc) = (
             fields
         )
-        if zlib.crc32(data[: HEADER_SIZE - 4]) != crc:
+        energy: EnergySettings | None = None
+        if version >= 2:
+            (crc,) = struct.unpack_from("<I", data, expected_size - 4)
+        if zlib.crc32(data[: expected_size - 4]) != crc:
             raise BitstreamError(
                 f"{name}: corrupted: the header checksum does not match; re-encode or re-copy the file"
             )
         if reserved != 0:
             raise BitstreamError(f"{name}: header reserved field is {reserved}, expected 0; the file is corrupted")
+        if version >= 2:
+            block, e_bits, e_reserved, step, floor = _ENERGY.unpack_from(data, HEADER_SIZE - 4)
+            if e_reserved != 0:
+                raise BitstreamError(
+                    f"{name}: header energy reserved field is {e_reserved}, expected 0; the file is corrupted"
+                )
+            try:
+                energy = EnergySettings(block_frames=block, step_db=step, bits=e_bits, floor_db=floor)
+            except ValueError as e:
+                raise BitstreamError(f"{name}: header {e}; the file is corrupted or not a bitstream") from None
         header = cls(
             fingerprint=fp,
             sample_rate=rate,
@@ -287,7 +350,7 @@ class Header:
             chunk_frames=chunk,
             input_lufs=float(lufs),
             gain_db=float(gain),
-            version=version,
+            energy=energy,
         )
         header.check(name)
         return header
@@ -330,8 +393,15 @@ def write_header(fileobj: tp.BinaryIO, header: Header) -> int:
     return len(data)
 
 
-def write_chunk(fileobj: tp.BinaryIO, header: Header, index: int, codes: npt.NDArray[np.integer[tp.Any]]) -> int:
-    """Write chunk ``index`` holding ``codes`` ``[Q, n]``; returns the bytes written.
+def write_chunk(
+    fileobj: tp.BinaryIO,
+    header: Header,
+    index: int,
+    codes: npt.NDArray[np.integer[tp.Any]],
+    levels: npt.NDArray[np.integer[tp.Any]] | None = None,
+) -> int:
+    """Write chunk ``index`` holding ``codes`` ``[Q, n]`` (and, in version 2, the level
+    codes ``[ceil(n / B)]`` of its blocks); returns the bytes written.
 
     ``n`` must be ``header.chunk_frames`` except for the last chunk. Raises
     ``ValueError`` for codes that do not fit the header (a bug in the caller).
@@ -347,6 +417,17 @@ def write_chunk(fileobj: tp.BinaryIO, header: Header, index: int, codes: npt.NDA
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= 1 << header.bits_per_code):
         raise ValueError(f"codes must lie in 0..{(1 << header.bits_per_code) - 1} for {header.bits_per_code} bits")
     payload = pack_codes(arr, header.bits_per_code)
+    if header.energy is not None:
+        lv = np.asarray(levels if levels is not None else np.zeros(0, np.int64)).reshape(-1)
+        if lv.shape[0] != header.chunk_levels(frames):
+            raise ValueError(
+                f"a chunk of {frames} frames holds {header.chunk_levels(frames)} level codes, got {lv.shape[0]}"
+            )
+        if lv.size and (int(lv.min()) < 0 or int(lv.max()) > header.energy.max_code):
+            raise ValueError(f"level codes must lie in 0..{header.energy.max_code}")
+        payload += pack_codes(lv.reshape(1, -1), header.energy.bits)
+    elif levels is not None:
+        raise ValueError("level codes given for a version-1 stream (no energy side information)")
     count = struct.pack("<I", frames)
     crc = zlib.crc32(payload, zlib.crc32(count, zlib.crc32(_INDEX.pack(index))))
     record = count + struct.pack("<I", crc) + payload
@@ -354,13 +435,34 @@ def write_chunk(fileobj: tp.BinaryIO, header: Header, index: int, codes: npt.NDA
     return len(record)
 
 
-def write_stream(fileobj: tp.BinaryIO, header: Header, blocks: tp.Iterable[npt.NDArray[np.integer[tp.Any]]]) -> int:
+def write_stream(
+    fileobj: tp.BinaryIO,
+    header: Header,
+    blocks: tp.Iterable[npt.NDArray[np.integer[tp.Any]]],
+    levels: npt.NDArray[np.integer[tp.Any]] | None = None,
+) -> int:
     """Write the header and then ``blocks`` of codes (``[Q, n]`` each, any ``n``), cut
-    into chunks of ``header.chunk_frames``; returns the bytes written.
+    into chunks of ``header.chunk_frames``; returns the bytes written. A version-2 header
+    needs ``levels``, the level codes of every block of the stream (``[ceil(F / B)]``,
+    :func:`codec.inference.energy.level_codes`; 2 bytes a second at most).
 
     Holds at most one chunk plus one block in memory. Raises ``ValueError`` if the
     blocks do not add up to ``header.frame_count`` frames.
     """
+    if header.energy is not None:
+        if levels is None:
+            raise ValueError("a version-2 stream needs the level codes of its blocks")
+        all_levels = np.asarray(levels).reshape(-1)
+        want = -(-header.frame_count // header.energy.block_frames)
+        if all_levels.shape[0] != want:
+            raise ValueError(f"{header.frame_count} frames need {want} level codes, got {all_levels.shape[0]}")
+        per_chunk = header.chunk_frames // header.energy.block_frames
+
+    def chunk_levels(index: int) -> npt.NDArray[np.integer[tp.Any]] | None:
+        if header.energy is None:
+            return None
+        return all_levels[index * per_chunk : (index + 1) * per_chunk]
+
     written = write_header(fileobj, header)
     pending: list[npt.NDArray[np.integer[tp.Any]]] = []
     n_pending = 0
@@ -377,11 +479,11 @@ def write_stream(fileobj: tp.BinaryIO, header: Header, blocks: tp.Iterable[npt.N
         n_pending += arr.shape[1]
         while n_pending >= header.chunk_frames:
             joined = np.concatenate(pending, axis=1)
-            written += write_chunk(fileobj, header, index, joined[:, : header.chunk_frames])
+            written += write_chunk(fileobj, header, index, joined[:, : header.chunk_frames], chunk_levels(index))
             index += 1
             pending, n_pending = [joined[:, header.chunk_frames :]], n_pending - header.chunk_frames
     if n_pending:
-        written += write_chunk(fileobj, header, index, np.concatenate(pending, axis=1))
+        written += write_chunk(fileobj, header, index, np.concatenate(pending, axis=1), chunk_levels(index))
     if total != header.frame_count:
         raise ValueError(f"blocks hold {total} frames; the header promises {header.frame_count}")
     return written
@@ -404,12 +506,25 @@ def _read_exact(fileobj: tp.BinaryIO, n: int) -> bytes:
 
 
 @dataclasses.dataclass
+class Chunk:
+    """One chunk record: its codes ``[Q, n]`` and its level codes ``[ceil(n / B)]``
+    (empty in version 1)."""
+
+    codes: Codes
+    levels: Codes
+
+
+@dataclasses.dataclass
 class Stream:
-    """What :func:`read_stream` returns: the checked header, and the chunks' codes
-    (``[Q, n]`` int64 each), read lazily from the file as they are iterated."""
+    """What :func:`read_stream` returns: the checked header, and the chunk records,
+    read lazily from the file as they are iterated (``chunks``: their codes only)."""
 
     header: Header
-    chunks: tp.Iterator[Codes]
+    records: tp.Iterator[Chunk]
+
+    @property
+    def chunks(self) -> tp.Iterator[Codes]:
+        return (record.codes for record in self.records)
 
 
 def read_stream(
@@ -425,7 +540,11 @@ def read_stream(
     misplaced or extra chunk (after yielding the good chunks before it), and after the
     last chunk checks that the file ends there.
     """
-    header = Header.unpack(_read_exact(fileobj, HEADER_SIZE), name)
+    head = _read_exact(fileobj, 8)
+    if len(head) == 8 and head[:4] == MAGIC:
+        version, _ = struct.unpack_from("<HH", head, 4)
+        head += _read_exact(fileobj, HEADER_SIZES.get(version, HEADER_SIZE) - 8)
+    header = Header.unpack(head, name)
     if size is not None:
         check_size(header, size, name)
     if max_frames is not None and header.frame_count > max_frames:
@@ -454,7 +573,7 @@ def check_size(header: Header, size: int, name: str = "bitstream") -> None:
     )
 
 
-def _iter_chunks(fileobj: tp.BinaryIO, header: Header, name: str) -> tp.Iterator[Codes]:
+def _iter_chunks(fileobj: tp.BinaryIO, header: Header, name: str) -> tp.Iterator[Chunk]:
     done = 0
     for index in range(header.n_chunks):
         expected = min(header.chunk_frames, header.frame_count - done)
@@ -483,7 +602,12 @@ def _iter_chunks(fileobj: tp.BinaryIO, header: Header, name: str) -> tp.Iterator
                 "re-encode or re-copy the file"
             )
         done += frames
-        yield unpack_codes(payload, header.n_quantizers, frames, header.bits_per_code)
+        code_bytes = header.chunk_code_bytes(frames)
+        codes = unpack_codes(payload[:code_bytes], header.n_quantizers, frames, header.bits_per_code)
+        levels = np.zeros(0, np.int64)
+        if header.energy is not None:
+            levels = unpack_codes(payload[code_bytes:], 1, header.chunk_levels(frames), header.energy.bits)[0]
+        yield Chunk(codes, levels)
     extra = fileobj.read(1)
     if extra:
         raise BitstreamError(

@@ -58,7 +58,9 @@ from codec.audio.loudness import StreamingLoudness, loudness_lufs
 from codec.errors import UserError
 from codec.files import atomic_path
 from codec.inference import bitstream
+from codec.inference import energy as side
 from codec.inference.bitstream import MAX_SECONDS
+from codec.inference.energy import Energy, EnergySettings
 
 if tp.TYPE_CHECKING:
     from codec.inference.bitstream import Header
@@ -237,6 +239,11 @@ class PreparedAudio:
             self.limiter_db = max(self.limiter_db, float(-20.0 * np.log10(np.min(reduction))))
         return np.ascontiguousarray(y[start - lo : stop - lo], dtype=np.float32)
 
+    def gained(self, start: int, stop: int) -> Array:
+        """Samples ``[start, stop)`` gained but not limited (what the energy side information
+        measures: :attr:`codec.inference.pipeline.Prepared.gained`)."""
+        return (self._raw[start:stop] * self._scale).astype(np.float32)
+
 
 def encode_file(
     loaded: LoadedModel,
@@ -248,8 +255,12 @@ def encode_file(
     fingerprint: bytes,
     allow_silence: bool = False,
     chunk_frames: int | None = None,
+    energy: Energy = True,
 ) -> Header:
-    """Encode the recording ``src`` to the bitstream ``out`` (atomically); returns the header."""
+    """Encode the recording ``src`` to the bitstream ``out`` (atomically); returns the header.
+
+    With ``energy`` (the default) the stream carries energy side information (version 2);
+    ``False`` writes version 1 without it."""
     from codec.inference import pipeline as inf
 
     started = time.time()
@@ -282,15 +293,27 @@ def encode_file(
             chunk_frames=chunk,
             input_lufs=ing.input_lufs,
             gain_db=gain_db,
+            energy=side.resolve(energy, model_rate / int(config.hop_length), chunk),
         )
         header.check(str(src))
+        levels = None if header.energy is None else slice_levels(audio, int(config.hop_length), header.energy, chunk)
         blocks = inf.encode_codes(model, tp.cast(Array, audio), kbps, chunk_frames=chunk)
         try:
             with locked_partial(out, started) as part, part.open("wb") as f:
-                bitstream.write_stream(tp.cast(tp.BinaryIO, f), header, blocks)
+                bitstream.write_stream(tp.cast(tp.BinaryIO, f), header, blocks, levels)
         except OSError as e:
             raise UserError(f"{out}: cannot be written ({e.strerror or e}); check the folder and free space") from None
     return header
+
+
+def slice_levels(audio: PreparedAudio, hop: int, settings: EnergySettings, chunk_frames: int) -> side.LevelCodes:
+    """:func:`codec.inference.energy.level_codes` of ``audio``, read ``chunk_frames`` frames
+    at a time (a whole number of blocks: the header check makes blocks divide chunks)."""
+    step = chunk_frames * hop
+    parts = [
+        side.level_codes(audio.gained(start, start + step), hop, settings) for start in range(0, audio.shape[0], step)
+    ]
+    return np.concatenate([np.zeros(0, np.int64), *parts])
 
 
 # tempfile.mkstemp's names, as codec.files.atomic_path makes them: ".NAME." + 8 of these + ".partial"

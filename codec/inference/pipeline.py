@@ -31,10 +31,16 @@ Encode side (:func:`prepare`, then :func:`encode_codes`):
    audio on both sides (dropped afterwards), so the chunk borders match an encode of
    the whole file and memory stays bounded by the chunk size.
 
-Decode side (:func:`decode_codes`, then :func:`restore` or :func:`restore_stream`):
-decode chunk by chunk with the same context, undo the gain (the limiter is not
-undone: it touched only a few milliseconds around peaks), resample back to the
-input's rate and trim to its length. The output is mono.
+Energy side information (:mod:`codec.inference.energy`, on unless ``energy=None``): the
+encoder also codes the level of every 0.5 s block of the prepared audio, and the decoder
+brings each block of its output back to that level (a smooth, bounded gain) before the
+gain is undone, so the output keeps the input's level even where the model returns less
+energy than it was given (speech unlike its training voices).
+
+Decode side (:func:`decode_codes`, :func:`shape_blocks`, then :func:`restore` or
+:func:`restore_stream`): decode chunk by chunk with the same context, correct the energy,
+undo the gain (the limiter is not undone: it touched only a few milliseconds around
+peaks), resample back to the input's rate and trim to its length. The output is mono.
 
 Bitstreams (:mod:`codec.inference.bitstream`): :func:`encode_to_stream` writes the prepared
 input's codes with the gain and loudness in the header, chunk by chunk;
@@ -64,6 +70,8 @@ from codec.audio.loudness import loudness_lufs
 from codec.audio.resample import resample
 from codec.errors import UserError
 from codec.inference import bitstream
+from codec.inference import energy as side
+from codec.inference.energy import Energy
 from codec.model.checkpoint import model_fingerprint
 
 Codes = npt.NDArray[np.int64]
@@ -123,6 +131,9 @@ class Prepared:
     - ``sample_rate``, ``length``, ``channels``: the original input's
     - ``model_rate``: the rate of ``audio``
     - ``limiter_db``: the largest gain reduction the peak limiter applied (0 if none)
+    - ``gained``: ``audio`` before the limiter (the input at the training loudness): what
+      the energy side information measures, so the decoded level is the input's, not the
+      limited signal's (a peaky voice loses up to a dB of energy to the limiter)
     - ``level``: ``"normal"``, ``"capped"`` (gain held at ``max_gain_db``),
       ``"below_gate"`` or ``"silent"``
     """
@@ -136,6 +147,7 @@ class Prepared:
     model_rate: int
     limiter_db: float
     level: tp.Literal["normal", "capped", "below_gate", "silent"]
+    gained: Array
 
 
 def prepare(
@@ -179,6 +191,7 @@ def prepare(
             gain_db, level = target_lufs - lufs, "normal"
     gain_db = float(np.float32(gain_db))  # the bitstream's precision, used on both sides
     y = (mono * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32)
+    gained = y
     limiter_db = 0.0
     if peak_ceiling_db is not None:
         ceiling = 10.0 ** (peak_ceiling_db / 20.0)
@@ -195,6 +208,7 @@ def prepare(
         model_rate=int(model_rate),
         limiter_db=max(0.0, limiter_db),
         level=level,
+        gained=gained,
     )
 
 
@@ -296,6 +310,27 @@ def _with_sentinel(it: tp.Iterator[Codes]) -> tp.Iterator[Codes | None]:
     yield None
 
 
+def shape_blocks(
+    blocks: tp.Iterable[Array],
+    levels: npt.NDArray[np.integer[tp.Any]],
+    settings: side.EnergySettings,
+    hop: int,
+    model_rate: int,
+    total_frames: int,
+) -> tp.Iterator[Array]:
+    """Decoded blocks (at the model's rate) brought to the coded ``levels`` (every level
+    code of the signal; :class:`codec.inference.energy.Shaper`)."""
+    shaper = side.Shaper(settings, hop, model_rate, total_frames)
+    shaper.add_codes(levels)
+    for block in blocks:
+        out = shaper.feed(block)
+        if out.shape[0]:
+            yield out
+    tail = shaper.finish()
+    if tail.shape[0]:
+        yield tail
+
+
 def restore_stream(
     blocks: tp.Iterable[npt.NDArray[np.floating[tp.Any]]],
     gain_db: float,
@@ -334,11 +369,14 @@ def restore(
 @dataclasses.dataclass(frozen=True)
 class RoundTrip:
     """What :func:`roundtrip_with_codes` returns: the decoded ``audio`` ``[T]`` at the
-    input's rate and length, the ``codes`` ``[Q, F]``, and the :class:`Prepared` input."""
+    input's rate and length, the ``codes`` ``[Q, F]``, the :class:`Prepared` input, and
+    the energy side information sent (``levels``, empty without it; ``side_bps``)."""
 
     audio: Array
     codes: Codes
     prepared: Prepared
+    levels: Codes
+    side_bps: float
 
 
 def roundtrip_with_codes(
@@ -353,8 +391,11 @@ def roundtrip_with_codes(
     limiter_window_ms: float = DEFAULT_LIMITER_WINDOW_MS,
     chunk_frames: int = DEFAULT_CHUNK_FRAMES,
     context_frames: int = DEFAULT_CONTEXT_FRAMES,
+    energy: Energy = True,
 ) -> RoundTrip:
-    """Prepare, encode at ``kbps``, decode and restore ``audio`` (``[T]`` or ``[T, C]``)."""
+    """Prepare, encode at ``kbps``, decode and restore ``audio`` (``[T]`` or ``[T, C]``),
+    with energy side information unless ``energy`` is false (true: the model's
+    :func:`codec.inference.energy.settings_for`; or explicit settings)."""
     prepared = prepare(
         audio,
         sample_rate,
@@ -365,14 +406,25 @@ def roundtrip_with_codes(
         limiter_window_ms=limiter_window_ms,
     )
     chunks = list(encode_codes(model, prepared.audio, kbps, chunk_frames=chunk_frames, context_frames=context_frames))
-    decoded = decode_codes(model, chunks, context_frames=context_frames)
+    decoded: tp.Iterable[Array] = decode_codes(model, chunks, context_frames=context_frames)
+    hop = int(model.config.hop_length)
+    levels = np.zeros(0, np.int64)
+    side_bps = 0.0
+    settings = side.resolve(energy, prepared.model_rate / hop, chunk_frames)
+    if settings is not None:
+        levels = side.level_codes(prepared.gained, hop, settings)
+        frames = n_frames(prepared.audio.shape[0], hop)
+        decoded = shape_blocks(decoded, levels, settings, hop, prepared.model_rate, frames)
+        side_bps = settings.bits_per_second(prepared.model_rate / hop)
     out = np.concatenate(
         [
             np.zeros(0, np.float32),
             *restore_stream(decoded, prepared.gain_db, prepared.model_rate, prepared.sample_rate, prepared.length),
         ]
     )
-    return RoundTrip(audio=out, codes=np.concatenate(chunks, axis=1), prepared=prepared)
+    return RoundTrip(
+        audio=out, codes=np.concatenate(chunks, axis=1), prepared=prepared, levels=levels, side_bps=side_bps
+    )
 
 
 def roundtrip(
@@ -429,9 +481,11 @@ def encode_to_stream(
     max_gain_db: float = DEFAULT_MAX_GAIN_DB,
     peak_ceiling_db: float | None = DEFAULT_PEAK_CEILING_DB,
     limiter_window_ms: float = DEFAULT_LIMITER_WINDOW_MS,
+    energy: Energy = True,
 ) -> bitstream.Header:
     """Prepare ``audio`` (``[T]`` or ``[T, C]`` at ``sample_rate``), encode it at ``kbps``
-    and write the bitstream to ``fileobj`` chunk by chunk; returns the header written.
+    and write the bitstream to ``fileobj`` chunk by chunk (version 2 with energy side
+    information, version 1 if ``energy`` is false); returns the header written.
 
     ``fingerprint`` defaults to :func:`codec.model.checkpoint.model_fingerprint` of ``model``.
     """
@@ -445,6 +499,7 @@ def encode_to_stream(
         limiter_window_ms=limiter_window_ms,
     )
     check_gain(prepared.gain_db, prepared.input_lufs, target_lufs)
+    settings = side.resolve(energy, model.config.sample_rate / model.config.hop_length, chunk_frames)
     header = bitstream.Header(
         fingerprint=_fingerprint(model, fingerprint),
         sample_rate=prepared.sample_rate,
@@ -458,9 +513,12 @@ def encode_to_stream(
         chunk_frames=chunk_frames,
         input_lufs=prepared.input_lufs,
         gain_db=prepared.gain_db,
+        energy=settings,
     )
+    header.check()
+    levels = None if settings is None else side.level_codes(prepared.gained, int(model.config.hop_length), settings)
     blocks = encode_codes(model, prepared.audio, kbps, chunk_frames=chunk_frames, context_frames=context_frames)
-    bitstream.write_stream(fileobj, header, blocks)
+    bitstream.write_stream(fileobj, header, blocks, levels)
     return header
 
 
@@ -506,5 +564,39 @@ def decode_from_stream(
             f"{name}: header asks for {header.n_quantizers} quantizers ({header.bitrate_bps / 1000:g} kbps), "
             f"which this model does not serve"
         )
-    blocks = decode_codes(model, stream.chunks, context_frames=context_frames)
+    if header.energy is None:  # version 1
+        blocks: tp.Iterable[Array] = decode_codes(model, stream.chunks, context_frames=context_frames)
+    else:
+        levels: list[Codes] = []  # filled as decode_codes reads the chunks, drained by shape_blocks
+
+        def codes_of(records: tp.Iterator[bitstream.Chunk]) -> tp.Iterator[Codes]:
+            for record in records:
+                levels.append(record.levels)
+                yield record.codes
+
+        def drain() -> tp.Iterator[Codes]:
+            while levels:
+                yield levels.pop(0)
+
+        decoded = decode_codes(model, codes_of(stream.records), context_frames=context_frames)
+        blocks = _shape_stream(decoded, drain, header)
     return header, restore_stream(blocks, header.gain_db, header.model_rate, header.sample_rate, header.length)
+
+
+def _shape_stream(
+    decoded: tp.Iterator[Array], drain: tp.Callable[[], tp.Iterator[Codes]], header: bitstream.Header
+) -> tp.Iterator[Array]:
+    """:func:`shape_blocks` for a stream whose level codes arrive with its chunks."""
+    assert header.energy is not None
+    shaper = side.Shaper(header.energy, header.hop_length, header.model_rate, header.frame_count)
+    for block in decoded:
+        for codes in drain():
+            shaper.add_codes(codes)
+        out = shaper.feed(block)
+        if out.shape[0]:
+            yield out
+    for codes in drain():
+        shaper.add_codes(codes)
+    tail = shaper.finish()
+    if tail.shape[0]:
+        yield tail

@@ -12,6 +12,7 @@ from codec.tracking import MODEL_NAME
 Direction = tp.Literal["lower", "higher"]
 
 
+OURS_NO_SIDE = "ours_no_side_info"  # = codec.evaluation.evaluate.OURS_NO_SIDE, without importing torch
 METRICS = ("snr_db", "si_sdr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")
 
 
@@ -30,6 +31,11 @@ class PromoteParams:
     amplitude_ratio_band: list[float] = dataclasses.field(default_factory=lambda: [0.9, 1.1])
     # Also hold the amplitude ratio to the band at every input level of the sweep.
     amplitude_band_at_every_level: bool = True
+    # The model's own amplitude ratio, without the energy side information (the evaluation's
+    # ours_no_side_info rows): the side information corrects up to 12 dB, so without this
+    # gate a model whose decoder collapsed (the seed's 0.47) would pass on the correction.
+    # null: no such gate. Checked only where the evaluation scored the path without it.
+    model_amplitude_ratio_band: list[float] | None = dataclasses.field(default_factory=lambda: [0.8, 1.25])
     min_pesq: float = 1.5
     max_mel_distance: float = 1.0
     primary_metric: str = "mel_distance"
@@ -40,6 +46,9 @@ class PromoteParams:
         band = self.amplitude_ratio_band
         if len(band) != 2 or not 0 < band[0] < band[1]:
             raise UserError(f"{where}.amplitude_ratio_band {band} must be [low, high] with 0 < low < high")
+        model = self.model_amplitude_ratio_band
+        if model is not None and (len(model) != 2 or not 0 < model[0] < model[1]):
+            raise UserError(f"{where}.model_amplitude_ratio_band {model} must be null or [low, high], 0 < low < high")
         if self.primary_metric not in METRICS:
             raise UserError(f"{where}.primary_metric {self.primary_metric!r} is not one of {', '.join(METRICS)}")
 
@@ -103,6 +112,18 @@ def check_gates(metrics: tp.Mapping[str, tp.Any], params: PromoteParams) -> list
                 f"within [{lo:g}, {hi:g}]",
                 lo <= a <= hi,
             )
+    plain = (metrics.get(OURS_NO_SIDE) or {}).get(k)
+    if params.model_amplitude_ratio_band is not None and plain is not None:
+        mlo, mhi = params.model_amplitude_ratio_band
+        a = _value(plain.get("amplitude_ratio"))
+        add(
+            "model_amplitude_ratio",
+            f"{OURS_NO_SIDE}.{k}.amplitude_ratio",
+            a,
+            [mlo, mhi],
+            f"within [{mlo:g}, {mhi:g}] without side information",
+            mlo <= a <= mhi,
+        )
     pesq = _value(ours.get("pesq"))
     add("min_pesq", f"ours.{k}.pesq", pesq, params.min_pesq, f">= {params.min_pesq:g}", pesq >= params.min_pesq)
     mel = _value(ours.get("mel_distance"))

@@ -24,6 +24,7 @@ from codec.audio.io import read_mono
 from codec.data.split import clip_split
 from codec.errors import UserError
 from codec.files import inside
+from codec.training.augment import AugmentParams, augment_batch
 
 MANIFEST = "manifest.csv"
 REQUIRED_COLUMNS = ("id", "path", "duration_s", "sample_rate")
@@ -104,12 +105,22 @@ class SegmentSampler:
     equally likely), then a uniform offset; clips shorter than a segment are
     zero-padded at the end. ``cache=True`` keeps every clip in memory after its first
     read (the default corpus is a few minutes); ``False`` reads each segment from disk.
+    With ``augment`` enabled, every batch goes through
+    :func:`codec.training.augment.augment_batch`, seeded from the same generator.
     """
 
-    def __init__(self, clips: tp.Sequence[Clip], segment_length: int, cache: bool = True) -> None:
+    def __init__(
+        self,
+        clips: tp.Sequence[Clip],
+        segment_length: int,
+        cache: bool = True,
+        augment: AugmentParams | None = None,
+    ) -> None:
         if not clips:
             raise ValueError("no clips to sample from")
         self.clips = list(clips)
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.rate = int(self.clips[0].sample_rate)
         self.segment_length = segment_length
         self.cache = cache
         self._audio: dict[int, np.ndarray] = {}
@@ -137,6 +148,9 @@ class SegmentSampler:
             i = int(idx[b])
             room = max(self._frames[i] - self.segment_length, 0)
             out[b, 0] = self._segment(i, int(u[b] * (room + 1)))
+        if self.augment is not None:
+            seed = torch.randint(0, 2**31 - 1, (2,), generator=generator).tolist()
+            out = augment_batch(out, self.rate, self.augment, np.random.default_rng(seed))
         return torch.from_numpy(out)
 
 

@@ -176,7 +176,7 @@ def load(params: TrainParams, data_dir: str | Path, resume_from: Path | None = N
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=params.lr_gamma),
         adv=adv,
-        sampler=SegmentSampler(train_clips, segment, cache=params.cache_audio),
+        sampler=SegmentSampler(train_clips, segment, cache=params.cache_audio, augment=params.augment),
         generator=torch.Generator().manual_seed(params.seed),
         val_audio=validation_audio(val_clips, params.val_clips, params.val_seconds) if rt.is_main else [],
         segment=segment,

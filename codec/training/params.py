@@ -7,6 +7,7 @@ import typing as tp
 
 from codec.errors import UserError
 from codec.model.codec import CodecConfig
+from codec.training.augment import AugmentParams
 from codec.training.losses import DEFAULT_WEIGHTS
 
 
@@ -54,6 +55,8 @@ class TrainParams:
     audio_samples: int = 2
     loss_weights: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     mel: MelParams = dataclasses.field(default_factory=MelParams)
+    # On-the-fly augmentation of the training segments (codec/training/augment.py).
+    augment: AugmentParams = dataclasses.field(default_factory=AugmentParams)
     # Multi-period and multi-resolution STFT discriminators with feature matching
     # (codec/model/discriminator.py): adv/gen_loss and adv/feat_loss join the loss from
     # adv_start_step on (a discriminator is wasted on a codec that can't code yet).
@@ -97,6 +100,7 @@ class TrainParams:
             raise UserError(f"{where}: adv_start_step and time_limit_s must not be negative")
         if len(self.betas) != 2:
             raise UserError(f"{where}.betas: {list(self.betas)} must be two numbers")
+        self.augment.check(f"{where}.augment")
         self.model.check(f"{where}.model")
 
     def result_dict(self) -> dict[str, tp.Any]:
@@ -126,5 +130,7 @@ def params_from_dict(data: tp.Mapping[str, tp.Any]) -> TrainParams:
     """Inverse of :meth:`TrainParams.to_dict` (for a checkpoint's ``params``)."""
     d = dict(data)
     d["mel"] = MelParams(**d.get("mel", {}))
+    # A checkpoint from before augmentation existed was trained without it.
+    d["augment"] = AugmentParams(**d["augment"]) if "augment" in d else AugmentParams(enabled=False)
     d["model"] = CodecConfig.from_dict(d.get("model", {}))
     return TrainParams(**d)
