@@ -104,7 +104,7 @@ def main() -> int:
                     )
             ood = [v for s, vals in per_set.items() if s != HELD_OUT for v in vals]
             every = [v for vals in per_set.values() for v in vals]
-            side_bps = 0.0 if energy is False else tp_settings(energy).bits_per_second(frame_rate)
+            side_bps = energy.bits_per_second(frame_rate) if isinstance(energy, side.EnergySettings) else 0.0
             set_amps = {s: float(np.mean([v["amp"] for v in vals])) for s, vals in per_set.items()}
             row = {
                 "kbps": kbps,
@@ -144,11 +144,6 @@ def main() -> int:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')} in {time.time() - started:.0f} s")
     return 0
-
-
-def tp_settings(energy: side.EnergySettings | bool) -> side.EnergySettings:
-    assert isinstance(energy, side.EnergySettings)
-    return energy
 
 
 if __name__ == "__main__":

@@ -116,6 +116,16 @@ def run_all(jobs: tp.Sequence[Job], one: tp.Callable[[Job], None], command: str)
     return first
 
 
+def check_jobs(jobs: tp.Sequence[Job], check_input: tp.Callable[[Path], None]) -> None:
+    """Before the model loads: every input that is a file passes ``check_input``, and no output
+    would overwrite its input."""
+    for job in jobs:
+        if job.src != PIPE:
+            check_input(Path(job.src))
+        if same_file(Path(job.src), Path(job.out)):
+            raise UserError(f"{job.out}: the output would overwrite the input; choose another OUT")
+
+
 def same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)

@@ -26,10 +26,8 @@ import argparse
 import math
 import sys
 import typing as tp
-from pathlib import Path
 
 from codec.cli import batch
-from codec.errors import UserError
 from codec.inference import bitstream
 from codec.inference.compress import DEFAULT_MAX_OUTPUT_MB, MB, SUBTYPES, check_input_path, decode_file
 
@@ -90,27 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except bitstream.ModelMismatchError as e:
-        e.exit_code = EXIT_MODEL_MISMATCH
-        raise
-    except bitstream.BitstreamError as e:
-        e.exit_code = EXIT_BAD_BITSTREAM
-        raise
-
-
-def _run(args: argparse.Namespace) -> int:
     # torch and MLflow are imported when a command runs, not for --help
     from codec.inference.model_source import load_model
     from codec.model.checkpoint import model_fingerprint
 
     jobs = batch.plan(args.paths, args.out_dir, (".tscb",), ".wav")
-    for job in jobs:
-        if job.src != batch.PIPE:
-            check_input_path(Path(job.src))
-        if batch.same_file(Path(job.src), Path(job.out)):
-            raise UserError(f"{job.out}: the output would overwrite the input; choose another OUT")
+    batch.check_jobs(jobs, check_input_path)
     loaded = load_model(args.model)
     fingerprint = model_fingerprint(loaded.model)
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 from codec.cli import batch
 from codec.data.ingest import AUDIO_EXTENSIONS
-from codec.errors import UserError
 from codec.inference.compress import check_input_path, encode_file
 
 
@@ -69,11 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from codec.model.checkpoint import model_fingerprint
 
     jobs = batch.plan(args.paths, args.out_dir, AUDIO_EXTENSIONS, ".tscb")
-    for job in jobs:  # before the model loads
-        if job.src != batch.PIPE:
-            check_input_path(Path(job.src), allow_empty=False)
-        if batch.same_file(Path(job.src), Path(job.out)):
-            raise UserError(f"{job.out}: the output would overwrite the input; choose another OUT")
+    batch.check_jobs(jobs, lambda p: check_input_path(p, allow_empty=False))
     loaded = load_model(args.model)
     kbps = float(args.kbps) if args.kbps is not None else max(loaded.model.config.bitrates_kbps)
     target = loaded.target_lufs if args.target_lufs is None else float(args.target_lufs)

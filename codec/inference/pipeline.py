@@ -322,6 +322,11 @@ def shape_blocks(
     code of the signal; :class:`codec.inference.energy.Shaper`)."""
     shaper = side.Shaper(settings, hop, model_rate, total_frames)
     shaper.add_codes(levels)
+    return _shaped(shaper, blocks)
+
+
+def _shaped(shaper: side.Shaper, blocks: tp.Iterable[Array]) -> tp.Iterator[Array]:
+    """``blocks`` through ``shaper``; it must hold a block's level codes by the time the block comes."""
     for block in blocks:
         out = shaper.feed(block)
         if out.shape[0]:
@@ -567,36 +572,12 @@ def decode_from_stream(
     if header.energy is None:  # version 1
         blocks: tp.Iterable[Array] = decode_codes(model, stream.chunks, context_frames=context_frames)
     else:
-        levels: list[Codes] = []  # filled as decode_codes reads the chunks, drained by shape_blocks
+        shaper = side.Shaper(header.energy, header.hop_length, header.model_rate, header.frame_count)
 
         def codes_of(records: tp.Iterator[bitstream.Chunk]) -> tp.Iterator[Codes]:
-            for record in records:
-                levels.append(record.levels)
+            for record in records:  # decode_codes reads a chunk before it yields its audio
+                shaper.add_codes(record.levels)
                 yield record.codes
 
-        def drain() -> tp.Iterator[Codes]:
-            while levels:
-                yield levels.pop(0)
-
-        decoded = decode_codes(model, codes_of(stream.records), context_frames=context_frames)
-        blocks = _shape_stream(decoded, drain, header)
+        blocks = _shaped(shaper, decode_codes(model, codes_of(stream.records), context_frames=context_frames))
     return header, restore_stream(blocks, header.gain_db, header.model_rate, header.sample_rate, header.length)
-
-
-def _shape_stream(
-    decoded: tp.Iterator[Array], drain: tp.Callable[[], tp.Iterator[Codes]], header: bitstream.Header
-) -> tp.Iterator[Array]:
-    """:func:`shape_blocks` for a stream whose level codes arrive with its chunks."""
-    assert header.energy is not None
-    shaper = side.Shaper(header.energy, header.hop_length, header.model_rate, header.frame_count)
-    for block in decoded:
-        for codes in drain():
-            shaper.add_codes(codes)
-        out = shaper.feed(block)
-        if out.shape[0]:
-            yield out
-    for codes in drain():
-        shaper.add_codes(codes)
-    tail = shaper.finish()
-    if tail.shape[0]:
-        yield tail
