@@ -186,7 +186,7 @@ def promotion_markdown(data: PromotionRecord, source: str) -> str:
         f"- model: `{data['model_name']}` version **{data['version']}**",
         f"- MLflow run: `{data['mlflow_run_id']}`",
         f"- alias: {data['alias'] or '(none: rejected)'}",
-        f"- gate bitrate: {data['bitrate']}",
+        f"- gates: {data.get('gate_profile', 'default')} (promote.gate_profile), at {data['bitrate']}",
     ]
     cmp = data["comparison"]
     lines.append(f"- primary metric: {cmp.get('metric')} ({cmp.get('direction')} is better), {cmp.get('source')}")

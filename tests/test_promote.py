@@ -316,3 +316,36 @@ def test_with_side_information_a_collapsed_decoder_is_still_rejected_on_its_own_
     assert not model["passed"] and model["value"] == pytest.approx(0.47, abs=1e-3)
     assert model["metric"] == "ours_no_side_info.320kbps.amplitude_ratio" and model["limit"] == [0.8, 1.25]
     assert doc["failed_gates"] == ["model_amplitude_ratio"]
+
+
+def test_the_gates_are_named_in_the_decision_and_pesq_can_be_held_to_opus(
+    clips: list[sets.EvalClip], tmp_path: Path, mlflow_uri: str
+) -> None:
+    """promote.gate_profile names the gates in promotion.json, the version's tags and the
+    reasons; max_pesq_below_opus holds ours' PESQ to Opus' at the gate bitrate, and fails
+    closed when Opus was not scored."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    record = evaluated(PcmCodec(), clips)
+    k = f"{record['metrics']['kbps']:g}kbps"
+    ours = record["metrics"]["ours"][k]["pesq"]
+    demo = dataclasses.replace(OPEN_GATES, gate_profile="cpu-demo")
+
+    strict = dataclasses.replace(demo, max_pesq_below_opus=0.0)
+    p = pr.promote(client, record, strict, tmp_path / "none.json")
+    gate = next(g for g in p.gates if g.name == "pesq_vs_opus")
+    assert p.decision == "rejected" and not gate.passed and "Opus not scored" in gate.rule
+
+    record["metrics"]["opus"] = {k: {"pesq": ours + 0.3}}
+    p = pr.promote(client, record, dataclasses.replace(demo, max_pesq_below_opus=0.2), tmp_path / "behind.json")
+    gate = next(g for g in p.gates if g.name == "pesq_vs_opus")
+    assert p.decision == "rejected" and gate.value == pytest.approx(-0.3) and gate.limit == -0.2
+    assert p.to_dict()["failed_gates"] == ["pesq_vs_opus"]
+
+    p = pr.promote(client, record, dataclasses.replace(demo, max_pesq_below_opus=0.5), tmp_path / "ok.json")
+    saved = read_promotion(tmp_path / "ok.json")
+    assert p.decision == saved["decision"] == "champion" and saved["gate_profile"] == "cpu-demo"
+    assert saved["reasons"] == ["every cpu-demo gate passed; there was no champion"]
+    _, tags = registry(mlflow_uri)
+    assert tags[p.version]["gate_profile"] == "cpu-demo" and tags[p.version]["gate.pesq_vs_opus"].startswith("pass")

@@ -25,6 +25,9 @@ class PromoteParams:
     """``params.yaml: promote``."""
 
     model_name: str = MODEL_NAME
+    # What these gates are (recorded in promotion.json, the version's tags and the decision):
+    # a champion under the CPU demo's gates is not one under the GPU profile's.
+    gate_profile: str = "default"
     # The bitrate the gates and the comparison apply to; null = the model's top bitrate.
     bitrate_kbps: float | None = None
     min_snr_db: float = 3.0
@@ -37,6 +40,9 @@ class PromoteParams:
     # null: no such gate. Checked only where the evaluation scored the path without it.
     model_amplitude_ratio_band: list[float] | None = dataclasses.field(default_factory=lambda: [0.8, 1.25])
     min_pesq: float = 1.5
+    # Ours' PESQ may be at most this far below Opus' at the same bitrate, on every set (0: at
+    # least as good as Opus); null: no such gate.
+    max_pesq_below_opus: float | None = None
     max_mel_distance: float = 1.0
     primary_metric: str = "mel_distance"
     primary_direction: Direction = "lower"
@@ -49,6 +55,10 @@ class PromoteParams:
         model = self.model_amplitude_ratio_band
         if model is not None and (len(model) != 2 or not 0 < model[0] < model[1]):
             raise UserError(f"{where}.model_amplitude_ratio_band {model} must be null or [low, high], 0 < low < high")
+        if self.max_pesq_below_opus is not None and self.max_pesq_below_opus < 0:
+            raise UserError(f"{where}.max_pesq_below_opus {self.max_pesq_below_opus} must be null or >= 0")
+        if not self.gate_profile.strip():
+            raise UserError(f"{where}.gate_profile must name the gates (e.g. cpu-demo, gpu)")
         if self.primary_metric not in METRICS:
             raise UserError(f"{where}.primary_metric {self.primary_metric!r} is not one of {', '.join(METRICS)}")
 
@@ -126,6 +136,17 @@ def check_gates(metrics: tp.Mapping[str, tp.Any], params: PromoteParams) -> list
         )
     pesq = _value(ours.get("pesq"))
     add("min_pesq", f"ours.{k}.pesq", pesq, params.min_pesq, f">= {params.min_pesq:g}", pesq >= params.min_pesq)
+    if params.max_pesq_below_opus is not None:
+        opus = _value(((metrics.get("opus") or {}).get(k) or {}).get("pesq"))
+        margin = params.max_pesq_below_opus
+        add(
+            "pesq_vs_opus",
+            f"ours.{k}.pesq - opus.{k}.pesq",
+            pesq - opus,
+            -margin,
+            f">= Opus {opus:.3g} - {margin:g}" if math.isfinite(opus) else f">= Opus - {margin:g} (Opus not scored)",
+            pesq - opus >= -margin,
+        )
     mel = _value(ours.get("mel_distance"))
     add(
         "max_mel_distance",

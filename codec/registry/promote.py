@@ -131,22 +131,23 @@ def candidate_value(record: tp.Mapping[str, tp.Any], params: PromoteParams, k: s
     return _value(worst["value"]) if worst else math.nan
 
 
-def decide(gates: tp.Sequence[Gate], cmp: Comparison) -> tuple[Decision, list[str]]:
-    """The decision and the reasons for it, in words."""
+def decide(gates: tp.Sequence[Gate], cmp: Comparison, profile: str = "") -> tuple[Decision, list[str]]:
+    """The decision and the reasons for it, in words (``profile``: the gates' name, promote.gate_profile)."""
     failed = [g for g in gates if not g.passed]
     if failed:
         return "rejected", [f"gate {g.name}: {g.metric} = {g.value:.4g}, required {g.rule}" for g in failed]
+    every = f"every {profile} gate passed" if profile else "every gate passed"
     if cmp.beats:
         if cmp.champion is None:
-            return "champion", ["every gate passed; there was no champion"]
+            return "champion", [f"{every}; there was no champion"]
         return "champion", [
-            f"every gate passed and {cmp.metric} {cmp.candidate:.4g} beats the champion's {cmp.champion:.4g} "
+            f"{every} and {cmp.metric} {cmp.candidate:.4g} beats the champion's {cmp.champion:.4g} "
             f"(version {cmp.champion_version}, {cmp.direction} is better, {cmp.source})"
         ]
     if cmp.champion is None:
-        return "challenger", [f"every gate passed, but it was not compared with the champion: {cmp.note}"]
+        return "challenger", [f"{every}, but it was not compared with the champion: {cmp.note}"]
     return "challenger", [
-        f"every gate passed, but {cmp.metric} {cmp.candidate:.4g} does not beat the champion's {cmp.champion:.4g} "
+        f"{every}, but {cmp.metric} {cmp.candidate:.4g} does not beat the champion's {cmp.champion:.4g} "
         f"(version {cmp.champion_version}, {cmp.direction} is better, {cmp.source})"
     ]
 
@@ -221,6 +222,7 @@ class Promotion:
     tags: dict[str, str]
     repairs: list[str] = dataclasses.field(default_factory=list)  # what repair() fixed first
     worst: dict[str, tp.Any] = dataclasses.field(default_factory=dict)  # gates.worst_of: set and level
+    gate_profile: str = "default"  # promote.gate_profile: which gates these were
 
     @property
     def all_gates_passed(self) -> bool:
@@ -236,6 +238,7 @@ class Promotion:
             "decision": self.decision,
             "alias": self.decision if self.decision != "rejected" else None,
             "all_gates_passed": self.all_gates_passed,
+            "gate_profile": self.gate_profile,
             "failed_gates": [g.name for g in self.gates if not g.passed],
             "reasons": self.reasons,
             "bitrate": self.bitrate,
@@ -350,8 +353,9 @@ def promote(
                     beats=False,
                 )
             )
-            decision, reasons = decide(gates, cmp)
-            tags = version_tags(record, gates, decision, reasons, k, dict(provenance or {}), worst)
+            decision, reasons = decide(gates, cmp, params.gate_profile)
+            extra = {**(provenance or {}), "gate_profile": params.gate_profile}
+            tags = version_tags(record, gates, decision, reasons, k, extra, worst)
 
             def finish(version: str) -> None:
                 p = Promotion(
@@ -368,6 +372,7 @@ def promote(
                     tags,
                     repairs,
                     worst,
+                    params.gate_profile,
                 )
                 write_text_atomic(out, json.dumps(p.to_dict(), indent=2) + "\n")
                 result.append(p)
@@ -473,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
         re_evaluate=champion_re_evaluator(record, Path(args.raw), params.primary_direction),
         say=lambda line: print(f"codec promote: {line}", flush=True),
     )
-    print(f"{params.model_name} version {p.version}: {p.decision}")
+    print(f"{params.model_name} version {p.version}: {p.decision} ({params.gate_profile} gates)")
     for g in p.gates:
         print(f"  {'pass' if g.passed else 'FAIL'}  {g.name}: {g.value:.4g} (required {g.rule})")
     for r in p.reasons:

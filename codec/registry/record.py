@@ -23,6 +23,7 @@ class PromotionRecord(tp.TypedDict):
     decision: Decision
     alias: str | None
     all_gates_passed: bool
+    gate_profile: tp.NotRequired[str]  # promote.gate_profile (absent in records written before it)
     failed_gates: list[str]
     reasons: list[str]
     bitrate: str
@@ -36,7 +37,7 @@ class PromotionRecord(tp.TypedDict):
     data_version: str | None
 
 
-OPTIONAL_KEYS = {"worst"}  # absent when no evaluation set was scored (a candidate refused before it)
+OPTIONAL_KEYS = {"worst", "gate_profile"}  # absent when no evaluation set was scored (a candidate refused before it)
 
 
 def read_promotion(path: str | Path) -> PromotionRecord:
