@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from tests.conftest import make_dvc_repo, run_cli
+from tests.conftest import REPO, make_dvc_repo, run_cli
 
 DATA_STAGES = ("corpus", "ingest", "normalize", "validate")
 
@@ -48,7 +49,9 @@ def test_dvc_repro_data_half_end_to_end(tmp_path: Path) -> None:
 
     # The metric is visible to DVC.
     metrics = run_cli("dvc", "metrics", "show", "--json", cwd=repo, check=True)
-    assert "rms_spread_db" in metrics.stdout and "expectations" not in metrics.stdout
+    assert json.loads(metrics.stdout)[""]["data"]["reports/validate/gate.json"]["data"] == {
+        "spread_db": summary["normalized"]["rms_dbfs_std"]
+    }
 
     # A local remote: push, lose the cache and the workspace data, pull it back.
     remote = tmp_path / "remote"
@@ -66,3 +69,31 @@ def test_dvc_repro_data_half_end_to_end(tmp_path: Path) -> None:
     assert exp.returncode != 0
     out = exp.stdout + exp.stderr
     assert "rms_spread" in out and "data-quality gate failed" in out
+
+
+def test_dvc_metrics_show_fits_a_120_column_terminal(tmp_path: Path) -> None:
+    """The headline metrics dvc.yaml declares, as the last `dvc repro` here wrote them: one
+    column per number (the stages share names), in 120 columns, without --precision or --json."""
+    import subprocess
+
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    declared = [next(iter(m)) for st in dvc_yaml["stages"].values() for m in st.get("metrics", [])]
+    assert sorted(declared) == [
+        "reports/evaluate/headline.json",
+        "reports/train/headline.json",
+        "reports/validate/gate.json",
+    ]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run_cli("git", "init", "-q", cwd=repo, check=True)
+    run_cli("dvc", "init", "-q", cwd=repo, check=True)
+    for path in declared:
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / path, repo / path)
+        data = json.loads((REPO / path).read_text())
+        assert data and all(isinstance(v, (int, float)) for v in data.values()), path  # flat and numeric
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"metrics": declared}))
+    env = {**os.environ, "COLUMNS": "200"}  # DVC does not wrap to the terminal: measure what it prints
+    shown = subprocess.run(["dvc", "metrics", "show"], cwd=repo, env=env, text=True, capture_output=True, check=True)
+    lines = shown.stdout.splitlines()
+    assert len(lines) == 4 and max(len(line) for line in lines) <= 120, shown.stdout

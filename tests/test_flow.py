@@ -282,6 +282,88 @@ def test_peak_mode_fails_at_validation_naming_rms_spread(data_run: Run, tmp_path
     assert lock["stages"]["normalize"]["params"]["params.yaml"]["normalize"]["mode"] == "peak"
 
 
+# A short training of the demo model that writes a checkpoint every few steps (seconds on a CPU).
+SHORT_TRAIN = {
+    "train.steps": 120,
+    "train.batch_size": 2,
+    "train.segment_s": 0.2,
+    "train.checkpoint_every": 10,
+    "train.val_every": 1000,
+    "train.val_clips": 2,
+    "train.val_seconds": 0.5,
+    "train.log_every": 10,
+    "train.audio_samples": 1,
+    "train.threads": 1,
+    "train.progress": False,
+}
+
+
+def _kill_training_after(repo: Path, step: int, killed: dict[str, int]) -> None:
+    """SIGKILL the ``codec train`` process running in ``repo`` once its checkpoint reaches ``step``
+    (a preempted machine, an OOM kill: no chance to clean up)."""
+    import psutil
+    import torch
+
+    ckpt = repo / "models" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if ckpt.is_file():
+            try:
+                at = int(torch.load(ckpt, weights_only=True, map_location="cpu")["step"])
+            except Exception:  # being replaced right now: read it again
+                at = -1
+            if at >= step:
+                for proc in psutil.process_iter(["cmdline", "cwd"]):
+                    cmd = proc.info["cmdline"] or []
+                    if proc.info["cwd"] == str(repo) and "train" in cmd and "--headline" in cmd:
+                        proc.kill()
+                        killed["at_checkpoint"] = at
+                        return
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_training_killed_mid_run_is_retried_from_its_checkpoint_to_the_same_weights(
+    data_run: Run, tmp_path: Path
+) -> None:
+    import torch
+
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    for repo in (uninterrupted, interrupted):
+        shutil.copytree(data_run.repo, repo, symlinks=True)
+    state = codec_pipeline(
+        repo=str(uninterrupted), set_params=SHORT_TRAIN, until="train", retry_delay_s=1, return_state=True
+    )
+    assert state.is_completed(), state.message
+
+    killed: dict[str, int] = {}
+    ctx = contextvars.copy_context()
+    killer = threading.Thread(target=ctx.run, args=(_kill_training_after, interrupted, 30, killed), daemon=True)
+    killer.start()
+    state = codec_pipeline(
+        repo=str(interrupted), set_params=SHORT_TRAIN, until="train", retries=2, retry_delay_s=1, return_state=True
+    )
+    killer.join(timeout=10)
+    assert state.is_completed(), state.message
+    assert 30 <= killed["at_checkpoint"] < SHORT_TRAIN["train.steps"]  # killed mid-run
+    runs = {r.name: r for r in task_runs(state)}
+    assert runs["train"].run_count == 2  # killed, then retried
+    a = torch.load(uninterrupted / "models" / "codec.pt", weights_only=True)
+    b = torch.load(interrupted / "models" / "codec.pt", weights_only=True)
+    assert a["step"] == b["step"] == SHORT_TRAIN["train.steps"]
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k  # resumed, not restarted: the same weights
+    # Same weights alone would not tell a resume from a restart (training is deterministic): the
+    # retry's own log says it continued from the checkpoint the kill left.
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id(state)])))
+    text = "\n".join(entry.message for entry in logs)
+    assert "CODEC_TRAIN_RESUME=1: continuing the stopped run" in text, text[-3000:]
+
+
 # ---------------------------------------------------------------- the pieces, without Prefect runs
 
 

@@ -197,20 +197,22 @@ def sets_summary(evs: tp.Mapping[str, Evaluation]) -> dict[str, dict[str, float 
 
 def headline(evs: tp.Mapping[str, Evaluation]) -> dict[str, float | None]:
     """The few numbers a team compares between experiments (``dvc metrics show``, ``dvc exp
-    show``): flat and numeric, at the top bitrate. ``worst_*``: over every evaluation set (and,
-    for amplitude, every input level: the ratio farthest from 1.0)."""
+    show``): flat, numeric, short names shared with the other stages' headline files (so the
+    table is a column per number, not per file and number, and fits 120 columns). Held-out
+    speakers at the top bitrate: ``amp`` (output/input RMS), ``snr_db``, ``pesq`` beside
+    ``opus_pesq``, ``mel`` (distance); over every evaluation set (and, for amplitude, every input
+    level): ``worst_amp`` (the ratio farthest from 1.0) and ``worst_pesq``. Every set, bitrate and
+    level is in ``metrics.json``."""
     held = evs["held_out"] if "held_out" in evs else next(iter(evs.values()))
     top = held.top_kbps
     ours = held.row(OURS, top).metrics
     opus = next((r.metrics for r in held.rows if r.codec != OURS and math.isclose(r.kbps, top)), {})
     out: dict[str, float | None] = {
-        "kbps": top,
-        "amplitude": _num(ours["amplitude_ratio"], 4),
+        "amp": _num(ours["amplitude_ratio"], 4),
         "snr_db": _num(ours["snr_db"], 3),
         "pesq": _num(ours["pesq"], 3),
         "opus_pesq": _num(opus.get("pesq", math.nan), 3),
         "mel": _num(ours["mel_distance"], 4),
-        "opus_mel": _num(opus.get("mel_distance", math.nan), 4),
     }
     amps: list[float] = []
     pesqs: list[float] = []
@@ -220,7 +222,7 @@ def headline(evs: tp.Mapping[str, Evaluation]) -> dict[str, float | None]:
         amps += [lv.amplitude_ratio for lv in ev.levels if math.isclose(lv.kbps, ev.top_kbps)]
         pesqs.append(m["pesq"])
     finite = [a for a in amps if math.isfinite(a) and a > 0]
-    out["worst_amplitude"] = (
+    out["worst_amp"] = (
         _num(max(finite, key=lambda a: abs(math.log(a))), 4) if len(finite) == len(amps) and finite else None
     )
     out["worst_pesq"] = _num(min(pesqs), 3) if all(math.isfinite(p) for p in pesqs) else None

@@ -259,7 +259,11 @@ VAL_COLUMNS = {
 }
 
 
-HEADLINE_KEYS = ("step", "val_snr_db", "val_amplitude_ratio", "val_mel_distance", "vq_usage")
+# The headline (a DVC metric): held-out validation clips at the end, named as the evaluate
+# stage's headline names the same quantities, so `dvc metrics show` shares their columns. Not
+# the validation mel term: it is the training loss' mel (other scales), not the evaluation's
+# mel distance, and one column must not hold both (it is in metrics.json).
+HEADLINE_KEYS = {"amp": "val_amplitude_ratio", "snr_db": "val_snr_db"}
 
 
 def write_reports(
@@ -278,7 +282,7 @@ def write_reports(
     summary.update({k.replace("/", "_"): round(v, 5) for k, v in result.val.items()})
     write_text_atomic(metrics, json.dumps(summary, indent=2) + "\n")
     if headline is not None:
-        write_text_atomic(headline, json.dumps({k: summary.get(k) for k in HEADLINE_KEYS}, indent=2) + "\n")
+        write_text_atomic(headline, json.dumps({k: summary.get(v) for k, v in HEADLINE_KEYS.items()}, indent=2) + "\n")
     for path, columns, marker in [(plots, TRAIN_COLUMNS, "loss/total"), (val_plots, VAL_COLUMNS, "val/snr_db")]:
         buf = io.StringIO()
         w = csv.writer(buf)

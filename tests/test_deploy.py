@@ -1,0 +1,154 @@
+"""prefect.yaml for real: a local Prefect server, ``prefect deploy`` from the repository's own
+prefect.yaml, and a process worker that runs the deployment: it clones the repository from
+git, runs its pull steps (``make setup``, ``dvc pull``) and the flow's data stages.
+
+The repository the worker clones is a scratch git + DVC repo holding the project's dvc.yaml,
+params.yaml (the tiny corpus), flows/, codec/ and prefect.yaml as they are. One stand-in: its
+Makefile's ``setup`` links the test's own environment instead of building one from the lock
+(minutes, and the same lock), so the pull step that runs ``make setup`` is exercised, not the
+install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, make_dvc_repo
+
+BIN = Path(sys.executable).parent
+TINY = {
+    "ingest.corpus.n_utterances": 24,
+    "ingest.workers": 2,
+    "normalize.workers": 2,
+    "validate.min_files": 10,
+}
+DATA_STAGES = ("corpus", "ingest", "normalize", "validate")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def api(url: str, path: str, body: dict | None = None) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"null")
+
+
+def prefect(env: dict[str, str], *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", *args], cwd=cwd, env=env, text=True, capture_output=True, timeout=timeout
+    )
+    said = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"prefect {' '.join(args)}: exit {proc.returncode}\n{said}"
+    return proc
+
+
+def source_repo(root: Path) -> Path:
+    """The git repository the deployment clones (``main``), as a team's would be."""
+    repo = make_dvc_repo(root, TINY, stages=DATA_STAGES)
+    shutil.copytree(REPO / "flows", repo / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "prefect.yaml", repo / "prefect.yaml")
+    (repo / "Makefile").write_text(f"setup:\n\tln -sfn {BIN.parent} .venv\n")
+    (repo / ".gitignore").write_text(".venv\n")
+    remote = root.parent / "dvc-remote"
+    remote.mkdir()
+    subprocess.run([str(BIN / "dvc"), "remote", "add", "-d", "storage", str(remote)], cwd=repo, check=True)
+    for cmd in (["git", "checkout", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "pipeline"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    return repo
+
+
+@pytest.mark.slow
+def test_prefect_yaml_deploys_to_a_local_server_and_a_worker_runs_it_from_git(tmp_path: Path) -> None:
+    repo = source_repo(tmp_path / "src")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "CODEC_GIT_URL": f"file://{repo}",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                api(url, "/health")
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                assert time.monotonic() < deadline, "the Prefect server did not come up in 180 s"
+                time.sleep(1)
+
+        prefect(env, "work-pool", "create", "cpu", "--type", "process", cwd=repo)
+        worker_dir = tmp_path / "worker"
+        worker_dir.mkdir()
+        # The process worker runs each flow in a temporary folder of its own; pin it here to look
+        # at the clone afterwards (a job variable, as a team would set the GPU machine's scratch disk).
+        prefect(env, "deploy", "--name", "data-check", "--job-variable", f"working_dir={worker_dir}", cwd=repo)
+        deployment = tp_dict(api(url, "/deployments/name/codec-pipeline/data-check"))
+        assert deployment["work_pool_name"] == "cpu"
+        assert deployment["parameters"] == {"repo": ".", "until": "validate"}
+        limit = deployment.get("concurrency_limit") or (deployment.get("global_concurrency_limit") or {}).get("limit")
+        assert limit == 1
+        steps = [next(iter(s)) for s in deployment["pull_steps"]]
+        assert steps == [
+            "prefect.deployments.steps.git_clone",
+            "prefect.deployments.steps.set_working_directory",
+            "prefect.deployments.steps.run_shell_script",
+            "prefect.deployments.steps.run_shell_script",
+        ]
+        assert deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == f"file://{repo}"
+
+        run = tp_dict(api(url, f"/deployments/{deployment['id']}/create_flow_run", {}))
+        worker = prefect(env, "worker", "start", "--pool", "cpu", "--run-once", cwd=worker_dir, timeout=600)
+        state = tp_dict(api(url, f"/flow_runs/{run['id']}"))
+        assert state["state_type"] == "COMPLETED", worker.stdout[-4000:] + worker.stderr[-4000:]
+        # The worker ran a fresh clone of main, not the deploying machine's folder.
+        clones = [p for p in worker_dir.iterdir() if (p / "dvc.yaml").is_file()]
+        assert len(clones) == 1
+        summary = json.loads((clones[0] / "reports" / "validate" / "summary.json").read_text())
+        assert summary["success"] is True
+        assert not (repo / "reports" / "validate" / "summary.json").exists()
+        lock = yaml.safe_load((clones[0] / "dvc.lock").read_text())
+        assert set(lock["stages"]) == set(DATA_STAGES)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def tp_dict(v: object) -> dict:
+    assert isinstance(v, dict), v
+    return v
