@@ -83,3 +83,15 @@ def logged_model_id(run_id: str, name: str = MODEL_ARTIFACT) -> str | None:
         output_format="list",
     )
     return str(models[0].model_id) if models else None
+
+
+def model_id_of(mv: tp.Any) -> str | None:
+    """The logged model (MLflow 3) behind model version ``mv``: its ``model_id`` where the store
+    fills it, else from a ``models:/<model id>`` source (how versions of logged models are made;
+    the SQL store keeps only the source), else None (a version registered from a run path)."""
+    found = getattr(mv, "model_id", None)
+    if found:
+        return str(found)
+    source = str(getattr(mv, "source", "") or "")
+    rest = source.removeprefix("models:/") if source.startswith("models:/") else ""
+    return rest if rest and "/" not in rest and "@" not in rest else None

@@ -183,7 +183,11 @@ def promotion_markdown(data: PromotionRecord, source: str) -> str:
     lines = [
         f"# Promotion: **{data['decision']}**",
         "",
-        f"- model: `{data['model_name']}` version **{data['version']}**",
+        (
+            f"- model: `{data['model_name']}` version **{data['version']}**"
+            if data["version"] is not None
+            else f"- model: not registered in `{data['model_name']}` (rejected: the candidate stays a run)"
+        ),
         f"- MLflow run: `{data['mlflow_run_id']}`",
         f"- alias: {data['alias'] or '(none: rejected)'}",
         f"- gates: {data.get('gate_profile', 'default')} (promote.gate_profile), at {data['bitrate']}",

@@ -437,9 +437,11 @@ def test_report_paths_come_from_the_stages_declared_outputs(tmp_path: Path) -> N
         "rule": ">= 1.5",
         "passed": False,
     }
-    failed = dict(PROMOTION, decision="rejected", alias=None, gates=[gate])
+    failed = dict(PROMOTION, decision="rejected", alias=None, version=None, gates=[gate])
     text = art.promotion_markdown(failed, "promotion.json")  # type: ignore[arg-type]
     assert "**rejected**" in text and "| min_pesq | NO | 1.3 | >= 1.5 |" in text and "(none: rejected)" in text
+    assert "not registered in `telugu-speech-codec` (rejected: the candidate stays a run)" in text
+    assert "version **None**" not in text
 
 
 def test_prefect_yaml_deploys_from_git_and_dvc_one_run_at_a_time() -> None:

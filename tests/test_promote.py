@@ -23,8 +23,8 @@ from codec.model.codec import build_codec
 from codec.model.serving import for_inference
 from codec.registry import promote as pr
 from codec.registry.record import read_promotion
-from codec.registry.versions import format_table, table
-from codec.tracking import MODEL_NAME
+from codec.registry.versions import format_table, rejected_runs, table
+from codec.tracking import MODEL_NAME, model_id_of
 from tests import test_evaluate as te
 from tests.presets import tiny_config
 from tests.test_evaluate import NO_LIMITER, Collapsed, PcmCodec, make_clips, write_data
@@ -47,18 +47,21 @@ def clips() -> list[sets.EvalClip]:
 
 
 def evaluated(model: nn.Module, clips: list[sets.EvalClip], params: ep.EvaluateParams = EVAL) -> dict[str, tp.Any]:
-    """evaluation.json for ``model``, with a real MLflow run standing for its training run."""
+    """evaluation.json for ``model``, with a real MLflow run (and a logged model in it, as codec
+    train and codec evaluate leave) standing for its training run."""
     import mlflow
 
     result = ev.evaluate_model(tp.cast(tp.Any, model), clips, params, NO_LIMITER)
     mlflow.set_experiment("telugu-speech-codec")
     with mlflow.start_run() as run:
         mlflow.log_metrics(report.flat_metrics(result))
+        logged = mlflow.initialize_logged_model(name="codec", source_run_id=run.info.run_id)
     return report.evaluation_record(
         result,
         eval_set_fingerprint=suite.sets_fingerprint(suite.build_sets(clips, params), params, NO_LIMITER),
         mlflow_run_id=run.info.run_id,
         model_uri=f"runs:/{run.info.run_id}/codec",
+        model_id=logged.model_id,
         model_fingerprint=type(model).__name__,
         params=dataclasses.asdict(params),
         level_settings=dataclasses.asdict(NO_LIMITER),
@@ -87,7 +90,8 @@ def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
     client = MlflowClient(mlflow_uri)
 
     # The seed's collapse: output at 47% of the input. The amplitude gate names it.
-    collapsed = pr.promote(client, evaluated(Collapsed(PcmCodec()), clips), GATES, tmp_path / "p1.json")
+    seed = evaluated(Collapsed(PcmCodec()), clips)
+    collapsed = pr.promote(client, seed, GATES, tmp_path / "p1.json")
     doc = json.loads((tmp_path / "p1.json").read_text())
     assert collapsed.decision == doc["decision"] == "rejected" and doc["alias"] is None
     amp = next(g for g in doc["gates"] if g["name"] == "amplitude_ratio")
@@ -95,12 +99,17 @@ def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
     assert amp["limit"] == [0.9, 1.1] and amp["metric"] == "ours.320kbps.amplitude_ratio"
     assert {"amplitude_ratio", "amplitude_ratio_at_-40dBFS", "amplitude_ratio_at_-6dBFS"} <= set(doc["failed_gates"])
     assert any("amplitude_ratio" in r and "0.47" in r for r in doc["reasons"])
-    aliases, versions = registry(mlflow_uri)
-    assert aliases == {} and versions["1"]["rejected"] == "true"
+    # Rejected: no version; the candidate stays a run that says so.
+    assert doc["version"] is None and registry(mlflow_uri) == ({}, {})
+    run_tags = client.get_run(seed["mlflow_run_id"]).data.tags
+    n_failed, n_gates = len(doc["failed_gates"]), len(doc["gates"])
+    assert run_tags["decision"] == "rejected"
+    assert run_tags["gates"].startswith(f"{n_failed} of {n_gates} default gates fail on 1 evaluation set at 320 kbps: ")
+    assert "amplitude_ratio 0.47 (required within [0.9, 1.1])" in run_tags["gates"]
 
     # A good model: every gate passes and there is no champion.
     good = pr.promote(client, evaluated(PcmCodec(), clips), GATES, tmp_path / "p2.json")
-    assert good.decision == "champion" and good.all_gates_passed
+    assert good.decision == "champion" and good.all_gates_passed and good.version == "1"
     assert registry(mlflow_uri)[0] == {"champion": good.version}
 
     # A later, worse model (5% quieter: inside the amplitude band, mel distance 0.022 instead
@@ -109,24 +118,45 @@ def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
     doc = json.loads((tmp_path / "p3.json").read_text())
     assert worse.decision == doc["decision"] == "challenger" and doc["all_gates_passed"]
     assert doc["comparison"]["champion_version"] == good.version
-    assert doc["comparison"]["source"] == "its tags (same evaluation set)"
+    assert doc["comparison"]["source"] == "its logged metric (same evaluation set)"
     assert doc["comparison"]["candidate"] > doc["comparison"]["champion"]  # mel distance: lower is better
     aliases, versions = registry(mlflow_uri)
     assert aliases == {"champion": good.version, "challenger": worse.version}
-    assert versions[worse.version]["eval_set_fingerprint"] == versions[good.version]["eval_set_fingerprint"]
-    assert versions[good.version]["gate.amplitude_ratio"].startswith("pass")
-    assert versions[good.version]["ours.320kbps.pesq"]
-    # Tags hold the gate bitrate only (the run holds every metric): the decision is not buried.
-    assert not [t for t in versions[good.version] if t.startswith(("ours.", "opus.")) and ".320kbps." not in t]
-    assert len(versions[good.version]) < 40, sorted(versions[good.version])
+    # A handful of tags: the decision and where it came from. The numbers are metrics.
+    fingerprint = doc["eval_set_fingerprint"]
+    assert versions[good.version] == {
+        "decision": "champion",
+        "gates": f"all {n_gates} default gates pass on 1 evaluation set at 320 kbps",
+        "eval_set": fingerprint,
+        "git_commit": "",
+        "data_version": "",
+    }
+    mv = client.get_model_version(MODEL_NAME, good.version)
+    model_id = model_id_of(mv)
+    assert model_id and mv.source == f"models:/{model_id}" and mv.run_id  # the logged model, and its run
+    metrics = {(m.key, m.dataset_name, m.dataset_digest): m.value for m in client.get_logged_model(model_id).metrics}
+    assert metrics[("held_out/pesq_320kbps", "held_out", fingerprint)] == pytest.approx(
+        doc_metrics(tmp_path / "p2.json", "pesq"), rel=1e-9
+    )
+    assert ("worst_set/mel_distance_320kbps", "worst_set", fingerprint) in metrics
+    assert {key for key, _, _ in metrics} >= {
+        f"held_out/{m}_320kbps" for m in ("snr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")
+    }
 
     rows = table(client, MODEL_NAME)
-    assert [(r["version"], r["aliases"], r["decision"]) for r in rows] == [
-        ("3", "challenger", "challenger"),
-        ("2", "champion", "champion"),
-        ("1", "-", "rejected"),
+    assert [(r["version"], r["aliases"], r["decision"], r["kbps"]) for r in rows] == [
+        ("2", "challenger", "challenger", "320"),
+        ("1", "champion", "champion", "320"),
     ]
-    assert "(fail: min_snr_db, amplitude_ratio," in rows[2]["gates"] and "mel_distance" in format_table(rows)
+    assert float(rows[1]["mel"]) < float(rows[0]["mel"]) and "mel" in format_table(rows)
+    (rejected,) = rejected_runs(client)
+    assert rejected["run"] == seed["mlflow_run_id"][:8] and "amplitude_ratio" in rejected["gates"]
+
+
+def doc_metrics(path: Path, metric: str) -> float:
+    """``metric`` of ours on the held-out set at the gate bitrate, from a promotion's evaluation."""
+    doc = json.loads(path.read_text())
+    return float(next(g["value"] for g in doc["gates"] if g["name"] == f"min_{metric}"))
 
 
 def test_a_failure_halfway_leaves_the_registry_as_it_was(
@@ -174,7 +204,7 @@ def test_fail_on_gate_exits_4_after_recording_the_decision(
         pr.run(args)
     assert caught.value.exit_code == 4
     doc = json.loads((tmp_path / "promotion.json").read_text())
-    assert doc["decision"] == "rejected" and doc["version"] == "1"
+    assert doc["decision"] == "rejected" and doc["version"] is None
 
 
 OPEN_GATES = pr.PromoteParams(
@@ -293,8 +323,10 @@ def test_a_gate_failing_on_one_set_only_fails_the_promotion_and_names_that_set(
     assert {g["eval_set"] for g in saved["gates"]} == {"held_out", "telephone"}
     assert saved["worst"]["amplitude_ratio"] == {"set": "telephone", "level": "-6dBFS", "value": 0.62}
     assert any("telephone:min_pesq" in r for r in saved["reasons"])
-    _, tags = registry(mlflow_uri)
-    assert tags[p.version]["failed_gates"] == "telephone:amplitude_ratio_at_-6dBFS, telephone:min_pesq"
+    # The worst failure first in the one-line summary on the run (no version is made).
+    gates_tag = MlflowClient(mlflow_uri).get_run(record["mlflow_run_id"]).data.tags["gates"]
+    assert gates_tag.startswith("2 of ") and "on 2 evaluation sets" in gates_tag
+    assert gates_tag.index("telephone:amplitude_ratio_at_-6dBFS") < gates_tag.index("telephone:min_pesq")
 
 
 def test_with_side_information_a_collapsed_decoder_is_still_rejected_on_its_own_amplitude(
@@ -348,4 +380,4 @@ def test_the_gates_are_named_in_the_decision_and_pesq_can_be_held_to_opus(
     assert p.decision == saved["decision"] == "champion" and saved["gate_profile"] == "cpu-demo"
     assert saved["reasons"] == ["every cpu-demo gate passed; there was no champion"]
     _, tags = registry(mlflow_uri)
-    assert tags[p.version]["gate_profile"] == "cpu-demo" and tags[p.version]["gate.pesq_vs_opus"].startswith("pass")
+    assert tags[p.version]["gates"] == f"all {len(saved['gates'])} cpu-demo gates pass on 1 evaluation set at 320 kbps"

@@ -1,7 +1,8 @@
-"""``codec models``: the registered versions side by side, with metrics, gates and aliases.
+"""``codec models``: the registered versions side by side (metrics, gates, aliases), then the
+newest candidates that were rejected and so stayed runs.
 
-The tags come from ``codec promote`` (:func:`codec.registry.promote.version_tags`). For plots and
-run-level detail, open the MLflow UI: ``mlflow ui --backend-store-uri sqlite:///mlflow.db``.
+The metrics and the five tags come from ``codec promote`` (:mod:`codec.registry.promote`). For
+plots and run-level detail, open the MLflow UI: ``mlflow ui --backend-store-uri sqlite:///mlflow.db``.
 Where tags and aliases disagree (a promotion killed halfway, an alias moved by hand), it says
 so under the table, with what the next ``codec promote`` will do about it
 (:mod:`codec.registry.consistency`).
@@ -12,12 +13,15 @@ from __future__ import annotations
 import argparse
 
 from codec.registry.consistency import problems
-from codec.registry.versions import format_table, table
-from codec.tracking import MODEL_NAME, tracking_uri
+from codec.registry.versions import format_table, rejected_runs, table
+from codec.tracking import EXPERIMENT, MODEL_NAME, tracking_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=MODEL_NAME, help="registered model (default: %(default)s)")
+    parser.add_argument(
+        "--rejected", type=int, default=5, metavar="N", help="list the N newest rejected candidates (default: 5)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,13 +29,21 @@ def run(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri())
-    rows = table(MlflowClient(), args.name)
-    if not rows:
+    client = MlflowClient()
+    rows = table(client, args.name)
+    if rows:
+        print(
+            f"{args.name} in {mlflow.get_tracking_uri()} (held-out speakers at the gate bitrate; worst_mel: worst set)"
+        )
+        print(format_table(rows))
+    else:
         print(f"no versions of {args.name} in {mlflow.get_tracking_uri()}; run the pipeline (dvc repro promote)")
-        return 0
-    print(f"{args.name} in {mlflow.get_tracking_uri()} (metrics at the gate bitrate; opus_*: Opus there)")
-    print(format_table(rows))
-    found = problems(MlflowClient(), args.name)
+    limit = getattr(args, "rejected", 5)
+    rejected = rejected_runs(client, EXPERIMENT, limit) if limit > 0 else []
+    if rejected:
+        print(f"\nrejected candidates (runs, no version; newest {len(rejected)}):")
+        print(format_table(rejected))
+    found = problems(client, args.name)
     if found:
         print(f"\ninconsistent: {len(found)} version(s) whose decision tag and the aliases disagree")
         for p in found:

@@ -60,7 +60,8 @@ def log_to_mlflow(
     import mlflow  # heavy: only when logging
 
     mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_id=run_id) as run:
+    # A checkpoint no tracked training made gets a run of its own, named so.
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "evaluate untracked checkpoint") as run:
         if run_id is None:
             mlflow.set_tag("stage", "evaluate")
         model_id = logged_model_id(run.info.run_id)

@@ -19,7 +19,7 @@ import dataclasses
 import time
 import typing as tp
 
-from codec.registry.transaction import PENDING, Undo, aliases, former, rollback
+from codec.registry.transaction import PENDING, Undo, aliases, former, intent, rollback
 from codec.tracking import CHALLENGER, CHAMPION
 
 if tp.TYPE_CHECKING:
@@ -44,16 +44,17 @@ class Problem:
 
 def _age(tags: tp.Mapping[str, str], now: float) -> float | None:
     try:
-        return now - float(tags["promotion.started"])
-    except (KeyError, ValueError):
+        return now - float(intent(tags)["started"])
+    except (KeyError, ValueError, TypeError):
         return None
 
 
 def _pending(v: str, tags: tp.Mapping[str, str], held: tp.Sequence[str], now: float) -> Problem:
     age = _age(tags, now)
-    who = f"pid {tags.get('promotion.pid', '?')} on {tags.get('promotion.host', '?')}"
+    what = intent(tags)
+    who = f"pid {what.get('pid', '?')} on {what.get('host', '?')}"
     when = f", {age:.0f} s ago" if age is not None else ""
-    alias, prev = tags.get("promotion.alias") or None, tags.get("promotion.previous") or None
+    alias, prev = what.get("alias") or None, what.get("previous") or None
     msg = f"version {v} is pending: the codec promote that created it ({who}{when}) did not finish (killed?)"
     fix = f"the next codec promote deletes version {v}"
     if alias is not None and alias in held:
@@ -128,8 +129,8 @@ def repair(client: MlflowClient, name: str, exclusive: bool, now: float | None =
         retagged = next((u for u, t in versions.items() if t.get("replaced_by") == v), None)
         undo = Undo(
             version=v,
-            alias=tags.get("promotion.alias") or None,
-            previous=tags.get("promotion.previous") or None,
+            alias=intent(tags).get("alias") or None,
+            previous=intent(tags).get("previous") or None,
             retagged=retagged,
         )
         steps = rollback(client, name, undo)

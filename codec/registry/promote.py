@@ -1,22 +1,29 @@
 """``codec promote``: quality gates, then the MLflow model registry.
 
 Reads ``evaluation.json`` (written by ``codec evaluate``), checks the gates of
-``params.yaml: promote`` at one bitrate (the top one unless ``bitrate_kbps`` says),
-compares the candidate with the current ``@champion`` of ``telugu-speech-codec`` on the
-primary metric, and registers a model version with the evidence as tags:
+``params.yaml: promote`` at one bitrate (the top one unless ``bitrate_kbps`` says) on every
+evaluation set, compares the candidate with the current ``@champion`` of
+``telugu-speech-codec`` on the primary metric, and records the decision:
 
-- every gate passes and the candidate beats the champion (or there is none):
-  alias ``champion`` moves to the new version;
-- every gate passes but it does not beat the champion: alias ``challenger``;
-- a gate fails: tag ``rejected=true`` with the reasons (no alias).
+- every gate passes and the candidate beats the champion (or there is none): a new model
+  version, and alias ``champion`` moves to it;
+- every gate passes but it does not beat the champion: a new version with alias ``challenger``;
+- a gate fails: no version. The candidate stays what it is, an MLflow run, tagged with its
+  decision and the gates it failed (``codec models`` lists such runs under the versions).
 
-**Comparing on the same evaluation set.** Each version carries the fingerprint of the
-set it was measured on (:func:`codec.evaluation.sets.eval_set_fingerprint`: clip ids, their
-samples and the settings that move our metrics). When the champion's fingerprint equals
-the candidate's, its tagged metric is used. When it differs (new held-out clips, other
-evaluation params), the champion's registered model is loaded and re-evaluated on the
-candidate's clips at the gate bitrate, so the two numbers always come from the same
-audio; if that fails (the model can't be loaded), the candidate cannot be shown to beat
+**Metrics as metrics, a handful of tags.** The numbers the decision rests on (every
+evaluation set at the gate bitrate, and the worst set) are logged as metrics of the
+candidate's logged model (so the model version page shows them) and of its run, keyed
+``<set>/<metric>_<kbps>`` with the evaluation set as their dataset (its fingerprint as the
+digest). A version carries five tags: ``decision``, ``gates`` (the summary, with the worst
+failing gate when one failed), ``eval_set`` (the fingerprint), ``git_commit``, ``data_version``.
+
+**Comparing on the same evaluation set.** When the champion's worst-set metric was logged
+for the candidate's evaluation-set fingerprint (:func:`codec.evaluation.suite.sets_fingerprint`:
+clip ids, their samples and the settings that move our metrics), that value is used. Otherwise
+(new held-out clips, other evaluation params), the champion's registered model is loaded and
+re-evaluated on the candidate's clips at the gate bitrate, so the two numbers always come from
+the same audio; if that fails (the model can't be loaded), the candidate cannot be shown to beat
 it and is at most ``challenger``, with the reason in ``promotion.json``.
 
 **One decision at a time, all or nothing.** Before the registry is touched, ``--out`` must be
@@ -41,6 +48,7 @@ import json
 import math
 import os
 import tempfile
+import time
 import typing as tp
 from pathlib import Path
 
@@ -55,6 +63,7 @@ from codec.params import PARAMS_FILE, from_dict, load_section
 from codec.provenance import data_version, git_commit, repo_root
 from codec.registry.consistency import repair
 from codec.registry.gates import (
+    OURS_NO_SIDE,
     Direction,
     Gate,
     PromoteParams,
@@ -63,12 +72,13 @@ from codec.registry.gates import (
     beats,
     check_set_gates,
     gate_kbps,
+    set_metrics,
     worst_of,
 )
 from codec.registry.lock import registry_lock
 from codec.registry.record import Decision, PromotionRecord
 from codec.registry.transaction import champion_version, register
-from codec.tracking import CHAMPION, tracking_uri
+from codec.tracking import CHAMPION, model_id_of, tracking_uri
 
 if tp.TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -99,7 +109,7 @@ def compare(
     k: str,
     re_evaluate: ReEvaluate | None,
 ) -> Comparison:
-    """See the module docstring: tags on the same set, else a re-evaluation of the champion."""
+    """See the module docstring: its logged metric on the same set, else a re-evaluation of the champion."""
     metric = params.primary_metric
     cand = candidate_value(record, params, k)
     cmp = Comparison(metric, params.primary_direction, cand)
@@ -107,9 +117,9 @@ def compare(
     if champ is None:
         return cmp
     cmp.champion_version = str(champ.version)
-    tag = champ.tags.get(f"worst.{k}.{metric}")
-    if champ.tags.get("eval_set_fingerprint") == record["eval_set_fingerprint"] and tag is not None:
-        cmp.champion, cmp.source = float(tag), "its tags (same evaluation set)"
+    logged = logged_value(client, champ, metric_key(WORST, metric, k), str(record["eval_set_fingerprint"]))
+    if logged is not None:
+        cmp.champion, cmp.source = logged, "its logged metric (same evaluation set)"
     elif re_evaluate is None:
         cmp.source, cmp.note = "not compared", "the champion was evaluated on another set and re-evaluation is off"
     else:
@@ -123,6 +133,80 @@ def compare(
             )
     cmp.beats = cmp.champion is not None and beats(cand, cmp.champion, params.primary_direction)
     return cmp
+
+
+# --- the numbers a version shows, as MLflow metrics ---------------------------------------------
+
+WORST = "worst_set"  # the "set" of the worst-set values (the comparison reads its primary metric)
+# Per evaluation set at the gate bitrate: ours with the side information (what users get), the
+# model's own amplitude without it, and Opus' PESQ at the same bitrate.
+SET_METRICS = ("snr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")
+
+
+def metric_key(eval_set: str, metric: str, k: str) -> str:
+    """``held_out/pesq_6kbps``: the MLflow metric a promotion logs for ``eval_set`` at bitrate ``k``."""
+    return f"{eval_set}/{metric}_{k}"
+
+
+def registry_metrics(record: tp.Mapping[str, tp.Any], params: PromoteParams, k: str) -> list[tuple[str, float, str]]:
+    """(key, value, evaluation set) for every number a version shows: :data:`SET_METRICS` of ours,
+    ``model_amplitude_ratio`` and ``opus_pesq`` on every set at ``k``, and the worst set's primary
+    metric and amplitude ratio (finite values only: MLflow stores no NaN faithfully)."""
+    out: list[tuple[str, float, str]] = []
+    for name, metrics in set_metrics(record).items():
+        ours = (metrics.get("ours") or {}).get(k) or {}
+        values = {m: _value(ours.get(m)) for m in SET_METRICS}
+        values["model_amplitude_ratio"] = _value(
+            ((metrics.get(OURS_NO_SIDE) or {}).get(k) or {}).get("amplitude_ratio")
+        )
+        values["opus_pesq"] = _value(((metrics.get("opus") or {}).get(k) or {}).get("pesq"))
+        out += [(metric_key(name, m, k), v, name) for m, v in values.items() if math.isfinite(v)]
+    worst = worst_of(record, params, k)
+    for m, entry in (
+        (params.primary_metric, worst.get("primary_metric")),
+        ("amplitude_ratio", worst.get("amplitude_ratio")),
+    ):
+        v = _value(entry["value"]) if entry else math.nan
+        if math.isfinite(v):
+            out.append((metric_key(WORST, m, k), v, WORST))
+    return out
+
+
+def log_registry_metrics(client: MlflowClient, record: tp.Mapping[str, tp.Any], params: PromoteParams, k: str) -> None:
+    """Log :func:`registry_metrics` to the candidate's run and, when the evaluation names it, its
+    logged model, each with its evaluation set as the dataset and the fingerprint as its digest."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    model_id = record.get("model_id") or None
+    digest = str(record["eval_set_fingerprint"])
+    metrics = [
+        Metric(
+            key,
+            value,
+            now,
+            0,
+            model_id=model_id,
+            dataset_name=name if model_id else None,
+            dataset_digest=digest if model_id else None,
+        )
+        for key, value, name in registry_metrics(record, params, k)
+    ]
+    client.log_batch(str(record["mlflow_run_id"]), metrics=metrics)
+
+
+def logged_value(client: MlflowClient, mv: ModelVersion, key: str, digest: str) -> float | None:
+    """Metric ``key`` of version ``mv`` as logged for evaluation-set fingerprint ``digest`` (the
+    newest such value), or ``None``: from its logged model, or, for a version registered from a
+    run alone, from the run when the version's ``eval_set`` tag is ``digest``."""
+    values: list[tuple[int, float]] = []
+    model_id = model_id_of(mv)
+    if model_id:
+        model = client.get_logged_model(model_id)
+        values = [(m.timestamp, m.value) for m in model.metrics or [] if m.key == key and m.dataset_digest == digest]
+    elif mv.run_id and mv.tags.get("eval_set") == digest:
+        values = [(m.timestamp, m.value) for m in client.get_metric_history(mv.run_id, key)]
+    return float(max(values)[1]) if values else None
 
 
 def candidate_value(record: tp.Mapping[str, tp.Any], params: PromoteParams, k: str) -> float:
@@ -152,57 +236,48 @@ def decide(gates: tp.Sequence[Gate], cmp: Comparison, profile: str = "") -> tupl
     ]
 
 
+def gates_summary(gates: tp.Sequence[Gate], profile: str, k: str) -> str:
+    """The ``gates`` tag: how many passed, of which profile, at which bitrate, and the failed ones
+    (the worst first: farthest past its limit, relative to it)."""
+    n_sets = len({g.eval_set for g in gates})
+    where = f"{n_sets} evaluation set{'s' if n_sets > 1 else ''} at {k.removesuffix('kbps')} kbps"
+    failed = sorted((g for g in gates if not g.passed), key=_shortfall, reverse=True)
+    if not failed:
+        return f"all {len(gates)} {profile} gates pass on {where}"
+    shown = "; ".join(f"{g.name} {g.value:.4g} (required {g.rule})" for g in failed[:3])
+    more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+    return f"{len(failed)} of {len(gates)} {profile} gates fail on {where}: {shown}{more}"[:4900]
+
+
+def _shortfall(g: Gate) -> float:
+    """How far a gate's value is past its limit, relative to the limit (infinite for NaN)."""
+    if not math.isfinite(g.value):
+        return math.inf
+    if isinstance(g.limit, list):
+        lo, hi = g.limit
+        past = max(lo - g.value, g.value - hi, 0.0)
+        return past / max(abs(hi - lo), 1e-9)
+    return abs(g.value - g.limit) / max(abs(g.limit), 1e-9)
+
+
 def version_tags(
     record: tp.Mapping[str, tp.Any],
     gates: tp.Sequence[Gate],
     decision: Decision,
-    reasons: tp.Sequence[str],
+    profile: str,
     k: str,
-    extra: tp.Mapping[str, str],
-    worst: tp.Mapping[str, tp.Any] | None = None,
+    provenance: tp.Mapping[str, str],
 ) -> dict[str, str]:
-    """Tags of the new version: every metric of every codec and bitrate, the gates, the provenance."""
-    tags: dict[str, str] = {}
-    worst = worst or {}
-    metrics = record["metrics"]
-    # Only the gate bitrate's metrics (ours and each baseline): the version's run holds every
-    # metric of every bitrate, set and level; tags are what the registry page and codec models show.
-    for codec, by_rate in metrics.items():
-        if codec in ("levels", "sets") or not isinstance(by_rate, dict) or not isinstance(by_rate.get(k), dict):
-            continue
-        for name, v in by_rate[k].items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                tags[f"{codec}.{k}.{name}"] = f"{v:.6g}"
-    for g in gates:
-        if g.eval_set == "held_out" or not g.passed:  # the other sets' passes are in promotion.json
-            tags[f"gate.{g.name}"] = f"{'pass' if g.passed else 'fail'}: {g.value:.4g} {g.rule}"
-    primary, amplitude = worst.get("primary_metric"), worst.get("amplitude_ratio")
-    if primary:
-        tags[f"worst.{k}.{primary['metric']}"] = f"{primary['value']:.6g}"
-        tags["worst_set"] = str(primary["set"])
-    if amplitude:
-        tags["worst_amplitude"] = f"{amplitude['value']:.4g} ({amplitude['set']}, {amplitude['level']})"
-    failed = [g.name for g in gates if not g.passed]
-    tags["failed_gates"] = ", ".join(failed)[:4900] if failed else "none"
-    n_sets = len({g.eval_set for g in gates})
-    plural = "s" if n_sets > 1 else ""
-    summary = f"{len(gates) - len(failed)}/{len(gates)} pass on {n_sets} evaluation set{plural}"
-    tags["gates"] = (summary + (f" (fail: {', '.join(failed)})" if failed else ""))[:4900]
-    tags.update(
-        {
-            "decision": decision,
-            "reasons": " | ".join(reasons)[:4900],
-            "gate_kbps": k,
-            "eval_set_fingerprint": str(record["eval_set_fingerprint"]),
-            "model_fingerprint": str(record.get("model_fingerprint", "")),
-            "eval_run_id": str(record["mlflow_run_id"]),
-            "all_gates_passed": str(all(g.passed for g in gates)).lower(),
-            **extra,
-        }
-    )
-    if decision == "rejected":
-        tags["rejected"] = "true"
-    return tags
+    """The five tags of a version (and of the candidate's run): what was decided, the gates in one
+    line, which evaluation set, and where model and data came from. The numbers are metrics
+    (:func:`registry_metrics`), the whole record ``promotion.json`` and the run's artifacts."""
+    return {
+        "decision": decision,
+        "gates": gates_summary(gates, profile, k),
+        "eval_set": str(record["eval_set_fingerprint"]),
+        "git_commit": str(provenance.get("git_commit", "")),
+        "data_version": str(provenance.get("data_version", "")),
+    }
 
 
 @dataclasses.dataclass
@@ -210,7 +285,7 @@ class Promotion:
     """What :func:`promote` returns (and ``promotion.json`` holds)."""
 
     model_name: str
-    version: str
+    version: str | None  # None: rejected, no version (the candidate stays a run)
     decision: Decision
     reasons: list[str]
     gates: list[Gate]
@@ -319,6 +394,7 @@ def promote(
 ) -> Promotion:
     """Gate, compare, register and write ``out`` (``promotion.json``); see the module docstring.
     ``say`` hears what is done besides the decision (a wait for the lock, a repair)."""
+    from mlflow.entities import RunTag
     from mlflow.exceptions import MlflowException
 
     run_id, source = record.get("mlflow_run_id"), record.get("model_uri")
@@ -335,6 +411,7 @@ def promote(
     uri = registry_uri(client)
     result: list[Promotion] = []
     try:
+        log_registry_metrics(client, record, params, k)
         with registry_lock(uri, say=say) as exclusive:
             repairs = repair(client, params.model_name, exclusive)
             for line in repairs:
@@ -354,10 +431,9 @@ def promote(
                 )
             )
             decision, reasons = decide(gates, cmp, params.gate_profile)
-            extra = {**(provenance or {}), "gate_profile": params.gate_profile}
-            tags = version_tags(record, gates, decision, reasons, k, extra, worst)
+            tags = version_tags(record, gates, decision, params.gate_profile, k, provenance or {})
 
-            def finish(version: str) -> None:
+            def finish(version: str | None) -> None:
                 p = Promotion(
                     params.model_name,
                     version,
@@ -377,20 +453,35 @@ def promote(
                 write_text_atomic(out, json.dumps(p.to_dict(), indent=2) + "\n")
                 result.append(p)
 
-            alias = None if decision == "rejected" else decision
-            # Compare-and-set: the champion must still be the one compared against when the alias moves.
-            expected = {CHAMPION: cmp.champion_version} if passed else {}
-            register(
-                client,
-                params.model_name,
-                str(source),
-                str(run_id),
-                tags,
-                alias,
-                finish,
-                record.get("model_id"),
-                expected,
-            )
+            # The candidate's run says what became of it (its decision at this promotion; a version's
+            # own tag follows its alias later, e.g. former-champion).
+            run_tags = [RunTag(key, value) for key, value in tags.items()]
+            if decision == "rejected":
+                # No version: the registry holds candidates that passed, the run keeps the rest.
+                client.log_batch(str(run_id), tags=run_tags)
+                finish(None)
+            else:
+                # Compare-and-set: the champion must still be the one compared against when the alias moves.
+                model_id = record.get("model_id") or None
+                register(
+                    client,
+                    params.model_name,
+                    # A logged model is registered by its own URI (MLflow 3): the version page then
+                    # shows its metrics; the run's path otherwise.
+                    f"models:/{model_id}" if model_id else str(source),
+                    str(run_id),
+                    tags,
+                    decision,
+                    finish,
+                    model_id,
+                    {CHAMPION: cmp.champion_version},
+                )
+                # After the commit: the registry's decision stands whatever happens to this tag.
+                try:
+                    client.log_batch(str(run_id), tags=run_tags)
+                except MlflowException as e:
+                    if say is not None:
+                        say(f"run {run_id} was not tagged with the decision ({e.error_code}); the registry holds it")
     except MlflowException as e:
         raise PromotionError(
             f"the MLflow store at {uri} refused a registry call ({e.error_code}: {e.message}); this promotion's "
@@ -478,7 +569,8 @@ def run(args: argparse.Namespace) -> int:
         re_evaluate=champion_re_evaluator(record, Path(args.raw), params.primary_direction),
         say=lambda line: print(f"codec promote: {line}", flush=True),
     )
-    print(f"{params.model_name} version {p.version}: {p.decision} ({params.gate_profile} gates)")
+    what = f"version {p.version}" if p.version is not None else f"run {p.mlflow_run_id} (no version)"
+    print(f"{params.model_name} {what}: {p.decision} ({params.gate_profile} gates)")
     for g in p.gates:
         print(f"  {'pass' if g.passed else 'FAIL'}  {g.name}: {g.value:.4g} (required {g.rule})")
     for r in p.reasons:
@@ -486,7 +578,8 @@ def run(args: argparse.Namespace) -> int:
     if not p.all_gates_passed and params.fail_on_gate:
         failed = ", ".join(f"{g.name} {g.value:.4g} (required {g.rule})" for g in p.gates if not g.passed)
         raise GateError(
-            f"version {p.version} failed the gates: {failed}; see {args.out} and reports/evaluate/report.md "
+            f"the candidate (run {p.mlflow_run_id}) failed the gates: {failed}; see {args.out} and "
+            "reports/evaluate/report.md "
             "(promote.fail_on_gate: true)"
         )
     return 0

@@ -19,7 +19,7 @@ class PromotionRecord(tp.TypedDict):
     (the Prefect flow's artifact and anyone else)."""
 
     model_name: str
-    version: str
+    version: str | None  # None: rejected (no version; the candidate stays a run)
     decision: Decision
     alias: str | None
     all_gates_passed: bool

@@ -2,13 +2,14 @@
 
 :func:`register` writes in this order, one MLflow call each:
 
-1. create the version tagged ``decision=pending``, with what it is about to do:
-   ``promotion.decision``, ``promotion.alias``, ``promotion.previous`` (the version that alias
-   was on), ``promotion.pid``, ``promotion.host``, ``promotion.started`` (Unix time);
+1. create the version tagged ``decision=pending`` and ``promotion``, what it is about to do as
+   JSON: ``decision``, ``alias``, ``previous`` (the version that alias was on), ``pid``,
+   ``host``, ``started`` (Unix time);
 2. re-read the champion and the alias (compare-and-set: refuse if either moved since the
    comparison), point the alias at the new version, read it back;
 3. tag the version the alias came from ``decision=former-<alias>``, ``replaced_by=<new>``;
-4. tag the new version with its decision: the commit point;
+4. tag the new version with its decision: the commit point; then drop its ``promotion`` tag
+   (only a pending version needs it; one left by a kill right here is harmless);
 5. the caller's last step (``promotion.json``).
 
 So a version claims ``champion`` only once it holds the alias, and a process killed between
@@ -22,6 +23,7 @@ it and no version is left in it. One promotion at a time is :mod:`codec.registry
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import sys
@@ -36,11 +38,21 @@ if tp.TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 PENDING = "pending"  # the decision tag of a version whose promotion has not committed
+PROMOTION = "promotion"  # a pending version's tag: what its promotion is about to do (JSON)
 PAUSE_ENV = "CODEC_TEST_PAUSE_AT"  # test hook: "<step>" or "<step>:<seconds>", see _pause
 
 
 class RegistryChanged(UserError):
     """Another promotion moved an alias while this one ran (possible without a lock: remote stores)."""
+
+
+def intent(tags: tp.Mapping[str, str]) -> dict[str, tp.Any]:
+    """The ``promotion`` tag of a pending version, parsed (empty when missing or unreadable)."""
+    try:
+        value = json.loads(tags.get(PROMOTION, ""))
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def former(alias: str) -> str:
@@ -133,16 +145,15 @@ def register(
     try:
         undo.created_model = _ensure_model(client, name)
         previous = aliases(client, name).get(alias) if alias is not None else None
-        pending = {
-            **tags,
-            "decision": PENDING,
-            "promotion.decision": decision,
-            "promotion.alias": alias or "",
-            "promotion.previous": previous or "",
-            "promotion.pid": str(os.getpid()),
-            "promotion.host": socket.gethostname(),
-            "promotion.started": f"{time.time():.0f}",
+        intent = {
+            "decision": decision,
+            "alias": alias or "",
+            "previous": previous or "",
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": round(time.time()),
         }
+        pending = {**tags, "decision": PENDING, PROMOTION: json.dumps(intent)}
         mv = client.create_model_version(name, source=source, run_id=run_id, tags=pending, model_id=model_id)
         undo.version = str(mv.version)
         _pause("version-created")
@@ -159,6 +170,7 @@ def register(
                 _pause("previous-retagged")
         client.set_model_version_tag(name, undo.version, "decision", decision)
         _pause("committed")
+        client.delete_model_version_tag(name, undo.version, PROMOTION)
         finish(undo.version)
         return undo.version
     except BaseException as e:

@@ -141,10 +141,11 @@ def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str) -
     mlflow.set_experiment(experiment)
     data_hash, data_source = data_version(data, root)
     device = "cuda" if params.device != "cpu" and torch.cuda.is_available() else "cpu"
-    with mlflow.start_run(log_system_metrics=True) as run:
+    commit = git_commit(root)
+    with mlflow.start_run(run_name=run_name(params, device, commit), log_system_metrics=True) as run:
         mlflow.set_tags(
             {
-                "git_commit": git_commit(root),
+                "git_commit": commit,
                 "data_path": str(data),
                 "data_version": data_hash,
                 "data_version_source": data_source,
@@ -173,6 +174,13 @@ def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str) -
         log_model(result.model)
         print(f"MLflow run {run.info.run_id} in {mlflow.get_tracking_uri()}")
     return result
+
+
+def run_name(params: TrainParams, device: str, commit: str) -> str:
+    """What the run is, as the MLflow UI lists it: ``train 2000 steps cpu 7d7bb48`` (``-dirty`` when
+    the code had uncommitted changes; the evaluation and promotion log into the same run)."""
+    short = "no-git" if commit == "unknown" else commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+    return f"train {params.steps} steps {device} {short}"
 
 
 def data_loudness(data: Path) -> float | None:
