@@ -116,6 +116,41 @@ def test_inference_copy_gives_the_same_codes_audio_and_fingerprint(strides: tupl
     assert model_fingerprint(fast) == model_fingerprint(model)
 
 
+def test_the_model_codec_encode_loads_is_the_inference_copy_bit_for_bit(tmp_path: Path) -> None:
+    """codec encode/decode build the inference model straight from the checkpoint (plain convs on
+    the meta device, weight norm folded from the stored g and v): the same weights, codes, audio
+    and fingerprint as for_inference() of the trained model, without building that model."""
+    import subprocess
+    import sys
+
+    from codec.inference.model_source import load_model
+
+    model = build_codec(tiny_config(), seed=5).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    save_checkpoint(tmp_path / "codec.pt", model)
+    reference = for_inference(load_codec(tmp_path / "codec.pt"))
+    loaded = load_model(str(tmp_path / "codec.pt")).model
+    assert model_fingerprint(loaded) == model_fingerprint(reference) == model_fingerprint(model)
+    ref_state, state = reference.state_dict(), loaded.state_dict()
+    assert ref_state.keys() == state.keys()
+    assert all(torch.equal(ref_state[k], state[k]) for k in state), "folded weights differ"
+    x = torch.randn(1, 1, 8000, generator=torch.Generator().manual_seed(1)) * 0.1
+    with torch.inference_mode():
+        codes = reference.encode(x, 12)
+        assert torch.equal(loaded.encode(x, 12), codes)
+        assert torch.equal(loaded.decode(codes), reference.decode(codes))
+    # And the load itself imports none of torch's tracing machinery (a second of start-up).
+    probe = (
+        "import sys; from codec.inference.model_source import load_model; "
+        f"load_model({str(tmp_path / 'codec.pt')!r}); "
+        "print(sorted(m for m in ('torch._dynamo', 'torch.fx.experimental.symbolic_shapes') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_unreadable_checkpoint_is_a_user_error(tmp_path: Path) -> None:
     bad = tmp_path / "codec.pt"
     bad.write_bytes(b"not a checkpoint")

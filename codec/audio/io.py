@@ -13,11 +13,13 @@ import wave
 from pathlib import Path
 
 import numpy as np
-import scipy.io.wavfile
 import soundfile as sf
 
 from codec.audio import Array
 from codec.files import atomic_path
+
+# The recordings ingest reads and codec encode takes from a folder (what libsndfile decodes).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
 
 
 def read_mono(path: str | Path, start: int = 0, frames: int = -1) -> Array:
@@ -188,6 +190,8 @@ def write_wav(path: str | Path, x: Array, rate: int, subtype: str = "FLOAT", ato
             # scipy's writer, not libsndfile's: libsndfile adds a PEAK chunk stamped with the
             # time of writing to float WAVs, so the same audio gave different bytes (and a
             # new DVC hash for data/raw, re-running every stage after it) on each run.
+            import scipy.io.wavfile  # here: scipy.io costs ~0.15 s of codec encode's start-up, which never writes one
+
             scipy.io.wavfile.write(buf, rate, np.asarray(x, dtype=np.float32))
         else:
             sf.write(buf, x, rate, subtype=subtype, format="WAV")

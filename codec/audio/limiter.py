@@ -8,7 +8,6 @@ import dataclasses
 
 import numpy as np
 import numpy.typing as npt
-import scipy.ndimage
 
 from codec.audio import Array
 from codec.audio.loudness import concat_ranges
@@ -94,6 +93,9 @@ def limit_spans(
     lengths = (np.minimum(lasts + margin + 1, x.shape[0]) - starts).astype(np.int64)
     source = concat_ranges(starts, lengths)
     need = np.minimum(1.0, ceiling / np.maximum(magnitude[source] * np.float32(gain), 1e-12)).astype(np.float32)
+    # Imported only when a peak needs limiting: scipy.ndimage costs ~0.3 s of codec encode's start-up.
+    import scipy.ndimage
+
     floor = scipy.ndimage.minimum_filter1d(need, size=2 * window + 1, mode="nearest")
     smooth = scipy.ndimage.uniform_filter1d(floor, size=window, mode="nearest")
     # Guard against float rounding at the edges: never above what a sample needs.

@@ -1,40 +1,68 @@
 """ITU-R BS.1770-4 integrated loudness (LUFS), batch and streaming.
 
-K-weighting filters are pyloudnorm's (``pyloudnorm.Meter``); the block gating (400 ms blocks,
-75 % overlap, -70 LUFS absolute and -10 LU relative gates) is vectorized here because
-pyloudnorm loops over blocks in Python. Tests check it against ``Meter.integrated_loudness``."""
+K-weighting is pyloudnorm's default design (``pyloudnorm.Meter``: RBJ-cookbook biquads, a +4 dB
+high shelf at 1.5 kHz and a 38 Hz high-pass), written out in :func:`k_weighting_sos` so that
+metering imports neither pyloudnorm nor ``scipy.signal`` until it filters with scipy (tests hold
+the coefficients equal to pyloudnorm's and the loudness to ``Meter.integrated_loudness``). The
+block gating (400 ms blocks, 75 % overlap, -70 LUFS absolute and -10 LU relative gates) is
+vectorized here because pyloudnorm loops over blocks in Python.
+
+Two filter paths: :class:`LoudnessMeter` (the normalize stage, re-metered after limiting)
+runs scipy's compiled SOS cascade in float32; :class:`StreamingLoudness` and
+:func:`loudness_lufs` (the inference path, ``codec encode``) run torchaudio's compiled
+``lfilter`` in float64 with the filter state carried across pieces, because importing
+``scipy.signal`` costs ~0.7 s of a command's start-up and torch is loaded there anyway. The
+float64 path gives pyloudnorm's number to 1e-6 LU, the float32 one within ~1e-4 LU (tested)."""
 
 from __future__ import annotations
 
 import functools
 import math
+import typing as tp
 
 import numpy as np
 import numpy.typing as npt
-import pyloudnorm
-import scipy.signal
 
 from codec.audio import Array
 
-try:  # scipy's private kernel behind sosfilt (scipy is pinned in the lock; the public path is the fallback)
-    from scipy.signal._sosfilt import _sosfilt as _sosfilt_kernel
-except ImportError:  # pragma: no cover - other scipy layouts
-    _sosfilt_kernel = None
+
+def _rbj_biquad(kind: str, gain_db: float, q: float, fc: float, rate: int) -> npt.NDArray[np.float64]:
+    """One RBJ Audio-EQ-Cookbook biquad, ``[b0, b1, b2, 1, a1, a2]`` normalized by ``a0``."""
+    amp = 10.0 ** (gain_db / 40.0)
+    w0 = 2.0 * math.pi * fc / rate
+    cos, alpha = math.cos(w0), math.sin(w0) / (2.0 * q)
+    if kind == "high_shelf":
+        root = 2.0 * math.sqrt(amp) * alpha
+        b = [
+            amp * ((amp + 1) + (amp - 1) * cos + root),
+            -2.0 * amp * ((amp - 1) + (amp + 1) * cos),
+            amp * ((amp + 1) + (amp - 1) * cos - root),
+        ]
+        a = [
+            (amp + 1) - (amp - 1) * cos + root,
+            2.0 * ((amp - 1) - (amp + 1) * cos),
+            (amp + 1) - (amp - 1) * cos - root,
+        ]
+    elif kind == "high_pass":
+        b = [(1 + cos) / 2.0, -(1 + cos), (1 + cos) / 2.0]
+        a = [1 + alpha, -2.0 * cos, 1 - alpha]
+    else:  # pragma: no cover - only the two K-weighting stages are built
+        raise ValueError(kind)
+    return np.array([*b, *a], np.float64) / a[0]
 
 
 @functools.lru_cache(maxsize=16)
-def _k_weighting_sos(rate: int) -> npt.NDArray[np.float64]:
-    """pyloudnorm's two K-weighting biquads at ``rate`` as one SOS cascade."""
-    meter = pyloudnorm.Meter(rate)
-    sections = []
-    gain = 1.0
-    for stage in meter._filters.values():
-        b, a = stage.b, stage.a
-        sections.append(np.concatenate([np.asarray(b, np.float64) / a[0], np.asarray(a, np.float64) / a[0]]))
-        gain *= stage.passband_gain
-    sos = np.stack(sections)
-    sos[0, :3] *= gain
-    return sos
+def k_weighting_sos(rate: int) -> npt.NDArray[np.float64]:
+    """The two K-weighting biquads at ``rate`` as one SOS cascade ``[2, 6]`` (pyloudnorm's design)."""
+    return np.stack(
+        [
+            _rbj_biquad("high_shelf", 4.0, 1.0 / math.sqrt(2.0), 1500.0, rate),
+            _rbj_biquad("high_pass", 0.0, 0.5, 38.0, rate),
+        ]
+    )
+
+
+_k_weighting_sos = k_weighting_sos  # the name the normalize stage's meter has used
 
 
 # BS.1770's -70 LUFS absolute gate as a block energy: ``-0.691 + 10·log10(z) >= -70``.
@@ -57,6 +85,17 @@ def gate_block_energies(z: npt.NDArray[np.float64]) -> float:
     return -0.691 + 10.0 * math.log10(float(np.mean(final)))
 
 
+@functools.cache
+def _sosfilt_kernel() -> tp.Callable[..., None] | None:
+    """scipy's private compiled kernel behind ``sosfilt`` (scipy is pinned in the lock), or None."""
+    try:
+        from scipy.signal._sosfilt import _sosfilt
+
+        return tp.cast(tp.Callable[..., None], _sosfilt)
+    except ImportError:  # pragma: no cover - other scipy layouts
+        return None
+
+
 def k_filter(sos: npt.NDArray[np.float32], x: Array) -> Array:
     """``scipy.signal.sosfilt(sos, x)`` from rest, for C-contiguous float32 ``sos`` and mono ``x``.
 
@@ -65,11 +104,58 @@ def k_filter(sos: npt.NDArray[np.float32], x: Array) -> Array:
     milliseconds around a clip's peaks that the make-up loop re-meters. Same values
     (tested against ``sosfilt``).
     """
-    if _sosfilt_kernel is None or sos.dtype != np.float32:
+    kernel = _sosfilt_kernel()
+    if kernel is None or sos.dtype != np.float32:
+        import scipy.signal
+
         return np.asarray(scipy.signal.sosfilt(sos, x), np.float32)
     y = np.array(x, dtype=np.float32, copy=True, order="C").reshape(1, -1)
-    _sosfilt_kernel(np.ascontiguousarray(sos), y, np.zeros((1, sos.shape[0], 2), np.float32))
+    kernel(np.ascontiguousarray(sos), y, np.zeros((1, sos.shape[0], 2), np.float32))
     return y[0]
+
+
+class StreamingKFilter:
+    """The K-weighting cascade over a signal fed in pieces, in float64, the state carried over.
+
+    Each biquad is run as its FIR part (``b`` over the input with the two previous input
+    samples) and its all-pole part through ``torchaudio.functional.lfilter`` from rest, with the
+    two previous outputs entering as the equivalent input at the first two samples (the
+    recursion is linear, so this is exactly the filter continued; tested against ``sosfilt``
+    over the whole signal).
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.sos = k_weighting_sos(rate)
+        self._x = np.zeros((self.sos.shape[0], 2))  # per section: x[n-1], x[n-2]
+        self._y = np.zeros((self.sos.shape[0], 2))  # per section: y[n-1], y[n-2]
+
+    def __call__(self, x: Array) -> npt.NDArray[np.float64]:
+        # torch here, not at the top: the normalize stage's workers import this module and never
+        # stream (it would add a torch import to every data stage).
+        import torch
+        import torchaudio.functional as AF
+
+        u = np.asarray(x, np.float64)
+        n = u.shape[0]
+        if n == 0:
+            return u
+        for i, (b0, b1, b2, _, a1, a2) in enumerate(self.sos):
+            (x1, x2), (y1, y2) = self._x[i], self._y[i]
+            ext = np.concatenate([[x2, x1], u])
+            w = b0 * ext[2:] + b1 * ext[1:-1] + b2 * ext[:-2]
+            w[0] -= a1 * y1 + a2 * y2
+            if n > 1:
+                w[1] -= a2 * y1
+            y = AF.lfilter(
+                torch.from_numpy(w)[None],
+                torch.tensor([1.0, a1, a2], dtype=torch.float64),
+                torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64),
+                clamp=False,
+            )[0].numpy()
+            self._x[i] = (ext[-1], ext[-2])
+            self._y[i] = (y[-1], y[-2] if n > 1 else y1)
+            u = y
+        return u
 
 
 class LoudnessMeter:
@@ -195,8 +281,9 @@ def integrated_lufs(x: Array, rate: int) -> float:
 
 class StreamingLoudness:
     """BS.1770-4 integrated loudness of a mono signal fed in pieces; the same number as
-    :func:`codec.audio.loudness.integrated_lufs` on the whole signal (same K-weighting filters, in
-    float32, and the same 400 ms blocks at 100 ms steps, as pyloudnorm places them).
+    :func:`codec.audio.loudness.integrated_lufs` on the whole signal to ~1e-4 LU (same K-weighting
+    filters, here in float64 through :class:`StreamingKFilter`, and the same 400 ms blocks at 100 ms
+    steps, as pyloudnorm places them).
 
     Keeps the filter state and one float64 energy per 100 ms step, so memory grows by
     80 bytes per second of audio.
@@ -207,8 +294,7 @@ class StreamingLoudness:
 
     def __init__(self, rate: int) -> None:
         self.rate = int(rate)
-        self._sos = _k_weighting_sos(self.rate).astype(np.float32)
-        self._zi = np.zeros((self._sos.shape[0], 2), np.float32)
+        self._filter = StreamingKFilter(self.rate)
         self._n = 0
         self._grid = np.zeros(1, np.int64)  # block edges (starts and ends), sorted; grown on demand
         self._j = 0  # blocks whose edges are on the grid
@@ -231,8 +317,7 @@ class StreamingLoudness:
         """Feed the next ``x`` ``[n]`` samples."""
         if not x.shape[0]:
             return
-        y, self._zi = scipy.signal.sosfilt(self._sos, np.asarray(x, np.float32), zi=self._zi)
-        sq = np.square(y.astype(np.float32, copy=False))
+        sq = np.square(self._filter(x))
         start, end = self._n, self._n + x.shape[0]
         self._grow(end)
         first = int(np.searchsorted(self._grid, start, side="right")) - 1
@@ -270,9 +355,13 @@ GATE_BLOCK_S = 0.4  # BS.1770 gating block
 
 
 def loudness_lufs(x: Array, rate: int) -> float:
-    """BS.1770 integrated loudness of mono ``x``; a clip shorter than one 400 ms gating
-    block is measured as if repeated to that length (its mean K-weighted power)."""
+    """BS.1770 integrated loudness of mono ``x`` as the inference path measures it (through
+    :class:`StreamingLoudness`, so a file streamed in pieces and the same audio in memory get the
+    same number); a clip shorter than one 400 ms gating block is measured as if repeated to that
+    length (its mean K-weighted power)."""
     block = math.ceil(GATE_BLOCK_S * rate)
     if x.shape[0] < block:
         x = np.tile(x, -(-block // x.shape[0]))
-    return integrated_lufs(x, rate)
+    meter = StreamingLoudness(rate)
+    meter.add(x)
+    return meter.integrated()

@@ -9,8 +9,8 @@ import argparse
 import math
 import sys
 
+from codec.audio.io import AUDIO_EXTENSIONS
 from codec.cli import batch
-from codec.data.ingest import AUDIO_EXTENSIONS
 from codec.inference.compress import check_input_path, encode_file
 
 

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from codec.audio.io import AudioTooLongError, TruncatedAudioError, read_audio, to_mono, write_wav
+from codec.audio.io import AUDIO_EXTENSIONS, AudioTooLongError, TruncatedAudioError, read_audio, to_mono, write_wav
 from codec.audio.levels import clipped_fraction, peak_dbfs, rms_dbfs
 from codec.audio.loudness import integrated_lufs
 from codec.audio.resample import resample
@@ -53,7 +53,6 @@ from codec.files import manifest_owned, staged_dir, write_text_atomic
 from codec.parallel import parallel_map
 from codec.params import load_section
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
 MANIFEST_COLUMNS = [
     "id",
     "path",

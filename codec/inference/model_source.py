@@ -18,10 +18,11 @@ Checkpoints are untrusted (a registry or a file can come from anywhere):
   checkpoint ``checkpoint/codec.pt`` beside it (``state_dict`` + config). A registry
   URI is resolved to the version's run and that checkpoint is read with
   ``torch.load(weights_only=True)``; the pickled model is never loaded;
-- built without allocating from the config: the module is created on the ``meta``
-  device and takes its tensors from the checkpoint (``load_state_dict(assign=True)``,
-  which also refuses shapes that do not match the config), so a checkpoint whose
-  config claims a huge model costs no more memory than the file's own tensors.
+- built without allocating from the config: the inference module is created on the
+  ``meta`` device and takes its tensors (weight norm folded) from the checkpoint
+  (``load_state_dict(assign=True)``, which also refuses shapes that do not match the
+  config), so a checkpoint whose config claims a huge model costs no more memory than the
+  file's own tensors.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import torch
 from codec.errors import UserError
 from codec.model.checkpoint import read_checkpoint
 from codec.model.codec import Codec, CodecConfig
-from codec.model.serving import for_inference
+from codec.model.serving import inference_codec
 from codec.tracking import CHAMPION, CHECKPOINT_ARTIFACT, MODEL_NAME, tracking_uri
 
 DEFAULT_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
@@ -89,8 +90,9 @@ def training_loudness(ckpt: tp.Mapping[str, tp.Any]) -> float:
 
 
 def codec_from_checkpoint(path: str | Path) -> tuple[Codec, dict[str, tp.Any]]:
-    """The :class:`Codec` in the checkpoint at ``path`` (read with ``weights_only=True``)
-    and the checkpoint dict; :class:`UserError` for anything that is not a codec checkpoint."""
+    """The :class:`Codec` in the checkpoint at ``path`` (read with ``weights_only=True``), ready for
+    inference (:func:`codec.model.serving.inference_codec`: weight norm folded, channels-last), and
+    the checkpoint dict; :class:`UserError` for anything that is not a codec checkpoint."""
     ckpt = read_checkpoint(path, "cpu")
     where = f"{path}: model_config"
     config_dict = ckpt["model_config"]
@@ -102,21 +104,26 @@ def codec_from_checkpoint(path: str | Path) -> tuple[Codec, dict[str, tp.Any]]:
         raise UserError(
             f"{where} has unknown field(s) {', '.join(map(str, unknown))}; it was written by another codec version"
         )
+    state = ckpt["model"]
+    odd = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise UserError(f"{path}: model entry {odd!r} is not a named tensor; retrain or restore it")
     try:
         config = CodecConfig.from_dict(config_dict)
         config.check(where)
-        with torch.device("meta"):  # no allocation from the (untrusted) config
-            model = Codec(config)
-        model.load_state_dict(ckpt["model"], strict=True, assign=True)
+        # Built on the meta device from the config, given the checkpoint's own tensors.
+        model = inference_codec(config, state)
     except UserError:
         raise
+    except KeyError as e:
+        raise UserError(f"{path}: tensor {e} is missing; retrain or restore it") from None
     except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: the weights do not fit the model config ({first}); retrain or restore it") from None
     for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
         if tensor.is_meta:  # a tensor the module has but the checkpoint did not give it
             raise UserError(f"{path}: tensor {name} is missing; retrain or restore it")
-    return model.float().eval(), ckpt
+    return model, ckpt
 
 
 def load_model(spec: str | None) -> LoadedModel:
@@ -133,7 +140,7 @@ def load_model(spec: str | None) -> LoadedModel:
         )
     model, ckpt = codec_from_checkpoint(path)
     params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
-    return LoadedModel(for_inference(model), str(path), dict(params or {}), training_loudness(ckpt))
+    return LoadedModel(model, str(path), dict(params or {}), training_loudness(ckpt))
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -207,4 +214,4 @@ def _load_registered(uri: str) -> LoadedModel:
         model, ckpt = codec_from_checkpoint(local)
     params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
     source = f"{uri} (version {mv.version}, run {run_id})"
-    return LoadedModel(for_inference(model), source, dict(params or {}), training_loudness(ckpt))
+    return LoadedModel(model, source, dict(params or {}), training_loudness(ckpt))

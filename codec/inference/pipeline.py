@@ -9,8 +9,8 @@ through these functions.
 Encode side (:func:`prepare`, then :func:`encode_codes`):
 
 1. mix down to mono, resample to the model's rate (soxr HQ);
-2. measure BS.1770-4 integrated loudness (:func:`codec.audio.loudness.integrated_lufs`,
-   pyloudnorm's K-weighting);
+2. measure BS.1770-4 integrated loudness (:func:`codec.audio.loudness.loudness_lufs`,
+   pyloudnorm's K-weighting, the same meter ``codec encode`` streams a file through);
 3. gain to ``target_lufs``, with quiet input handled so noise is not amplified:
 
    - digital silence: gain 0 dB (there is nothing to normalize);

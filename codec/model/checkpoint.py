@@ -105,8 +105,14 @@ def model_fingerprint(model: nn.Module) -> bytes:
     source = getattr(codec, "source_fingerprint", None)
     if isinstance(source, bytes):  # a copy made for serving: identified as the model it came from
         return source
-    h = hashlib.sha256(json.dumps(codec.config.to_dict(), sort_keys=True).encode())
-    for key, tensor in sorted(codec.state_dict().items()):
+    return state_fingerprint(codec.config.to_dict(), codec.state_dict())
+
+
+def state_fingerprint(config: tp.Mapping[str, tp.Any], state: tp.Mapping[str, torch.Tensor]) -> bytes:
+    """:func:`model_fingerprint` of the model with ``config`` (its ``to_dict()``) and ``state``
+    (its ``state_dict()``, as a checkpoint stores it), without building it."""
+    h = hashlib.sha256(json.dumps(dict(config), sort_keys=True).encode())
+    for key, tensor in sorted(state.items()):
         h.update(key.encode())
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.digest()[:8]

@@ -156,8 +156,12 @@ class CodecOutput:
 
 @torch.no_grad()
 def _zero_output(conv: nn.Module) -> None:
-    """Make a weight-normalized conv output zero (its gain ``g`` and bias), trainable still."""
-    getattr(conv, "parametrizations").weight.original0.zero_()  # noqa: B009 - typed as Tensor | Module
+    """Make a weight-normalized conv output zero (its gain ``g`` and bias), trainable still
+    (a plain one, :func:`codec.model.layers.plain_convolutions`: its weight)."""
+    if hasattr(conv, "parametrizations"):
+        getattr(conv, "parametrizations").weight.original0.zero_()  # noqa: B009 - typed as Tensor | Module
+    else:
+        getattr(conv, "weight").zero_()  # noqa: B009
     bias = getattr(conv, "bias")  # noqa: B009
     if bias is not None:
         bias.zero_()

@@ -12,12 +12,34 @@ Shapes use ``B`` (batch), ``C`` (channels), ``T`` (time steps at the block's rat
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import typing as tp
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
+
+_WEIGHT_NORM: contextvars.ContextVar[bool] = contextvars.ContextVar("codec_weight_norm", default=True)
+
+
+@contextlib.contextmanager
+def plain_convolutions() -> tp.Iterator[None]:
+    """Build modules with plain convolutions instead of weight-normalized ones: the layout of a
+    model whose weights come folded from a checkpoint (:func:`codec.model.serving.inference_codec`).
+    Nothing is computed for the weight norm on construction, so a model built on the ``meta``
+    device this way costs no tracing machinery (weight norm on meta tensors imports torch's
+    symbolic-shape and dynamo modules: ~1 s of ``codec encode``'s start-up)."""
+    token = _WEIGHT_NORM.set(False)
+    try:
+        yield
+    finally:
+        _WEIGHT_NORM.reset(token)
+
+
+def _normalized(conv: nn.Module) -> nn.Module:
+    return weight_norm(conv) if _WEIGHT_NORM.get() else conv
 
 
 class Snake(nn.Module):
@@ -55,7 +77,7 @@ def wn_conv1d(
     if padding is None:
         padding = (kernel_size - 1) * dilation // 2
     conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation, padding=padding)
-    return weight_norm(conv)
+    return _normalized(conv)
 
 
 def wn_conv_transpose1d(in_channels: int, out_channels: int, stride: int) -> nn.Module:
@@ -72,7 +94,7 @@ def wn_conv_transpose1d(in_channels: int, out_channels: int, stride: int) -> nn.
         padding=math.ceil(stride / 2),
         output_padding=stride % 2,
     )
-    return weight_norm(conv)
+    return _normalized(conv)
 
 
 class ResidualUnit(nn.Module):
