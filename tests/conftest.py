@@ -57,6 +57,7 @@ def make_dvc_repo(root: Path, params_overrides: dict[str, object], stages: tuple
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # Stage deps name the code files; the stages run the installed package.
     shutil.copytree(REPO / "codec", root / "codec", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "gx", root / "gx", ignore=shutil.ignore_patterns("uncommitted"))  # validate's suites
     run_cli("git", "init", "-q", cwd=root, check=True)
     run_cli("git", "config", "user.email", "ci@example.com", cwd=root, check=True)
     run_cli("git", "config", "user.name", "ci", cwd=root, check=True)

@@ -23,12 +23,13 @@ import soxr
 from codec.audio.io import TruncatedAudioError, read_audio, write_wav
 from codec.audio.levels import rms_dbfs
 from codec.audio.limiter import limit
-from codec.audio.loudness import _k_weighting_sos, integrated_lufs, k_filter
+from codec.audio.loudness import StreamingKFilter, _k_weighting_sos, integrated_lufs, k_filter, loudness_lufs
 from codec.audio.resample import resample
 from codec.data.ingest import IngestParams, ingest
 from codec.data.normalize import LEVEL_TOLERANCE_DB, NormalizeParams, normalize, normalize_clip
 from codec.data.validate import ValidateParams, validate
 from codec.errors import DataQualityError
+from tests.conftest import REPO
 
 
 def speechlike(rng: np.random.Generator, seconds: float, sr: int = 16000) -> np.ndarray:
@@ -50,6 +51,31 @@ def test_lufs_matches_pyloudnorm(rate: int) -> None:
     ours = integrated_lufs(x, rate)
     ref = pyloudnorm.Meter(rate).integrated_loudness(x.astype(np.float64))
     assert abs(ours - ref) < 1e-3
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 44100, 48000])
+def test_k_weighting_is_pyloudnorms_design_and_the_streamed_filter_is_sosfilt(rate: int) -> None:
+    """The coefficients written out here equal pyloudnorm's K-weighting meter's; the inference
+    path's streamed float64 cascade (torchaudio's lfilter, state carried across pieces of any
+    size, down to one sample) equals scipy's sosfilt over the whole signal; and its loudness
+    equals pyloudnorm's."""
+    meter = pyloudnorm.Meter(rate)
+    theirs = np.stack([np.concatenate([f.b / f.a[0], f.a / f.a[0]]) for f in meter._filters.values()])
+    np.testing.assert_allclose(_k_weighting_sos(rate), theirs, rtol=1e-12, atol=1e-15)
+
+    rng = np.random.default_rng(rate)
+    x = speechlike(rng, 2.3, rate) * 0.3
+    whole = scipy.signal.sosfilt(_k_weighting_sos(rate), x.astype(np.float64))
+    streamed, pos, k = [], 0, StreamingKFilter(rate)
+    sizes = iter([1, 1, 2, 3, 0, 500, 1, 7777])
+    while pos < x.shape[0]:
+        size = next(sizes, 4096)
+        streamed.append(k(x[pos : pos + size]))
+        pos += size
+    np.testing.assert_allclose(np.concatenate(streamed), whole, rtol=0, atol=1e-12)
+    ref = meter.integrated_loudness(x.astype(np.float64))
+    # float64 all the way: pyloudnorm's number (the float32 batch meter is within 1e-3 of it).
+    assert abs(loudness_lufs(x, rate) - ref) < 1e-6 and abs(integrated_lufs(x, rate) - ref) < 1e-3
 
 
 def test_limiter_never_exceeds_ceiling_and_leaves_quiet_parts() -> None:
@@ -204,12 +230,13 @@ def test_peak_mode_fails_the_gate_naming_rms_spread(small_corpus: Path, tmp_path
     ingest(small_corpus, raw, IngestParams(workers=2))
     vp = ValidateParams(min_files=10)
     good = normalize(raw, tmp_path / "lufs", NormalizeParams(workers=2))
-    summary = validate(tmp_path / "lufs", raw, vp, tmp_path / "ok.json", docs_dir=None)
+    summary = validate(tmp_path / "lufs", raw, vp, tmp_path / "ok.json", docs_dir=None, gx_dir=REPO / "gx")
     assert summary["success"] and good["rms_dbfs"].std() < 1.5
     assert summary["raw"]["rms_dbfs_std"] > 5  # the field-level spread the data arrived with
     normalize(raw, tmp_path / "peak", NormalizeParams(mode="peak", workers=2))
     with pytest.raises(DataQualityError) as err:
-        validate(tmp_path / "peak", raw, ValidateParams(min_files=10, mode="peak"), tmp_path / "bad.json", None)
+        peak_params = ValidateParams(min_files=10, mode="peak")
+        validate(tmp_path / "peak", raw, peak_params, tmp_path / "bad.json", None, gx_dir=REPO / "gx")
     msg = str(err.value)
     assert "rms_spread" in msg and "expect_column_stdev_to_be_between" in msg
     assert "limit std <= 1.5 dB" in msg and "worst files:" in msg and "normalize.mode: lufs" in msg

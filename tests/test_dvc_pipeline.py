@@ -47,6 +47,17 @@ def test_dvc_repro_data_half_end_to_end(tmp_path: Path) -> None:
     for stage in ("corpus", "ingest", "normalize"):
         assert f"Running stage '{stage}'" not in third.stdout
 
+    # Each validate run joins the history (persist: DVC leaves it in place), named after the
+    # data version in dvc.lock; the Data Docs, rebuilt from it, list every run kept.
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    md5 = next(o["md5"] for o in lock["stages"]["normalize"]["outs"] if o["path"] == "data/normalized")
+    kept = sorted((repo / "reports/validate/history").glob("normalized_audio/*/*"))  # run name/run time
+    assert len(kept) == 2  # the first and the third repro (the second ran nothing)
+    assert {p.parent.name for p in kept} == {f"data-{md5.removesuffix('.dir')[:8]}_git-unknown"}  # no commit yet
+    index = (repo / "reports/validate/data_docs/index.html").read_text()
+    assert index.count('data-suite="normalized_audio" data-status="passed"') == 2
+    assert index.count('data-suite="raw_audio_profile" data-status="information"') == 2
+
     # The metric is visible to DVC.
     metrics = run_cli("dvc", "metrics", "show", "--json", cwd=repo, check=True)
     assert json.loads(metrics.stdout)[""]["data"]["reports/validate/gate.json"]["data"] == {
@@ -69,6 +80,8 @@ def test_dvc_repro_data_half_end_to_end(tmp_path: Path) -> None:
     assert exp.returncode != 0
     out = exp.stdout + exp.stderr
     assert "rms_spread" in out and "data-quality gate failed" in out
+    index = (repo / "reports/validate/data_docs/index.html").read_text()
+    assert index.count('data-suite="normalized_audio" data-status="failed"') == 1  # beside the two that passed
 
 
 def test_dvc_metrics_show_fits_a_120_column_terminal(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from codec.data.ingest import IngestParams, ingest
 from codec.data.normalize import NormalizeParams, normalize
 from codec.errors import UserError
 from codec.files import atomic_path, write_text_atomic
-from tests.conftest import make_dvc_repo, run_cli
+from tests.conftest import REPO, make_dvc_repo, run_cli
 from tests.synth import speechlike
 
 RATE = 16000
@@ -245,14 +245,18 @@ def test_clipping_is_measured_on_the_input_and_a_clipped_square_wave_is_refused(
     raw_manifest = pd.read_csv(raw / "manifest.csv").set_index("id")
     assert raw_manifest.loc["square", "clipped_fraction"] > 0.99  # measured where it happened
     with pytest.raises(UserError, match="input_clipping") as e:
-        validate(norm, raw, ValidateParams(min_files=1), tmp_path / "summary.json", None)
+        validate(norm, raw, ValidateParams(min_files=1), tmp_path / "summary.json", None, gx_dir=REPO / "gx")
     assert "square" in str(e.value)
     # With the gate switched off by its param, the failure is recorded and the stage goes on.
-    summary = validate(norm, raw, ValidateParams(min_files=1, enforce_gate=False), tmp_path / "off.json", None)
+    summary = validate(
+        norm, raw, ValidateParams(min_files=1, enforce_gate=False), tmp_path / "off.json", None, gx_dir=REPO / "gx"
+    )
     assert summary["success"] is False and summary["enforced"] is False
     assert summary["expectations"]["input_clipping"]["success"] is False
     # With the gate switched off by its param, the failure is recorded and the stage goes on.
-    summary = validate(norm, raw, ValidateParams(min_files=1, enforce_gate=False), tmp_path / "off.json", None)
+    summary = validate(
+        norm, raw, ValidateParams(min_files=1, enforce_gate=False), tmp_path / "off.json", None, gx_dir=REPO / "gx"
+    )
     assert summary["success"] is False and summary["enforced"] is False
     assert summary["expectations"]["input_clipping"]["success"] is False
 
@@ -332,6 +336,7 @@ def test_validate_replaces_its_data_docs_but_never_a_users_folder(tmp_path: Path
     normalize(raw, norm, NormalizeParams(workers=1))
     (tmp_path / "params.yaml").write_text("validate:\n  min_files: 1\n")
     base = ["codec", "validate", "--in", str(norm), "--raw", str(raw), "--params", str(tmp_path / "params.yaml")]
+    base += ["--gx", str(REPO / "gx")]
     for _ in range(2):  # the second run replaces the first run's Data Docs
         proc = run_cli(*base, "--summary", str(tmp_path / "s.json"), "--docs", str(tmp_path / "docs"), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr

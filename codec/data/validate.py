@@ -7,8 +7,12 @@ meaning, the spread is several dB, and a codec trained on it learns to shrink it
 output (the seed's model came out at 47 % amplitude). That is refused here,
 before a GPU hour is spent.
 
-The same suite also runs, for information only, over the raw manifest, so the
-Data Docs and the summary show the spread before and after normalization.
+The suites live in ``gx/`` (a GX file context committed with the code, see
+``codec.data.gx_project``): ``normalized_audio`` is the gate, its thresholds are suite
+parameters filled from params.yaml; ``raw_audio_profile`` reports the raw manifest's
+levels for information only, so the spread before and after normalization sit side by
+side. Each run is kept in a validation history under a run name (data version and
+commit), and the Data Docs are rebuilt from that history, readable offline.
 
 Outputs: a JSON summary (a DVC metric), GX Data Docs (HTML), and on failure exit
 code 3 with a message naming each failed expectation, the observed value, the
@@ -18,21 +22,26 @@ limit and the worst files.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
+import tempfile
 import typing as tp
 from pathlib import Path
 
 import pandas as pd
 
+from codec.data import gx_project
 from codec.data.manifest import read_manifest
 from codec.errors import DataQualityError, UserError
 from codec.files import check_output_folder, write_text_atomic
 from codec.params import from_dict, read_params
+
+if tp.TYPE_CHECKING:
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context import FileDataContext
 
 LEVEL_COLUMNS = ("lufs", "rms_dbfs", "peak_dbfs", "duration_s", "clipped_fraction")
 
@@ -80,12 +89,32 @@ class CheckResult:
     worst_files: list[str]
 
 
-def _checks(p: ValidateParams) -> list[tuple[Check, tp.Any]]:
-    import great_expectations.expectations as gxe
+# The checkpoints in gx/checkpoints/ the stage runs, and the suites they validate.
+GATE_CHECKPOINT = "normalized_audio_gate"
+PROFILE_CHECKPOINT = "raw_audio_profile"
+NOT_NULL_COLUMNS = ("id", "path", "duration_s", "sample_rate", "lufs", "rms_dbfs", "peak_dbfs", "clipped_fraction")
 
-    lo, hi = p.target_lufs - p.lufs_tolerance, p.target_lufs + p.lufs_tolerance
-    ceiling = p.peak_ceiling_db + p.peak_margin_db
-    columns = ["id", "path", "duration_s", "sample_rate", "lufs", "rms_dbfs", "peak_dbfs", "clipped_fraction"]
+
+def suite_parameters(p: ValidateParams) -> dict[str, tp.Any]:
+    """The values of the gate suite's ``$PARAMETER`` thresholds (gx/expectations/normalized_audio.json)."""
+    return {
+        "max_rms_spread_db": p.max_rms_spread_db,
+        "lufs_min": p.target_lufs - p.lufs_tolerance,
+        "lufs_max": p.target_lufs + p.lufs_tolerance,
+        "peak_ceiling_dbfs": p.peak_ceiling_db + p.peak_margin_db,
+        "max_clipped_fraction": p.max_clipped_fraction,
+        "max_input_clipped_fraction": p.max_input_clipped_fraction,
+        "min_duration_s": p.min_duration_s,
+        "max_duration_s": p.max_duration_s,
+        "sample_rates": [p.sample_rate],
+        "min_files": p.min_files,
+    }
+
+
+def _checks(p: ValidateParams) -> dict[str, Check]:
+    """What the gate reports for each expectation of the suite, keyed by its ``meta.check``."""
+    s = suite_parameters(p)
+    lo, hi, ceiling = s["lufs_min"], s["lufs_max"], s["peak_ceiling_dbfs"]
 
     def dist_from_median(col: str) -> tp.Callable[[pd.DataFrame], pd.Series]:
         return lambda df: (df[col] - df[col].median()).abs()
@@ -93,77 +122,37 @@ def _checks(p: ValidateParams) -> list[tuple[Check, tp.Any]]:
     def outside(col: str, a: float, b: float) -> tp.Callable[[pd.DataFrame], pd.Series]:
         return lambda df: (df[col] - df[col].clip(a, b)).abs()
 
-    return [
-        (
-            Check("rms_spread", "rms_dbfs", f"std <= {p.max_rms_spread_db} dB", dist_from_median("rms_dbfs"), " dB"),
-            gxe.ExpectColumnStdevToBeBetween(column="rms_dbfs", min_value=0.0, max_value=p.max_rms_spread_db),
+    checks = [
+        Check("rms_spread", "rms_dbfs", f"std <= {p.max_rms_spread_db} dB", dist_from_median("rms_dbfs"), " dB"),
+        Check("loudness", "lufs", f"{lo:.2f}..{hi:.2f} LUFS", outside("lufs", lo, hi), " LUFS"),
+        Check("peak_ceiling", "peak_dbfs", f"<= {ceiling:.2f} dBFS", outside("peak_dbfs", -1e9, ceiling), " dBFS"),
+        Check(
+            "clipping",
+            "clipped_fraction",
+            f"<= {p.max_clipped_fraction}",
+            outside("clipped_fraction", 0.0, p.max_clipped_fraction),
         ),
-        (
-            Check("loudness", "lufs", f"{lo:.2f}..{hi:.2f} LUFS", outside("lufs", lo, hi), " LUFS"),
-            gxe.ExpectColumnValuesToBeBetween(column="lufs", min_value=lo, max_value=hi),
+        # Measured on the recording as it arrived (data/raw's clipped_fraction): the
+        # limiter in normalize turns a clipped take into one that reads 0 % clipped
+        # after it, so only the input shows that the waveform was flattened.
+        Check(
+            "input_clipping",
+            "input_clipped_fraction",
+            f"<= {p.max_input_clipped_fraction} of the input's samples at full scale",
+            outside("input_clipped_fraction", 0.0, p.max_input_clipped_fraction),
         ),
-        (
-            Check("peak_ceiling", "peak_dbfs", f"<= {ceiling:.2f} dBFS", outside("peak_dbfs", -1e9, ceiling), " dBFS"),
-            gxe.ExpectColumnValuesToBeBetween(column="peak_dbfs", max_value=ceiling),
+        Check(
+            "duration",
+            "duration_s",
+            f"{p.min_duration_s}..{p.max_duration_s} s",
+            outside("duration_s", p.min_duration_s, p.max_duration_s),
+            " s",
         ),
-        (
-            Check(
-                "clipping",
-                "clipped_fraction",
-                f"<= {p.max_clipped_fraction}",
-                outside("clipped_fraction", 0.0, p.max_clipped_fraction),
-            ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="clipped_fraction", min_value=0.0, max_value=p.max_clipped_fraction
-            ),
-        ),
-        (
-            # Measured on the recording as it arrived (data/raw's clipped_fraction): the
-            # limiter in normalize turns a clipped take into one that reads 0 % clipped
-            # after it, so only the input shows that the waveform was flattened.
-            Check(
-                "input_clipping",
-                "input_clipped_fraction",
-                f"<= {p.max_input_clipped_fraction} of the input's samples at full scale",
-                outside("input_clipped_fraction", 0.0, p.max_input_clipped_fraction),
-            ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="input_clipped_fraction", min_value=0.0, max_value=p.max_input_clipped_fraction
-            ),
-        ),
-        (
-            Check(
-                "duration",
-                "duration_s",
-                f"{p.min_duration_s}..{p.max_duration_s} s",
-                outside("duration_s", p.min_duration_s, p.max_duration_s),
-                " s",
-            ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="duration_s", min_value=p.min_duration_s, max_value=p.max_duration_s
-            ),
-        ),
-        (
-            Check(
-                "sample_rate",
-                "sample_rate",
-                f"== {p.sample_rate} Hz",
-                _differs("sample_rate", p.sample_rate),
-            ),
-            gxe.ExpectColumnValuesToBeInSet(column="sample_rate", value_set=[p.sample_rate]),
-        ),
-        *[
-            (
-                Check(f"not_null:{c}", c, "no nulls", _is_null(c)),
-                gxe.ExpectColumnValuesToNotBeNull(column=c),
-            )
-            for c in columns
-        ],
-        (
-            Check("min_files", None, f">= {p.min_files} files", None),
-            gxe.ExpectTableRowCountToBeBetween(min_value=p.min_files),
-        ),
+        Check("sample_rate", "sample_rate", f"== {p.sample_rate} Hz", _differs("sample_rate", p.sample_rate)),
+        *[Check(f"not_null:{c}", c, "no nulls", _is_null(c)) for c in NOT_NULL_COLUMNS],
+        Check("min_files", None, f">= {p.min_files} files", None),
     ]
+    return {c.name: c for c in checks}
 
 
 def _differs(col: str, value: float) -> tp.Callable[[pd.DataFrame], pd.Series]:
@@ -200,69 +189,49 @@ def _observed(result: tp.Any) -> tp.Any:
     return None
 
 
+def _unknown_check(config: tp.Any) -> Check:
+    """An expectation added to the suite without a ``meta.check`` this module knows: reported by
+    its type and column, its limit read from its (resolved) arguments."""
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "column")}
+    column = config.kwargs.get("column")
+    name = f"{config.type}:{column}" if column else config.type
+    return Check(name, column, ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "see the suite", None)
+
+
 def run_suite(
-    df: pd.DataFrame, p: ValidateParams, docs_dir: Path | None, raw: pd.DataFrame | None = None
+    ctx: FileDataContext,
+    df: pd.DataFrame,
+    raw: pd.DataFrame,
+    p: ValidateParams,
+    run_id: RunIdentifier,
+    where: tuple[str, str],
 ) -> list[CheckResult]:
-    """Validate ``df`` (the normalized manifest) with GX; build Data Docs into ``docs_dir``.
+    """Validate ``df`` (the normalized manifest) with the gate's checkpoint and ``raw`` with the
+    profile's (information only), both under ``run_id``; return the gate's results.
 
-    When ``raw`` is given, the same suite also runs over it (information only).
+    ``ctx`` is the file context (:func:`codec.data.gx_project.open_context`); ``where`` names
+    the two manifests for messages.
     """
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-
-    ctx = gx.get_context(mode="ephemeral")
-    with contextlib.suppress(Exception):  # cosmetic only: GX's per-metric progress bars
-        ctx.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore[assignment]
-    if docs_dir is not None:
-        docs_dir.mkdir(parents=True, exist_ok=True)
-        ctx.add_data_docs_site(
-            site_name="local",
-            site_config={
-                "class_name": "SiteBuilder",
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(docs_dir.resolve()),
-                },
-            },
-        )
-    source = ctx.data_sources.add_pandas("manifests")
+    checks = _checks(p)
+    gate = gx_project.run_checkpoint(ctx, GATE_CHECKPOINT, df, suite_parameters(p), run_id, where[0])
+    gx_project.run_checkpoint(ctx, PROFILE_CHECKPOINT, raw, {}, run_id, where[1])
     results: list[CheckResult] = []
-    frames = [("normalized_audio", df)] + ([("raw_audio_profile", raw)] if raw is not None else [])
-    for suite_name, frame in frames:
-        asset = source.add_dataframe_asset(suite_name)
-        batch = asset.add_batch_definition_whole_dataframe("all")
-        suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name))
-        # Fresh expectation objects per suite: GX binds each to the suite it is added to.
-        applicable = [(c, e) for c, e in _checks(p) if c.column is None or c.column in frame.columns]
-        for c, e in applicable:
-            e.meta = {"check": c.name}  # GX may return results in another order
-            suite.add_expectation(e)
-        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
-        actions: list[tp.Any] = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if docs_dir else []
-        cp = ctx.checkpoints.add(
-            gx.Checkpoint(name=f"{suite_name}_checkpoint", validation_definitions=[vd], actions=actions)
-        )
-        res = cp.run(batch_parameters={"dataframe": frame})
-        if suite_name != "normalized_audio":
-            continue
-        (vr,) = res.run_results.values()
-        by_name = {c.name: c for c, _ in applicable}
-        for r in vr.results:
-            config = r.expectation_config
-            assert config is not None and config.meta is not None
-            check = by_name[config.meta["check"]]
-            results.append(
-                CheckResult(
-                    name=check.name,
-                    expectation=config.type,
-                    column=check.column,
-                    success=bool(r.success),
-                    observed=_observed(r),
-                    limit=check.limit,
-                    worst_files=[] if r.success else _worst(check, frame),
-                )
+    for r in gate.results:
+        config = r.expectation_config
+        assert config is not None
+        name = (config.meta or {}).get("check")  # GX may return results in another order
+        check = checks[name] if name in checks else _unknown_check(config)
+        results.append(
+            CheckResult(
+                name=check.name,
+                expectation=config.type,
+                column=check.column,
+                success=bool(r.success),
+                observed=_observed(r),
+                limit=check.limit,
+                worst_files=[] if r.success else _worst(check, df),
             )
+        )
     return results
 
 
@@ -314,15 +283,43 @@ def failure_message(failed: list[CheckResult], p: ValidateParams) -> str:
 
 
 def validate(
-    normalized: Path, raw: Path | None, p: ValidateParams, summary_path: Path, docs_dir: Path | None
+    normalized: Path,
+    raw: Path,
+    p: ValidateParams,
+    summary_path: Path,
+    docs_dir: Path | None,
+    *,
+    gx_dir: Path,
+    history_dir: Path | None = None,
+    keep_runs: int = gx_project.KEEP_RUNS,
+    run_name: str | None = None,
 ) -> dict[str, tp.Any]:
-    """Run the gate; write the summary (and Data Docs). Raises ``DataQualityError`` on failure."""
+    """Run the gate with the suites of ``gx_dir``; write the summary (and Data Docs).
+
+    The results join the history in ``history_dir`` (the newest ``keep_runs`` runs are kept;
+    none without one) as run ``run_name`` (default: data version and commit, see
+    :func:`codec.data.gx_project.run_name`), and the Data Docs in ``docs_dir`` are built
+    from that whole history.
+    Raises ``DataQualityError`` on failure, after the summary and the Data Docs are written.
+    """
     df = read_manifest(normalized, required=("id", "path"))
-    raw_df = read_manifest(raw) if raw is not None else None
-    if raw_df is not None and "clipped_fraction" in raw_df.columns:
+    raw_df = read_manifest(raw)
+    if "clipped_fraction" in raw_df.columns:
         inputs = raw_df[["id", "clipped_fraction"]].rename(columns={"clipped_fraction": "input_clipped_fraction"})
         df = df.merge(inputs, on="id", how="left", validate="one_to_one")
-    results = run_suite(df, p, docs_dir, raw_df)
+    where = (
+        f"{normalized / 'manifest.csv'} (with {raw / 'manifest.csv'}'s clipped_fraction as input_clipped_fraction)",
+        str(raw / "manifest.csv"),
+    )
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    with tempfile.TemporaryDirectory(prefix="codec-validate-") as scratch:
+        history = history_dir or Path(scratch) / "history"
+        ctx = gx_project.open_context(gx_dir, history, docs_dir or Path(scratch) / "data_docs")
+        run_id = gx_project.run_identifier(run_name or gx_project.run_name(normalized))
+        results = run_suite(ctx, df, raw_df, p, run_id, where)
+        gx_project.prune_history(ctx, history, keep_runs)
+        if docs_dir is not None:
+            gx_project.build_docs(ctx, docs_dir)
     failed = [r for r in results if not r.success]
 
     def clean(v: tp.Any) -> tp.Any:
@@ -333,7 +330,7 @@ def validate(
         "enforced": p.enforce_gate,
         "files": len(df),
         "failed_expectations": len(failed),
-        "raw": level_profile(raw_df) if raw_df is not None else {},
+        "raw": level_profile(raw_df),
         "normalized": level_profile(df),
         "expectations": {
             r.name: {
@@ -361,10 +358,23 @@ def validate(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="normalized", type=Path, required=True, help="normalized clips (data/normalized)")
-    parser.add_argument("--raw", type=Path, help="ingested clips (data/raw), profiled for comparison")
+    parser.add_argument(
+        "--raw", type=Path, required=True, help="ingested clips (data/raw): input clipping, level profile"
+    )
     parser.add_argument("--summary", type=Path, required=True, help="JSON summary to write (every expectation)")
     parser.add_argument("--headline", type=Path, help="the gate's few numbers (a DVC metric)")
-    parser.add_argument("--docs", type=Path, help="folder for the Great Expectations Data Docs (HTML)")
+    parser.add_argument("--docs", type=Path, help="folder for the GX Data Docs (HTML), rebuilt each run")
+    parser.add_argument("--gx", type=Path, default=Path("gx"), help="the Great Expectations project (default: gx)")
+    parser.add_argument(
+        "--history", type=Path, help="folder that keeps the validation results across runs (none kept without it)"
+    )
+    parser.add_argument(
+        "--keep-runs",
+        type=int,
+        default=gx_project.KEEP_RUNS,
+        metavar="N",
+        help="runs the history keeps, newest first (default: %(default)s)",
+    )
     parser.add_argument("--params", default="params.yaml")
 
 
@@ -389,20 +399,55 @@ def _docs_owned(folder: Path) -> bool:
     return "index.html" in names and names <= DATA_DOCS_ENTRIES
 
 
+def check_history_folder(folder: Path, inputs: tp.Sequence[Path]) -> None:
+    """``--history`` is new, empty, or a GX validation results store (GX marks one with
+    ``.ge_store_backend_id``): the stage adds to it and deletes its old runs, so a folder of
+    anything else, or one around or inside the data, is refused before it is touched."""
+    where = folder.resolve()
+    for item in inputs:
+        src = item.resolve()
+        if where == src or where.is_relative_to(src) or src.is_relative_to(where):
+            raise UserError(f"--history {folder} overlaps the input {item}; keep the history apart from the data")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--history {folder} exists and is not a folder; remove it or choose another folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / ".ge_store_backend_id").is_file():
+        example = sorted(p.name for p in folder.iterdir())[0]
+        raise UserError(
+            f"--history {folder} holds files that are not a validation history (e.g. {example!r}), and the stage "
+            "deletes old runs there; choose a new or empty folder"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
+    if args.keep_runs < 1:
+        raise UserError(f"--keep-runs {args.keep_runs}: the history keeps at least the run that made it; give N >= 1")
+    inputs = [args.normalized, args.raw]
+    if args.history is not None:
+        check_history_folder(args.history, inputs)
     if args.docs is not None and args.docs.exists():
         import shutil
 
         # Only a folder of Data Docs (or an empty one) is cleared: --docs pointed at
         # anything else is refused before it is touched.
-        check_output_folder(args.docs, inputs=[args.normalized, *([args.raw] if args.raw else [])], owned=_docs_owned)
+        check_output_folder(args.docs, inputs=inputs, owned=_docs_owned)
         shutil.rmtree(args.docs)
+    name = gx_project.run_name(args.normalized)
     try:
-        summary = validate(args.normalized, args.raw, params, args.summary, args.docs)
+        summary = validate(
+            args.normalized,
+            args.raw,
+            params,
+            args.summary,
+            args.docs,
+            gx_dir=args.gx,
+            history_dir=args.history,
+            keep_runs=args.keep_runs,
+            run_name=name,
+        )
     except UserError:
-        if args.docs is not None:
-            print(f"codec validate: Data Docs: {args.docs / 'index.html'}")
+        if args.docs is not None and (args.docs / "index.html").is_file():
+            print(f"codec validate: run {name}; Data Docs: {args.docs / 'index.html'}")
         raise
     n = summary["normalized"]
     r = summary["raw"]
@@ -419,6 +464,8 @@ def run(args: argparse.Namespace) -> int:
             f"loudness {r.get('lufs_mean', float('nan')):.1f} ± {r.get('lufs_std', float('nan')):.1f} -> "
             f"{n['lufs_mean']:.2f} ± {n['lufs_std']:.2f} LUFS"
         )
+    kept = f", kept in {args.history} (newest {args.keep_runs} runs)" if args.history is not None else ""
+    print(f"  run {name}{kept}")
     if args.docs is not None:
         print(f"  Data Docs: {args.docs / 'index.html'}")
     if args.headline is not None:
