@@ -7,14 +7,20 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: setup demo test lint typecheck flow clean-data seed-experiment
+.PHONY: setup params demo test lint typecheck flow clean-data seed-experiment compare
 
 setup:
 	@[ -x "$(UV)" ] || $(SYSTEM_PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)"
 	$(UV) sync --frozen --compile-bytecode $(foreach e,$(EXTRAS),--extra $(e))
 	@echo "environment ready in .venv/ (source .venv/bin/activate to use 'codec', 'dvc', 'mlflow', 'prefect')"
 
-demo:
+# params.yaml from conf/ (DVC's Hydra composition, what every `dvc exp run` does before it runs):
+# after editing conf/, for `dvc repro`. PARAMS="train=gpu promote=gpu" composes a profile.
+params:
+	python -c "import sys; from dvc.utils.hydra import compose_and_dump; \
+		compose_and_dump('params.yaml', '$(CURDIR)/conf', None, 'config', '', sys.argv[1:])" $(PARAMS)
+
+demo: params
 	dvc repro
 	-dvc push
 	@echo
@@ -26,6 +32,13 @@ demo:
 flow:
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
 		python -m flows.pipeline run $(FLOW_ARGS)
+
+# Experiments side by side in a terminal (dvc exp show): the params that differ and the headline
+# metrics, without the columns of code and data hashes; fits 120 columns (tests/test_dvc_pipeline.py).
+# More: make compare COMPARE_ARGS="-A" (every commit), COMPARE_ARGS="--sort-by worst_pesq".
+COMPARE_DROP := Created|(codec|data|models|gx|reports)(/.*)?
+compare:
+	dvc exp show --no-pager --only-changed --drop '$(COMPARE_DROP)' $(COMPARE_ARGS)
 
 # The seed's claim as a grid (experiments/seed_grid.py): normalize.mode peak/rms/lufs x the
 # seed's loss recipe and ours, each a queued DVC experiment (gate off, stops after evaluate),

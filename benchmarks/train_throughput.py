@@ -4,7 +4,7 @@ quality reached in a fixed training time.
 CPU: fp32 for the demo model (params.yaml) and, side by side in this process, the
 tiny test model as an anchor; prints the ratio. GPU (when present): the GPU profile
 model in fp32 (TF32 off) and bf16 autocast, and prints bf16 / fp32; then trains the
-GPU profile (``params-gpu.yaml``) on ``data/normalized`` for each of
+GPU profile (``conf/train/gpu.yaml``) on ``data/normalized`` for each of
 ``--quality-minutes`` (default 10 and 20, cumulative: one run, resumed) and prints the
 held-out SNR, mel distance and amplitude ratio at the top bitrate after each.
 
@@ -33,6 +33,8 @@ from codec.training.dataset import read_clips, split_clips
 from codec.training.loop import train
 from codec.training.losses import MultiScaleMelLoss
 from codec.training.params import TrainParams
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # A few-thousand-parameter model: the CPU run of the same code path.
 TINY = CodecConfig(
@@ -94,13 +96,22 @@ def held_out(model: Codec, params: TrainParams, data: Path, max_clips: int = 32)
     }
 
 
+def composed_params(option: str) -> Path:
+    """params.yaml composed from conf/ with ``train=<option>``, as ``dvc exp run -S train=<option>`` writes it."""
+    from dvc.utils.hydra import compose_and_dump
+
+    out = Path(tempfile.mkdtemp(prefix="train-profile-")) / "params.yaml"
+    compose_and_dump(out, str(ROOT / "conf"), None, "config", "", [f"train={option}"])
+    return out
+
+
 def quality_in_time(
     minutes: list[float], profile: str, data: Path, device: str, precision: str | None, keep: Path | None = None
 ) -> list[tuple[float, int, dict[str, float]]]:
     """Train ``profile``'s train section for ``minutes`` (cumulative marks, one run resumed at
     each) and score the held-out clips at every mark: (minutes, step, scores). With ``keep``,
     the last checkpoint (weights, optimizer, history) is copied there."""
-    base = load_section(TrainParams, "train", profile)
+    base = load_section(TrainParams, "train", composed_params(profile))
     base = dataclasses.replace(base, device=device, precision=precision or base.precision, progress=False, resume=False)  # type: ignore[arg-type]
     rows = []
     with tempfile.TemporaryDirectory(prefix="train-quality-") as out:
@@ -124,7 +135,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quality-minutes", type=float, nargs="*", default=None, help="GPU default: 10 20")
     ap.add_argument("--quality-device", choices=["cuda", "cpu"], default="cuda")
-    ap.add_argument("--profile", default="params-gpu.yaml", help="params file whose train section is trained")
+    ap.add_argument("--profile", default="gpu", help="the train option of conf/ to train (conf/train/NAME.yaml)")
     ap.add_argument("--data", type=Path, default=Path("data/normalized"))
     ap.add_argument("--keep", type=Path, default=None, help="copy the quality run's last checkpoint into this folder")
     a = ap.parse_args()

@@ -18,9 +18,10 @@ aliases) and written to ``experiments/champion_path.md``::
     python experiments/champion_path.py            # about 15 min on 2 cores after make demo
     python experiments/champion_path.py --only seed-recipe
 
-The seed's loss weights have keys with a ``/``, which ``dvc exp run -S`` cannot name; they are
-applied with ``codec profile`` from ``experiments/params-seed-recipe.yaml`` for the moment the
-experiment starts (it snapshots the workspace) and params.yaml is put back right after.
+The seed's recipe is a train option of conf/ (``conf/train/seed-recipe.yaml``), chosen with
+``-S train=seed-recipe`` like any other profile. Each promotion's result is read back from
+MLflow: the candidate's run (its ``decision`` and ``gates`` tags, its worst-set metric) and the
+registry's aliases (a rejected candidate has no version).
 """
 
 from __future__ import annotations
@@ -36,35 +37,46 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-EXPERIMENTS: dict[str, dict[str, tp.Any]] = {
-    "seed-recipe": {"profile": "experiments/params-seed-recipe.yaml", "set": {}},
-    "fewer-steps": {"profile": None, "set": {"train.steps": 1000}},
-    "more-steps": {"profile": None, "set": {"train.steps": 3000}},
+EXPERIMENTS: dict[str, list[str]] = {
+    "seed-recipe": ["train=seed-recipe"],
+    "fewer-steps": ["train.steps=1000"],
+    "more-steps": ["train.steps=3000"],
 }
 
 
-def registry_state(uri: str, name: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+def registry_state(uri: str, name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(alias -> version, run id -> version) of the registered model."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     aliases = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
-    versions = {str(mv.version): dict(mv.tags) for mv in client.search_model_versions(f"name = '{name}'")}
+    versions = {str(mv.run_id): str(mv.version) for mv in client.search_model_versions(f"name = '{name}'")}
     return aliases, versions
 
 
-def run_one(name: str, spec: dict[str, tp.Any], env: dict[str, str]) -> float:
-    from codec.cli.profile import apply
+def newest_candidate(uri: str) -> tp.Any:
+    """The newest run codec promote decided on (every candidate's run carries a decision tag)."""
+    from mlflow import MlflowClient
 
-    params = ROOT / "params.yaml"
-    original = params.read_text()
-    try:
-        if spec["profile"]:
-            apply(str(ROOT / spec["profile"]), params)
-        sets = [x for k, v in spec["set"].items() for x in ("-S", f"{k}={v}")]
-        start = time.monotonic()
-        proc = subprocess.run(["dvc", "exp", "run", "--temp", "-f", "-n", name, *sets], cwd=ROOT, env=env)
-    finally:
-        params.write_text(original)
+    from codec.tracking import EXPERIMENT
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs(
+        [exp.experiment_id], "tags.decision != ''", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0]
+
+
+def worst_mel(run: tp.Any) -> str:
+    found = [v for k, v in run.data.metrics.items() if k.startswith("worst_set/mel_distance_")]
+    return f"{found[0]:.5f}" if found else "n/a"
+
+
+def run_one(name: str, sets: list[str], env: dict[str, str]) -> float:
+    start = time.monotonic()
+    args = [x for s in sets for x in ("-S", s)]
+    proc = subprocess.run(["dvc", "exp", "run", "--temp", "-f", "-n", name, *args], cwd=ROOT, env=env)
     if proc.returncode != 0:
         sys.exit(f"dvc exp run {name} failed ({proc.returncode})")
     return time.monotonic() - start
@@ -82,26 +94,25 @@ def main() -> int:
     champion = aliases.get("champion")
     if champion is None:
         sys.exit("no @champion in ./mlflow.db: run make demo first (it must end with one)")
+    before = newest_candidate(uri)
     lines = [
         "# The registry's comparison path (`python experiments/champion_path.py`)",
         "",
-        f"Before: `@champion` = version {champion} "
-        f"({versions[champion].get('gate_profile', '?')} gates, worst-set mel distance "
-        f"{versions[champion].get(next((t for t in versions[champion] if t.startswith('worst.')), ''), '?')}).",
+        f"Before: `@champion` = version {champion} ({before.data.tags.get('gates', '?')}; worst-set mel "
+        f"distance {worst_mel(before)}).",
         "",
-        "| experiment | minutes | version | decision | failed gates | worst-set mel | aliases after |",
-        "| --- | ---: | ---: | --- | --- | ---: | --- |",
+        "| experiment | minutes | decision | version | gates | worst-set mel | aliases after |",
+        "| --- | ---: | --- | ---: | --- | ---: | --- |",
     ]
     for name in args.only or list(EXPERIMENTS):
         seconds = run_one(name, EXPERIMENTS[name], env)
+        run = newest_candidate(uri)
         aliases, versions = registry_state(uri, MODEL_NAME)
-        newest = max(versions, key=int)
-        tags = versions[newest]
-        mel = next((v for t, v in tags.items() if t.startswith("worst.") and t.endswith("mel_distance")), "n/a")
         after = ", ".join(f"@{a} = v{v}" for a, v in sorted(aliases.items()))
         lines.append(
-            f"| {name} | {seconds / 60:.1f} | {newest} | {tags.get('decision')} | {tags.get('failed_gates')} | "
-            f"{mel} | {after} |"
+            f"| {name} | {seconds / 60:.1f} | {run.data.tags.get('decision')} | "
+            f"{versions.get(run.info.run_id, '- (a run, no version)')} | {run.data.tags.get('gates')} | "
+            f"{worst_mel(run)} | {after} |"
         )
         print(lines[-1], flush=True)
     (ROOT / "experiments" / "champion_path.md").write_text("\n".join(lines) + "\n")

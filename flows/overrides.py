@@ -123,3 +123,40 @@ def apply_overrides(repo: Path, overrides: tp.Mapping[str, tp.Any]) -> dict[str,
         shutil.copyfile(trial, path)
     after = flatten(yaml.safe_load(path.read_text()) or {})
     return {k: (before.get(k), after.get(k)) for k in overrides if before.get(k) != after.get(k)}
+
+
+def compose_profile(repo: Path, choices: tp.Sequence[str]) -> dict[str, tuple[tp.Any, tp.Any]]:
+    """Write ``repo/params.yaml`` composed from the repository's Hydra config (``conf/``, as
+    ``.dvc/config``'s ``hydra`` section names it) with the group ``choices`` (``["train=gpu",
+    "promote=gpu"]``): what ``dvc exp run -S train=gpu -S promote=gpu`` writes before it runs,
+    through the same DVC helper. Checked by every stage's loader on a copy first; returns
+    ``{key: (old, new)}`` for what changed."""
+    if not choices:
+        return {}
+    from dvc.repo import Repo
+    from dvc.utils.hydra import compose_and_dump
+
+    bad = [c for c in choices if "=" not in c or c.startswith(("+", "~"))]
+    if bad:
+        raise ValueError(f"profile choices are GROUP=OPTION (like train=gpu), got {', '.join(map(repr, bad))}")
+    with Repo(str(repo)) as dvc_repo:
+        hydra = dict(dvc_repo.config.get("hydra", {}))
+    if not hydra.get("enabled"):
+        raise ValueError(f"{repo}: Hydra composition is off in .dvc/config, so there are no profiles to choose")
+    config_dir = (repo / hydra.get("config_dir", "conf")).resolve()
+    path = repo / PARAMS_FILE
+    before = flatten(yaml.safe_load(path.read_text()) or {})
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / PARAMS_FILE
+        label = f"params composed from {config_dir} with {', '.join(choices)}"
+        try:
+            compose_and_dump(trial, str(config_dir), None, hydra.get("config_name", "config"), "", list(choices))
+        except Exception as e:  # Hydra's errors name the group and the options it has
+            said = str(e).split("\nConfig search path")[0].strip()
+            said = re.sub(r"\s*\n\s*", " ", said.replace(":\n\t", ": ").replace("\n\t", ", "))
+            raise ValueError(f"{label}: refused: {said}") from None
+        check_params(trial, label=label)
+        shutil.copyfile(trial, path)
+    after = flatten(yaml.safe_load(path.read_text()) or {})
+    return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
+

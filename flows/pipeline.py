@@ -39,7 +39,7 @@ from flows.dvc_stages import (
     repro_stage,
     retry_env,
 )
-from flows.overrides import apply_overrides, collect_overrides, parse_assignment
+from flows.overrides import apply_overrides, collect_overrides, compose_profile, parse_assignment
 
 # Stage names from the project's contract (dvc.yaml's stages); their reports feed the artifacts.
 DATA_QUALITY_STAGE = "validate"
@@ -188,6 +188,7 @@ def publish_artifacts(
 @flow(name="codec-pipeline", log_prints=True)
 def codec_pipeline(
     repo: str = ".",
+    profile: list[str] | None = None,
     set_params: dict[str, tp.Any] | None = None,
     params_file: str | None = None,
     force: list[str] | None = None,
@@ -203,6 +204,8 @@ def codec_pipeline(
 
     Args:
         repo: the DVC repository (the project root).
+        profile: Hydra group choices (``["train=gpu", "promote=gpu"]``): params.yaml is composed
+            from conf/ with them first, as ``dvc exp run -S train=gpu`` does; none: as it is.
         set_params: dotted overrides written into params.yaml first, like ``dvc exp run -S``
             (``{"normalize.mode": "peak"}``); see :mod:`flows.overrides` for why in place.
         params_file: a YAML file of (partial) params.yaml sections, applied before ``set_params``.
@@ -219,7 +222,8 @@ def codec_pipeline(
     force = list(force or [])
     chosen = select_stages(all_stages, stages, until, force)
     logger.info("pipeline (from dvc.yaml): %s; this run: %s", [s.name for s in all_stages], [s.name for s in chosen])
-    changed = apply_overrides(root, collect_overrides(Path(params_file) if params_file else None, set_params))
+    changed = compose_profile(root, profile or [])
+    changed.update(apply_overrides(root, collect_overrides(Path(params_file) if params_file else None, set_params)))
     for key, (old, new) in changed.items():
         logger.info("params.yaml: %s: %r -> %r", key, old, new)
 
@@ -260,6 +264,7 @@ def _assignments(values: list[str] | None) -> dict[str, tp.Any]:
 def _flow_parameters(args: argparse.Namespace) -> dict[str, tp.Any]:
     return {
         "repo": str(Path(args.repo).resolve()),
+        "profile": args.profile or None,
         "set_params": _assignments(args.set) or None,
         "params_file": args.params_file,
         "force": args.force or None,
@@ -277,6 +282,12 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
     serve_p = sub.add_parser("serve", help="serve the flow on a cron schedule (runs until stopped)")
     for p in (run_p, serve_p):
         p.add_argument("--repo", default=".", help="the DVC repository (default: the current directory)")
+        p.add_argument(
+            "--profile",
+            action="append",
+            metavar="GROUP=OPTION",
+            help="compose params.yaml from conf/ with this choice first, e.g. train=gpu (repeatable)",
+        )
         p.add_argument("--set", "-S", action="append", metavar="KEY=VALUE", help="param override, like dvc exp run -S")
         p.add_argument("--params-file", help="YAML with params.yaml sections to apply before --set")
         p.add_argument("--force", action="append", metavar="STAGE", help="run STAGE even if up to date (repeatable)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -84,29 +85,112 @@ def test_dvc_repro_data_half_end_to_end(tmp_path: Path) -> None:
     assert index.count('data-suite="normalized_audio" data-status="failed"') == 1  # beside the two that passed
 
 
-def test_dvc_metrics_show_fits_a_120_column_terminal(tmp_path: Path) -> None:
-    """The headline metrics dvc.yaml declares, as the last `dvc repro` here wrote them: one
-    column per number (the stages share names), in 120 columns, without --precision or --json."""
+def in_terminal(cmd: list[str], cwd: Path, columns: int = 120) -> str:
+    """What ``cmd`` prints on a terminal ``columns`` wide (a pseudo-terminal: DVC sizes its tables
+    to the terminal and hides the columns that do not fit behind ``…``), colours stripped."""
+    import fcntl
+    import pty
+    import re
+    import select
+    import struct
     import subprocess
+    import termios
 
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen(cmd, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, env={**env, "TERM": "xterm"})
+    os.close(slave)
+    out = b""
+    while select.select([master], [], [], 120)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=60) == 0, out.decode(errors="replace")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace")).replace("\r", "")
+
+
+def test_dvc_metrics_and_experiments_fit_a_120_column_terminal(tmp_path: Path) -> None:
+    """The metrics files dvc.yaml declares, with the values the last `dvc repro` here wrote, in a
+    real DVC repo whose stages have the project's metric files and dependency paths: `dvc metrics
+    show` and `make compare` (dvc exp show --only-changed without the hash columns) of three
+    experiments fit a 120-column terminal with nothing hidden, and every metric keeps its bare name
+    (DVC prefixes a name two files share with the file's path)."""
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
     declared = [next(iter(m)) for st in dvc_yaml["stages"].values() for m in st.get("metrics", [])]
-    assert sorted(declared) == [
-        "reports/evaluate/headline.json",
-        "reports/train/headline.json",
-        "reports/validate/gate.json",
-    ]
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    run_cli("git", "init", "-q", cwd=repo, check=True)
-    run_cli("dvc", "init", "-q", cwd=repo, check=True)
+    assert sorted(declared) == ["reports/evaluate/headline.json", "reports/validate/gate.json"]
+    keys: list[str] = []
     for path in declared:
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / path, repo / path)
         data = json.loads((REPO / path).read_text())
         assert data and all(isinstance(v, (int, float)) for v in data.values()), path  # flat and numeric
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"metrics": declared}))
-    env = {**os.environ, "COLUMNS": "200"}  # DVC does not wrap to the terminal: measure what it prints
-    shown = subprocess.run(["dvc", "metrics", "show"], cwd=repo, env=env, text=True, capture_output=True, check=True)
-    lines = shown.stdout.splitlines()
-    assert len(lines) == 4 and max(len(line) for line in lines) <= 120, shown.stdout
+        keys += list(data)
+    assert len(keys) == len(set(keys)), keys  # unique across the files
+
+    repo = tmp_path / "repo"
+    (repo / "reports/validate").mkdir(parents=True)
+    shutil.copy(REPO / "params.yaml", repo / "params.yaml")
+    shutil.copy(REPO / "reports/validate/gate.json", repo / "reports/validate/gate.json")
+    head = json.loads((REPO / "reports/evaluate/headline.json").read_text())
+    # A model file that depends on the training params, and headline numbers that depend on it.
+    train = "import yaml; p = yaml.safe_load(open('params.yaml'))['train']; open('models/codec.pt', 'w').write(str(p))"
+    # (Opus' numbers do not move with the model.)
+    evaluate = (
+        "import json, zlib; s = zlib.crc32(open('models/codec.pt', 'rb').read()) % 97 / 1000; "
+        f"h = {head!r}; json.dump({{k: v if k.startswith('opus') else round(v * (1 - s), 4) for k, v in h.items()}}, "
+        "open('reports/evaluate/headline.json', 'w'))"
+    )
+    stages = {
+        "train": {
+            "cmd": f'mkdir -p models && {sys.executable} -c "{train}"',
+            "deps": ["data/normalized"],
+            "params": ["train.steps", "train.lr", "train.augment"],
+            "outs": ["models"],
+        },
+        "evaluate": {
+            "cmd": f'mkdir -p reports/evaluate && {sys.executable} -c "{evaluate}"',
+            "deps": ["models/codec.pt", "data/normalized"],
+            "metrics": [{"reports/evaluate/headline.json": {"cache": False}}],
+        },
+    }
+    (repo / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": stages, "metrics": ["reports/validate/gate.json"]}, sort_keys=False)
+    )
+    (repo / "data/normalized").mkdir(parents=True)
+    (repo / "data/normalized/manifest.csv").write_text("id,path\n")
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "ci@example.com"],
+        ["git", "config", "user.name", "ci"],
+        ["dvc", "init", "-q"],
+        ["dvc", "add", "-q", "data/normalized"],
+        ["dvc", "repro", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "demo"],
+        # Two experiments from the same baseline, a key each.
+        ["dvc", "exp", "run", "-q", "-n", "more-steps", "-S", "train.steps=3000"],
+        ["git", "checkout", "-q", "params.yaml"],
+        ["dvc", "exp", "run", "-q", "-n", "faster-lr", "-S", "train.lr=0.002"],
+        ["git", "checkout", "-q", "params.yaml"],
+        ["dvc", "exp", "run", "-q", "-n", "baseline"],
+    ):
+        run_cli(*cmd, cwd=repo, check=True)
+
+    shown = in_terminal(["dvc", "metrics", "show"], repo)
+    assert "…" not in shown and max(map(len, shown.splitlines())) <= 120, shown
+    assert all(k in shown.splitlines()[0] for k in keys), shown  # bare names, a column each
+
+    compared = in_terminal(["make", "-s", "-f", str(REPO / "Makefile"), "compare"], repo)
+    print(compared)
+    lines = [line for line in compared.splitlines() if line.strip()]
+    assert "…" not in compared and max(map(len, lines)) <= 120, compared
+    header = lines[1]
+    for column in ("train.steps", "train.lr", "amp", "snr_db", "pesq", "mel", "worst_amp", "worst_pesq"):
+        assert f" {column} " in f" {header} ", compared
+    assert "opus_pesq" not in header and "spread_db" not in header  # unchanged: --only-changed
+    assert "codec.pt" not in header and "data/normalized" not in header and "Created" not in header
+    assert all(name in compared for name in ("more-steps", "faster-lr", "baseline"))

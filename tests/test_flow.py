@@ -315,7 +315,7 @@ def _kill_training_after(repo: Path, step: int, killed: dict[str, int]) -> None:
             if at >= step:
                 for proc in psutil.process_iter(["cmdline", "cwd"]):
                     cmd = proc.info["cmdline"] or []
-                    if proc.info["cwd"] == str(repo) and "train" in cmd and "--headline" in cmd:
+                    if proc.info["cwd"] == str(repo) and "train" in cmd and "--val-plots" in cmd:
                         proc.kill()
                         killed["at_checkpoint"] = at
                         return
@@ -456,3 +456,36 @@ def test_prefect_yaml_deploys_from_git_and_dvc_one_run_at_a_time() -> None:
         assert (REPO / path).is_file() and f"def {name}(" in (REPO / path).read_text()
         assert d["concurrency_limit"]["limit"] == 1
         assert set(d["parameters"]) <= set(inspect.signature(codec_pipeline.fn).parameters)
+
+
+def test_a_profile_composes_params_yaml_as_dvc_exp_run_does(tmp_path: Path) -> None:
+    """The flow's ``profile`` (the GPU deployment's ["train=gpu", "promote=gpu"]) writes what
+    ``dvc exp run -S train=gpu -S promote=gpu`` composes from conf/; a choice that does not
+    exist changes nothing and says which options there are."""
+    from dvc.utils.hydra import compose_and_dump
+
+    from flows.overrides import compose_profile
+    from tests.conftest import run_cli
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(REPO / "conf", repo / "conf")
+    shutil.copy(REPO / "params.yaml", repo / "params.yaml")
+    run_cli("git", "init", "-q", cwd=repo, check=True)
+    run_cli("dvc", "init", "-q", cwd=repo, check=True)
+    with pytest.raises(ValueError, match="Hydra composition is off"):
+        compose_profile(repo, ["train=gpu"])
+    run_cli("dvc", "config", "hydra.enabled", "true", cwd=repo, check=True)
+
+    changed = compose_profile(repo, ["train=gpu", "promote=gpu"])
+    assert changed["train.steps"] == (2000, 40000) and changed["promote.gate_profile"] == ("cpu-demo", "gpu")
+    assert not [k for k in changed if k.split(".")[0] not in ("train", "promote")]
+    expected = tmp_path / "expected.yaml"
+    compose_and_dump(expected, str(REPO / "conf"), None, "config", "", ["train=gpu", "promote=gpu"])
+    assert (repo / "params.yaml").read_text() == expected.read_text()
+
+    before = (repo / "params.yaml").read_text()
+    options = r"train=tpu: refused: .*'train/tpu'.* options in 'train': cpu, gpu, seed-recipe$"
+    with pytest.raises(ValueError, match=options):
+        compose_profile(repo, ["train=tpu"])
+    assert (repo / "params.yaml").read_text() == before

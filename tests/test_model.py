@@ -193,15 +193,3 @@ def test_manifest_problems_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"manifest\.csv not found"):
         read_clips(tmp_path / "nowhere")
 
-
-def test_gpu_profile_file_matches_gpu_config() -> None:
-    # The benchmarks time gpu_config(); params-gpu.yaml is what users train. Keep them one model.
-    import yaml
-
-    from codec.model.codec import gpu_config
-    from codec.params import from_dict
-    from codec.training.params import TrainParams
-
-    root = Path(__file__).resolve().parents[1]
-    section = yaml.safe_load((root / "params-gpu.yaml").read_text())["train"]
-    assert from_dict(TrainParams, section, "params-gpu.yaml: train").model == gpu_config()

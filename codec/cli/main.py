@@ -27,7 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("codec.evaluation.stage", "measure the trained codec against Opus on held-out speech"),
     "promote": ("codec.registry.promote", "register the model and set @champion when it passes the gates"),
     "check-params": ("codec.cli.check_params", "check a params file with every stage's own loader"),
-    "profile": ("codec.cli.profile", "apply a params profile (params-NAME.yaml, e.g. gpu) to params.yaml"),
     "models": ("codec.cli.models", "list registered model versions with their metrics and aliases"),
     "encode": ("codec.cli.encode", "encode a recording into a compact bitstream"),
     "decode": ("codec.cli.decode", "decode a bitstream back to a WAV file at the input's level"),

@@ -295,12 +295,12 @@ class Codec(nn.Module):
 
 
 def cpu_demo_config() -> CodecConfig:
-    """The model of the default ``params.yaml`` profile: trains in minutes on 2 cores."""
+    """The model of the CPU demo profile (``conf/train/cpu.yaml``): trains in minutes on 2 cores."""
     return CodecConfig(encoder_channels=4, latent_dim=64, decoder_channels=32, dilations=(1,))
 
 
 def gpu_config() -> CodecConfig:
-    """The real model (``params-gpu.yaml``), sized to code speech at ~7x EnCodec's speed on a
+    """The real model (the GPU profile, ``conf/train/gpu.yaml``), sized to code speech at ~7x EnCodec's speed on a
     2-core CPU (``benchmarks/codec_speed.py``): DAC's blocks (three dilated residual units
     per stride), 128-dim latents as EnCodec's, narrow stacks at the audio rate, and strides
     4·4·4·5 so the blocks below the audio rate run at 4 kHz, not 8 kHz. DAC's own widths

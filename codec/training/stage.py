@@ -57,14 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--val-plots", default="reports/train/val_curves.csv", help="per-validation curves CSV (default: %(default)s)"
     )
-    parser.add_argument("--headline", default=None, help="the few numbers to compare (DVC metric; default: none)")
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name (default: %(default)s)")
     parser.add_argument("--no-mlflow", action="store_true", help="train without MLflow tracking")
-
-
-def _opt_path(value: str | None) -> Path | None:
-    return Path(value) if value else None
 
 
 RESUME_ENV = "CODEC_TRAIN_RESUME"  # "1": continue a stopped run of the same params (set by the flow on a retry)
@@ -113,11 +108,11 @@ def run(args: argparse.Namespace) -> int:
                 if result.model_path.is_file():
                     stamp_checkpoint(result.model_path, data)
                 write_reports(
-                    result, Path(args.metrics), Path(args.plots), Path(args.val_plots), _opt_path(args.headline)
+                    result, Path(args.metrics), Path(args.plots), Path(args.val_plots)
                 )
             return 0
         result = train_tracked(params, data, out, args.experiment)
-        write_reports(result, Path(args.metrics), Path(args.plots), Path(args.val_plots), _opt_path(args.headline))
+        write_reports(result, Path(args.metrics), Path(args.plots), Path(args.val_plots))
         v = result.val
         print(
             f"trained {result.step} steps in {result.seconds:.0f} s on {result.device} ({result.precision}); "
@@ -267,18 +262,9 @@ VAL_COLUMNS = {
 }
 
 
-# The headline (a DVC metric): held-out validation clips at the end, named as the evaluate
-# stage's headline names the same quantities, so `dvc metrics show` shares their columns. Not
-# the validation mel term: it is the training loss' mel (other scales), not the evaluation's
-# mel distance, and one column must not hold both (it is in metrics.json).
-HEADLINE_KEYS = {"amp": "val_amplitude_ratio", "snr_db": "val_snr_db"}
-
-
-def write_reports(
-    result: TrainResult, metrics: Path, plots: Path, val_plots: Path, headline: Path | None = None
-) -> None:
-    """Final metrics JSON, and the training and validation curves as CSV (x: ``step``); with
-    ``headline``, the few numbers to compare as a DVC metric (no timings: they differ per run)."""
+def write_reports(result: TrainResult, metrics: Path, plots: Path, val_plots: Path) -> None:
+    """Final metrics JSON (an output, not a DVC metric: the evaluate stage's headline is what
+    experiments are compared on), and the training and validation curves as CSV (x: ``step``)."""
     summary: dict[str, tp.Any] = {
         "step": result.step,
         "seconds": round(result.seconds, 2),
@@ -289,8 +275,6 @@ def write_reports(
     }
     summary.update({k.replace("/", "_"): round(v, 5) for k, v in result.val.items()})
     write_text_atomic(metrics, json.dumps(summary, indent=2) + "\n")
-    if headline is not None:
-        write_text_atomic(headline, json.dumps({k: summary.get(v) for k, v in HEADLINE_KEYS.items()}, indent=2) + "\n")
     for path, columns, marker in [(plots, TRAIN_COLUMNS, "loss/total"), (val_plots, VAL_COLUMNS, "val/snr_db")]:
         buf = io.StringIO()
         w = csv.writer(buf)
