@@ -63,3 +63,33 @@ def make_dvc_repo(root: Path, params_overrides: dict[str, object], stages: tuple
     run_cli("git", "config", "user.name", "ci", cwd=root, check=True)
     run_cli("dvc", "init", "-q", cwd=root, check=True)
     return root
+
+
+def in_terminal(cmd: list[str], cwd: Path, columns: int = 120, env: dict[str, str] | None = None) -> str:
+    """What ``cmd`` prints on a terminal ``columns`` wide (a pseudo-terminal: DVC sizes its tables
+    to the terminal and hides the columns that do not fit behind ``…``), colours stripped."""
+    import fcntl
+    import pty
+    import re
+    import select
+    import struct
+    import subprocess
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    base = {k: v for k, v in (env or os.environ).items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen(cmd, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, env={**base, "TERM": "xterm"})
+    os.close(slave)
+    out = b""
+    while select.select([master], [], [], 120)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=60) == 0, out.decode(errors="replace")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace")).replace("\r", "")

@@ -565,6 +565,38 @@ def test_a_folder_and_files_in_one_call_with_one_model_load(tmp_path: Path, ckpt
     assert (tmp_path / "one.tscb").read_bytes() == (codes / "single.tscb").read_bytes()
 
 
+def test_a_folder_on_a_terminal_gets_a_progress_bar_and_outputs_follow_the_umask(tmp_path: Path, ckpt: Path) -> None:
+    """On a terminal several files show a progress bar (files done of all) with each file's line
+    above it; what is written gets the modes the umask allows, like any tool's output."""
+    from tests.conftest import in_terminal
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    for i in range(3):
+        speech_wav(rec / f"clip{i}.wav", -20.0 - 5 * i)
+    codec = str(Path(sys.executable).parent / "codec")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    shown = in_terminal(
+        ["sh", "-c", f"umask 027 && exec {codec} encode {rec} --out-dir {tmp_path / 'codes'} --model {ckpt}"],
+        tmp_path,
+        env=env,
+    )
+    assert "codec encode: 100%" in shown and "3/3" in shown and "file/s" in shown, shown
+    assert shown.count("encoded ") == 3, shown  # each file's line, not overwritten by the bar
+    written = sorted((tmp_path / "codes").rglob("*.tscb"))
+    assert len(written) == 3
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o640)}  # 0666 & ~027
+    assert oct((tmp_path / "codes" / "rec").stat().st_mode & 0o777) == oct(0o750)
+    # Without a terminal (a pipe, a log file) no bar is drawn.
+    piped = subprocess.run(
+        [codec, "decode", str(tmp_path / "codes"), "--out-dir", str(tmp_path / "wavs"), "--model", str(ckpt)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert piped.returncode == 0 and "%|" not in piped.stderr and piped.stderr.count("decoded ") == 3
+
+
 def test_dash_is_standard_input_and_output_and_version_prints(tmp_path: Path, ckpt: Path) -> None:
     src = speech_wav(tmp_path / "in.wav", -20.0)
     codec = Path(sys.executable).parent / "codec"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from tests.conftest import REPO, make_dvc_repo, run_cli
+from tests.conftest import REPO, in_terminal, make_dvc_repo, run_cli
 
 DATA_STAGES = ("corpus", "ingest", "normalize", "validate")
 
@@ -83,36 +82,6 @@ def test_dvc_repro_data_half_end_to_end(tmp_path: Path) -> None:
     assert "rms_spread" in out and "data-quality gate failed" in out
     index = (repo / "reports/validate/data_docs/index.html").read_text()
     assert index.count('data-suite="normalized_audio" data-status="failed"') == 1  # beside the two that passed
-
-
-def in_terminal(cmd: list[str], cwd: Path, columns: int = 120) -> str:
-    """What ``cmd`` prints on a terminal ``columns`` wide (a pseudo-terminal: DVC sizes its tables
-    to the terminal and hides the columns that do not fit behind ``…``), colours stripped."""
-    import fcntl
-    import pty
-    import re
-    import select
-    import struct
-    import subprocess
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen(cmd, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, env={**env, "TERM": "xterm"})
-    os.close(slave)
-    out = b""
-    while select.select([master], [], [], 120)[0]:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # the other end closed
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(master)
-    assert proc.wait(timeout=60) == 0, out.decode(errors="replace")
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace")).replace("\r", "")
 
 
 def test_dvc_metrics_and_experiments_fit_a_120_column_terminal(tmp_path: Path) -> None:

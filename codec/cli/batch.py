@@ -92,22 +92,36 @@ def local_output(out: str, suffix: str) -> tp.Iterator[Path]:
         sys.stdout.buffer.flush()
 
 
-def run_all(jobs: tp.Sequence[Job], one: tp.Callable[[Job], None], command: str) -> int:
-    """Run ``one`` on every job; a :class:`UserError` is reported and the rest go on. Returns the
-    exit status: 0, or the first failure's code."""
+Say = tp.Callable[[str], None]
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def run_all(jobs: tp.Sequence[Job], one: tp.Callable[[Job, Say], None], command: str) -> int:
+    """Run ``one(job, say)`` on every job; a :class:`UserError` is reported and the rest go on.
+    Returns the exit status: 0, or the first failure's code. Several jobs get a progress bar on
+    standard error when it is a terminal (files done, rate, time left); ``say`` prints a line
+    above it (or plainly, without a terminal)."""
     if len(jobs) == 1:
-        one(jobs[0])  # one file: its error is the command's (printed by the CLI)
+        one(jobs[0], _say)  # one file: its error is the command's (printed by the CLI)
         return 0
+    from tqdm import tqdm
+
     first = 0
     failed = 0
-    for job in jobs:
-        try:
-            Path(job.out).parent.mkdir(parents=True, exist_ok=True)
-            one(job)
-        except UserError as e:
-            failed += 1
-            first = first or e.exit_code
-            print(f"codec {command}: error: {e}", file=sys.stderr)
+    with tqdm(total=len(jobs), desc=f"codec {command}", unit="file", file=sys.stderr, disable=None) as bar:
+        say: Say = (lambda line: bar.write(line, file=sys.stderr)) if not bar.disable else _say
+        for job in jobs:
+            try:
+                Path(job.out).parent.mkdir(parents=True, exist_ok=True)
+                one(job, say)
+            except UserError as e:
+                failed += 1
+                first = first or e.exit_code
+                say(f"codec {command}: error: {e}")
+            bar.update(1)
     if failed:
         print(
             f"codec {command}: {failed} of {len(jobs)} files failed (listed above); the others were written",

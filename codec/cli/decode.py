@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import typing as tp
 
 from codec.cli import batch
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     fingerprint = model_fingerprint(loaded.model)
 
-    def one(job: batch.Job) -> None:
+    def one(job: batch.Job, say: batch.Say) -> None:
         try:
             with batch.local_input(job.src, ".tscb") as src, batch.local_output(job.out, ".wav") as out:
                 header = decode_file(
@@ -116,10 +115,9 @@ def run(args: argparse.Namespace) -> int:
             e.exit_code = EXIT_BAD_BITSTREAM
             raise
         if not args.quiet:
-            print(
+            say(
                 f"decoded {job.src} ({header.duration_s:.2f} s at {header.bitrate_bps / 1000:g} kbps) with "
                 f"{loaded.source} -> {job.out} ({header.sample_rate} Hz mono, {args.subtype})",
-                file=sys.stderr,
             )
 
     return batch.run_all(jobs, one, "decode")

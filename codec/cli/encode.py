@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
 from codec.audio.io import AUDIO_EXTENSIONS
 from codec.cli import batch
@@ -73,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     target = loaded.target_lufs if args.target_lufs is None else float(args.target_lufs)
     fingerprint = model_fingerprint(loaded.model)
 
-    def one(job: batch.Job) -> None:
+    def one(job: batch.Job, say: batch.Say) -> None:
         with batch.local_input(job.src, "") as src, batch.local_output(job.out, ".tscb") as out:
             if job.src == batch.PIPE:
                 check_input_path(src, allow_empty=False)
@@ -90,12 +89,11 @@ def run(args: argparse.Namespace) -> int:
             size = out.stat().st_size
         if not args.quiet:
             lufs = f"{header.input_lufs:.1f} LUFS" if math.isfinite(header.input_lufs) else "silent"
-            print(
+            say(
                 f"encoded {job.src} ({header.duration_s:.2f} s, {header.sample_rate} Hz, {header.channels} ch, "
                 f"{lufs}, gain {header.gain_db:+.1f} dB) at {kbps:g} kbps with {loaded.source} -> {job.out}: "
                 f"{size} bytes ({size * 8 / header.duration_s / 1000:.2f} kbps with header and "
                 f"{header.side_bps:g} bit/s of energy side information)",
-                file=sys.stderr,
             )
 
     return batch.run_all(jobs, one, "encode")
