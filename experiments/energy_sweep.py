@@ -2,7 +2,8 @@
 
 Runs the trained model (``models/codec.pt``) through the inference path on every evaluation
 set of ``params.yaml: evaluate`` (the held-out speakers, the same clips through a telephone
-band, a cheap microphone, a room and noise, and the unseen synthesizer), at each bitrate, with
+band, a cheap microphone, a room and noise, the unseen synthesizer, and the sets of
+``data/eval_sets``: Festival's Telugu voice and yours), at each bitrate, with
 the side information off and at each block size x step, and writes per setting the mean and
 worst amplitude ratio, the worst per-clip level error, SNR, PESQ and STOI (means over every
 clip of the out-of-domain sets) and the side information's share of the bitrate.
@@ -27,7 +28,7 @@ import torch
 from codec.evaluation import metrics as m
 from codec.evaluation.params import HELD_OUT
 from codec.evaluation.stage import held_out_clips, load_params
-from codec.evaluation.suite import build_sets
+from codec.evaluation.suite import build_sets, load_user_set, user_set_folders
 from codec.inference import energy as side
 from codec.inference.pipeline import roundtrip
 from codec.model.checkpoint import load_codec, read_checkpoint
@@ -48,6 +49,7 @@ def main() -> int:
     ap.add_argument("--data", default="data/normalized")
     ap.add_argument("--raw", default="data/raw")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--user-sets", default="data/eval_sets", help="folders of evaluation sets (festival_voice, yours)")
     ap.add_argument("--blocks-s", default="0.2,0.5,1.0", help="block sizes, seconds")
     ap.add_argument("--steps-db", default="0.5,1.0,2.0", help="level steps, dB")
     ap.add_argument("--kbps", default=None, help="bitrates (default: every one the model serves)")
@@ -61,7 +63,8 @@ def main() -> int:
     rate = int(model.config.sample_rate)
     frame_rate = rate / model.config.hop_length
     clips, _ = held_out_clips(model_path, read_checkpoint(model_path), args, params, rate)
-    sets = build_sets(clips, params)
+    users = [load_user_set(n, f, params, rate) for n, f in user_set_folders(Path(args.user_sets)).items()]
+    sets = build_sets(clips, params, users)
     rates = [float(k) for k in args.kbps.split(",")] if args.kbps else list(model.config.bitrates_kbps)
     settings: list[tuple[str, side.EnergySettings | bool]] = [("off", False)]
     for block_s in (float(b) for b in args.blocks_s.split(",")):

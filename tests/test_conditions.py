@@ -119,3 +119,24 @@ def test_render_unseen_is_repeatable_and_unseen() -> None:
         assert c.audio.tobytes() == d.audio.tobytes()
     with pytest.raises(UserError, match="training corpus"):
         render_unseen(1, 1.0, RATE, seed=0, voices=(VOICE_VARIANTS[0],))
+
+
+def test_the_corpus_speaks_with_espeaks_default_engine_only_and_refuses_unknown_voices() -> None:
+    """Every default corpus voice keeps espeak-ng's formant engine (its Klatt variants are the
+    unseen evaluation set), the voices and the rate and pitch ranges are params, and a voice
+    espeak-ng does not have is refused naming it."""
+    from codec.data.corpus import CorpusParams, espeak_variants_folder, load_sentences, plan
+    from codec.params import from_dict
+
+    folder = espeak_variants_folder()
+    assert len(VOICE_VARIANTS) == 68
+    assert not [v for v in VOICE_VARIANTS if "klatt" in (folder / v).read_text(errors="replace").lower()]
+    utterances = plan(CorpusParams(), load_sentences())
+    assert len({u.voice for u in utterances}) > 50  # 160 utterances over many speakers
+    assert min(u.rate_wpm for u in utterances) >= 100 and max(u.rate_wpm for u in utterances) <= 220
+    fixed = from_dict(CorpusParams, {"voices": ["m3", "f2"], "rate_wpm": [150, 150], "pitch": [40, 40]}, "corpus")
+    assert {(u.voice, u.rate_wpm, u.pitch) for u in plan(fixed, load_sentences())} <= {("m3", 150, 40), ("f2", 150, 40)}
+    with pytest.raises(UserError, match=r"corpus\.voices: espeak-ng has no voice variant nosuch"):
+        from_dict(CorpusParams, {"voices": ["m1", "nosuch"]}, "corpus")
+    with pytest.raises(UserError, match=r"corpus\.rate_wpm must be \[low, high\]"):
+        from_dict(CorpusParams, {"rate_wpm": [200, 100]}, "corpus")

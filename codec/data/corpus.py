@@ -42,11 +42,24 @@ from codec.parallel import resolve_workers
 from codec.params import from_dict, read_params
 
 SENTENCES_FILE = Path(__file__).with_name("corpus_te.txt")
-# 24 speakers: espeak-ng's default-engine variants and named voices. The split is by speaker
-# (codec.data.split), so with train.val_fraction 0.2 four of them (m2, m7, Gene, adam) are
-# never heard in training. Its Klatt formant voices are kept out entirely: they are the
-# evaluation's "unseen synthesizer" set (codec.evaluation.unseen).
+# The speakers: espeak-ng's voice variants that keep its default (formant) engine and sound like
+# a person: 68 of its 104, each a speaker of the corpus (the split is by speaker,
+# codec.data.split, so with train.val_fraction 0.2 about a fifth are never heard in training).
+# Left out: the variants that switch to its Klatt synthesizer (they are the evaluation's
+# "unseen synthesizer" set, codec.evaluation.unseen), and the robot, whisper, croak and novelty
+# ones (robosoft*, UniRobot, RicishayMax*, Tweaky, Demonic, anikaRobot, croak, fast, whisper*).
 VOICE_VARIANTS = (
+    *("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8"),
+    *("f1", "f2", "f3", "f4", "f5"),
+    *("Alex", "Alicia", "Andrea", "Andy", "Annie", "Denis", "Diogo", "Gene", "Gene2", "Henrique", "Hugo"),
+    *("Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "Storm", "anika", "antonio", "aunty"),
+    *("belinda", "boris", "ed", "grandma", "grandpa", "gustave", "ian", "iven", "iven2", "iven3", "iven4"),
+    *("john", "kaukovalta", "linda", "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul"),
+    *("pedro", "quincy", "rob", "robert", "sandro", "shelby", "steph", "steph2", "steph3", "travis"),
+    *("victor", "zac"),
+)
+# Before 2026-12 the corpus spoke with these 24 at 120-190 wpm, pitch 30-75 (experiments/corpus_variety.py).
+CLASSIC_VOICES = (
     *("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8"),
     *("f1", "f2", "f3", "f4", "f5"),
     *("Alex", "Annie", "Denis", "Gene", "Lee", "Michael", "adam", "anika", "aunty", "belinda", "linda"),
@@ -65,6 +78,15 @@ class CorpusParams:
     noisy_fraction: float = 0.1
     transient_fraction: float = 0.2
     max_sentences_per_utterance: int = 2
+    # Who speaks (espeak-ng voice variants: te+<voice>), and the speaking rate (words per
+    # minute) and pitch (espeak-ng's 0-99) ranges each utterance draws from.
+    voices: list[str] | None = None  # None: VOICE_VARIANTS
+    rate_wpm: list[int] = dataclasses.field(default_factory=lambda: [100, 220])
+    pitch: list[int] = dataclasses.field(default_factory=lambda: [20, 90])
+
+    @property
+    def speakers(self) -> tuple[str, ...]:
+        return tuple(self.voices) if self.voices is not None else VOICE_VARIANTS
 
     def check(self, where: str) -> None:
         if self.n_utterances < 1:
@@ -77,6 +99,28 @@ class CorpusParams:
                 raise UserError(f"{where}.{name} must be within 0..1, got {v}")
         if self.max_sentences_per_utterance < 1:
             raise UserError(f"{where}.max_sentences_per_utterance must be at least 1")
+        if self.voices is not None and (not self.voices or len(set(self.voices)) != len(self.voices)):
+            raise UserError(f"{where}.voices must be null (every voice of VOICE_VARIANTS) or name voices, each once")
+        for name, (lo, hi), top in (("rate_wpm", self.rate_wpm, 450), ("pitch", self.pitch, 99)):
+            if not 0 <= lo <= hi <= top:
+                raise UserError(f"{where}.{name} must be [low, high] within 0..{top}, got [{lo}, {hi}]")
+        missing = [v for v in self.speakers if not espeak_voice_exists(v)]
+        if missing:
+            raise UserError(
+                f"{where}.voices: espeak-ng has no voice variant {', '.join(missing)} "
+                f"(its variants are the files in {espeak_variants_folder()})"
+            )
+
+
+def espeak_variants_folder() -> Path:
+    """Where espeak-ng keeps its voice variants (the wheel's data folder)."""
+    import espeakng_loader
+
+    return Path(espeakng_loader.get_data_path()) / "voices" / "!v"
+
+
+def espeak_voice_exists(voice: str) -> bool:
+    return bool(re.fullmatch(r"[\w+-]+", voice)) and (espeak_variants_folder() / voice).is_file()
 
 
 def load_sentences(path: Path = SENTENCES_FILE) -> list[str]:
@@ -170,7 +214,7 @@ def plan(params: CorpusParams, sentences: list[str]) -> list[Utterance]:
     for i in range(params.n_utterances):
         k = int(rng.integers(1, params.max_sentences_per_utterance + 1))
         text = " ".join(sentences[int(j)] for j in rng.choice(len(sentences), size=k, replace=False))
-        voice = VOICE_VARIANTS[int(rng.integers(len(VOICE_VARIANTS)))]
+        voice = params.speakers[int(rng.integers(len(params.speakers)))]
         u = rng.random()
         if u < params.near_clipping_fraction:
             level = "near_clipping" if rng.random() < 0.7 else "clipped"
@@ -185,8 +229,8 @@ def plan(params: CorpusParams, sentences: list[str]) -> list[Utterance]:
                 name=f"speaker_{voice}/utt_{i:05d}.{ext}",
                 text=text,
                 voice=voice,
-                rate_wpm=int(rng.integers(120, 191)),
-                pitch=int(rng.integers(30, 76)),
+                rate_wpm=int(rng.integers(params.rate_wpm[0], params.rate_wpm[1] + 1)),
+                pitch=int(rng.integers(params.pitch[0], params.pitch[1] + 1)),
                 level=level,
                 transient=bool(rng.random() < params.transient_fraction),
             )
