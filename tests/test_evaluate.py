@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import shutil
@@ -263,7 +264,7 @@ def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_ru
     paths = {"metrics": "metrics.json", "table": "bitrates.csv", "plot": "vs_opus.csv", "evaluation": "evaluation.json"}
     argv = ["--model", str(ckpt), "--data", str(norm), "--raw", str(raw), "--params", "params.yaml"]
     argv += ["--user-sets", str(tmp_path / "eval_sets"), "--headline", str(out / "headline.json")]
-    argv += ["--levels", str(out / "levels.csv")]
+    argv += ["--levels", str(out / "levels.csv"), "--sets-plot", str(out / "sets.csv")]
     argv += [x for k, v in {**paths, "report": "report.md", "media": "media"}.items() for x in (f"--{k}", str(out / v))]
     args = parser.parse_args(argv)
     assert stage.run(args) == 0
@@ -323,6 +324,13 @@ def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_ru
         "-40",
         "-6",
     ]
+    # The DVC plots' table: per bitrate, every set's delivered and own amplitude, SNR and PESQ.
+    plot = list(csv.DictReader(io.StringIO((out / "sets.csv").read_text())))
+    assert [float(r["kbps"]) for r in plot] == sorted(float(k.removesuffix("kbps")) for k in metrics["ours"])
+    top = plot[-1]
+    assert float(top["amp_held_out"]) == pytest.approx(metrics["amplitude_ratio"], abs=1e-4)
+    assert float(top["snr_held_out"]) == pytest.approx(metrics["snr_db"], abs=1e-3)
+    assert {f"{m}_{s}" for m in ("amp", "snr", "pesq") for s in record["sets"]} <= set(top)
 
     client = MlflowClient(mlflow_uri)
     logged = client.get_run(train_run.info.run_id)

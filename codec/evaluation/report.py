@@ -248,6 +248,34 @@ def levels_csv(evs: tp.Mapping[str, Evaluation]) -> str:
     return buf.getvalue()
 
 
+def sets_csv(evs: tp.Mapping[str, Evaluation]) -> str:
+    """Per bitrate (``kbps``, the DVC plots' x), one column per evaluation set: ours' delivered
+    amplitude ratio (``amp_<set>``, with the energy side information), the model's own without it
+    (``model_amp_<set>``, when scored), SNR (``snr_<set>``) and PESQ (``pesq_<set>``). The
+    per-input-level table (:func:`levels_csv`) is flat by construction (the inference path brings
+    every level to the training loudness), so it is a report, not a plot."""
+    rates = sorted({k for ev in evs.values() for k in ev.bitrates_kbps})
+    columns: list[tuple[str, str, str, str]] = []  # (column, set, which rows, metric)
+    for name, ev in evs.items():
+        columns.append((f"amp_{name}", name, OURS, "amplitude_ratio"))
+        if ev.without_side:
+            columns.append((f"model_amp_{name}", name, "without_side", "amplitude_ratio"))
+    columns += [(f"snr_{n}", n, OURS, "snr_db") for n in evs]
+    columns += [(f"pesq_{n}", n, OURS, "pesq") for n in evs]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["kbps", *(c for c, _, _, _ in columns)])
+    for kbps in rates:
+        cells = []
+        for _, name, which, metric in columns:
+            ev = evs[name]
+            rows = ev.without_side if which == "without_side" else [r for r in ev.rows if r.codec == OURS]
+            row = next((r for r in rows if math.isclose(r.kbps, kbps)), None)
+            cells.append(_num(row.metrics.get(metric, math.nan), 5) if row is not None else "")
+        w.writerow([f"{kbps:g}", *("" if v is None else v for v in cells)])
+    return buf.getvalue()
+
+
 def sets_markdown(evs: tp.Mapping[str, Evaluation]) -> str:
     """The report's section on every evaluation set: ours vs Opus at each bitrate, and the
     amplitude ratio per input level at the top one."""

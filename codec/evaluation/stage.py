@@ -29,6 +29,7 @@ from codec.evaluation.report import (
     metrics_dict,
     plot_csv,
     report_markdown,
+    sets_csv,
     sets_markdown,
     sets_summary,
     side_info_markdown,
@@ -88,7 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--headline", default=None, help="the few numbers to compare (DVC metric; default: none written)"
     )
     parser.add_argument(
-        "--levels", default=None, help="amplitude and SNR per input level and set (DVC plot; default: none written)"
+        "--levels", default=None, help="amplitude and SNR per input level and set (CSV; default: none written)"
+    )
+    parser.add_argument(
+        "--sets-plot",
+        default=None,
+        help="amplitude (with and without side information), SNR and PESQ per bitrate and set (DVC plot; "
+        "default: none written)",
     )
     parser.add_argument("--report", default="reports/evaluate/report.md", help="Markdown report")
     parser.add_argument("--media", default="reports/evaluate/media", help="folder for spectrograms and WAVs")
@@ -267,5 +274,7 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(args.headline, json.dumps(headline(evs), indent=2) + "\n")
     if args.levels:
         write_text_atomic(args.levels, levels_csv(evs))
+    if args.sets_plot:
+        write_text_atomic(args.sets_plot, sets_csv(evs))
     print(report)
     return 0
