@@ -163,3 +163,28 @@ def test_dvc_metrics_and_experiments_fit_a_120_column_terminal(tmp_path: Path) -
     assert "opus_pesq" not in header and "spread_db" not in header  # unchanged: --only-changed
     assert "codec.pt" not in header and "data/normalized" not in header and "Created" not in header
     assert all(name in compared for name in ("more-steps", "faster-lr", "baseline"))
+
+
+def test_every_plot_has_its_own_axis_and_no_line_is_a_constant() -> None:
+    """dvc.yaml's plots, on the reports the last `dvc repro` here wrote: only top-level plots (a
+    stage's own plots would draw its CSVs against the row index), each with an x column every file
+    it reads has, and no y column that is the same number all the way (a plot of a constant)."""
+    import csv
+
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert not [name for name, st in dvc_yaml["stages"].items() if st.get("plots")]
+    images = [p for p in dvc_yaml["plots"] if isinstance(p, str)]
+    assert images == ["reports/evaluate/media/spectrograms"]  # the spectrogram PNGs, as images
+    checked = 0
+    for entry in (p for p in dvc_yaml["plots"] if isinstance(p, dict)):
+        ((name, spec),) = entry.items()
+        assert spec.get("x") and spec.get("title"), name
+        for path, columns in spec["y"].items():
+            rows = list(csv.DictReader((REPO / path).open()))
+            assert len(rows) >= 2, (name, path)
+            assert spec["x"] in rows[0], (name, path, spec["x"])
+            for column in [columns] if isinstance(columns, str) else columns:
+                values = {r[column] for r in rows if r[column] != ""}
+                assert len(values) > 1, f"plot {name}: {path}:{column} is constant ({values})"
+                checked += 1
+    assert checked >= 20
