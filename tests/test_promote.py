@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import typing as tp
 from pathlib import Path
 
@@ -34,7 +35,8 @@ mlflow_template = te.mlflow_template
 mlflow_uri = te.mlflow_uri
 one_torch_thread = te.one_torch_thread
 
-GATES = pr.PromoteParams(min_snr_db=10.0, min_pesq=2.0, max_mel_distance=2.0)
+# The per-clip level gate at 1 dB: the registry tests tell models apart by gains down to 0.93 (-0.6 dB).
+GATES = pr.PromoteParams(min_snr_db=10.0, min_pesq=2.0, max_mel_distance=2.0, max_clip_level_error_db=1.0)
 # The registry's mechanics, with models told apart by their decoder's gain: measured without
 # the energy side information, which corrects a gain (tests/test_energy.py); the test below
 # shows the gates with it on.
@@ -99,6 +101,10 @@ def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
     assert amp["limit"] == [0.9, 1.1] and amp["metric"] == "ours.320kbps.amplitude_ratio"
     assert {"amplitude_ratio", "amplitude_ratio_at_-40dBFS", "amplitude_ratio_at_-6dBFS"} <= set(doc["failed_gates"])
     assert any("amplitude_ratio" in r and "0.47" in r for r in doc["reasons"])
+    # Every clip 6.6 dB under its input level, at each bitrate and level of the sweep.
+    clip = next(g for g in doc["gates"] if g["name"] == "clip_level_error_db")
+    assert not clip["passed"] and clip["value"] == pytest.approx(-20 * math.log10(0.47), abs=0.02)
+    assert clip["limit"] == 1.0 and clip["metric"].endswith(".worst_clip_level_error_db")
     # Rejected: no version; the candidate stays a run that says so.
     assert doc["version"] is None and registry(mlflow_uri) == ({}, {})
     run_tags = client.get_run(seed["mlflow_run_id"]).data.tags
@@ -213,6 +219,7 @@ OPEN_GATES = pr.PromoteParams(
     amplitude_band_at_every_level=False,
     min_pesq=0.0,
     max_mel_distance=100.0,
+    max_clip_level_error_db=None,
 )
 
 

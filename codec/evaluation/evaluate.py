@@ -308,7 +308,7 @@ def evaluate_model(
             plain = measure_ours(model, clips, kbps, levels, size, (), False, OURS_NO_SIDE)
             ev.without_side.append(plain.row)
             ev.per_clip.extend(plain.per_clip)
-        if sweep and kbps == max(rates):  # the level path is the same at every bitrate; time is not
+        if sweep:  # every bitrate: the level must hold at each one the model serves
             ev.levels.extend(level_sweep(model, clips, kbps, levels, params.levels_dbfs, energy))
         if opus:
             for mode in params.opus_modes:

@@ -14,7 +14,7 @@ import numpy as np
 
 from codec.audio import Array
 from codec.audio.io import write_wav
-from codec.evaluation.evaluate import CLIP_METRICS, OURS, Evaluation, kbps_key
+from codec.evaluation.evaluate import CLIP_METRICS, OURS, Evaluation, LevelRow, kbps_key
 from codec.evaluation.sets import EVALUATION_VERSION
 from codec.plots import spectrogram_panel
 from codec.provenance import flatten
@@ -48,8 +48,20 @@ def metrics_dict(ev: Evaluation) -> dict[str, tp.Any]:
         out.setdefault("levels", {}).setdefault(kbps_key(lv.kbps), {})[f"{lv.level_dbfs:g}dBFS"] = {
             "snr_db": _num(lv.snr_db),
             "amplitude_ratio": _num(lv.amplitude_ratio),
+            "min_amplitude_ratio": _num(lv.min_amplitude_ratio),
+            "max_amplitude_ratio": _num(lv.max_amplitude_ratio),
+            # The clip farthest from its input level, in dB (the per-clip level error gate reads it).
+            "worst_clip_level_error_db": _num(clip_level_error_db(lv), 4),
         }
     return out
+
+
+def clip_level_error_db(lv: LevelRow) -> float:
+    """How far (dB) the clip farthest from its input level came out, at one bitrate and level."""
+    ratios = [lv.min_amplitude_ratio, lv.max_amplitude_ratio]
+    if not all(math.isfinite(r) and r > 0 for r in ratios):
+        return math.inf
+    return max(abs(20.0 * math.log10(r)) for r in ratios)
 
 
 def flat_metrics(ev: Evaluation) -> dict[str, float]:

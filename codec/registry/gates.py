@@ -39,6 +39,9 @@ class PromoteParams:
     # gate a model whose decoder collapsed (the seed's 0.47) would pass on the correction.
     # null: no such gate. Checked only where the evaluation scored the path without it.
     model_amplitude_ratio_band: list[float] | None = dataclasses.field(default_factory=lambda: [0.8, 1.25])
+    # Per clip: the clip farthest from its input level, at every bitrate and input level of the
+    # sweep, may be at most this many dB off (a whisper comes back a whisper); null: no such gate.
+    max_clip_level_error_db: float | None = 0.5
     min_pesq: float = 1.5
     # Ours' PESQ may be at most this far below Opus' at the same bitrate, on every set (0: at
     # least as good as Opus); null: no such gate.
@@ -55,6 +58,8 @@ class PromoteParams:
         model = self.model_amplitude_ratio_band
         if model is not None and (len(model) != 2 or not 0 < model[0] < model[1]):
             raise UserError(f"{where}.model_amplitude_ratio_band {model} must be null or [low, high], 0 < low < high")
+        if self.max_clip_level_error_db is not None and not self.max_clip_level_error_db > 0:
+            raise UserError(f"{where}.max_clip_level_error_db {self.max_clip_level_error_db} must be null or > 0")
         if self.max_pesq_below_opus is not None and self.max_pesq_below_opus < 0:
             raise UserError(f"{where}.max_pesq_below_opus {self.max_pesq_below_opus} must be null or >= 0")
         if not self.gate_profile.strip():
@@ -112,16 +117,34 @@ def check_gates(metrics: tp.Mapping[str, tp.Any], params: PromoteParams) -> list
     amp = _value(ours.get("amplitude_ratio"))
     add("amplitude_ratio", f"ours.{k}.amplitude_ratio", amp, [lo, hi], f"within [{lo:g}, {hi:g}]", lo <= amp <= hi)
     if params.amplitude_band_at_every_level:
-        for level, entry in (metrics.get("levels", {}).get(k) or {}).items():
-            a = _value(entry.get("amplitude_ratio"))
-            add(
-                f"amplitude_ratio_at_{level}",
-                f"levels.{k}.{level}.amplitude_ratio",
-                a,
-                [lo, hi],
-                f"within [{lo:g}, {hi:g}]",
-                lo <= a <= hi,
-            )
+        # At every bitrate the sweep covers (the gate bitrate's keep their plain names).
+        for rate, by_level in (metrics.get("levels") or {}).items():
+            for level, entry in (by_level or {}).items():
+                a = _value(entry.get("amplitude_ratio"))
+                add(
+                    f"amplitude_ratio_at_{level}" + ("" if rate == k else f"_{rate}"),
+                    f"levels.{rate}.{level}.amplitude_ratio",
+                    a,
+                    [lo, hi],
+                    f"within [{lo:g}, {hi:g}]",
+                    lo <= a <= hi,
+                )
+    if params.max_clip_level_error_db is not None and metrics.get("levels"):
+        limit = params.max_clip_level_error_db
+        worst, where = -math.inf, ""
+        for rate, by_level in metrics["levels"].items():
+            for level, entry in (by_level or {}).items():
+                e = _value(entry.get("worst_clip_level_error_db"))
+                if not math.isfinite(e) or e > worst:  # NaN (not measured) is the worst there is
+                    worst, where = (e if math.isfinite(e) else math.inf), f"levels.{rate}.{level}"
+        add(
+            "clip_level_error_db",
+            f"{where}.worst_clip_level_error_db",
+            worst,
+            limit,
+            f"<= {limit:g} dB for every clip at every bitrate and input level",
+            worst <= limit,
+        )
     plain = (metrics.get(OURS_NO_SIDE) or {}).get(k)
     if params.model_amplitude_ratio_band is not None and plain is not None:
         mlo, mhi = params.model_amplitude_ratio_band
