@@ -151,16 +151,19 @@ def report_markdown(ev: Evaluation, context: tp.Mapping[str, str]) -> str:
             "",
             "## Per input level (ours)",
             "",
-            "The same clips played in at each RMS level; amplitude ratio should read 1.0 at every level.",
+            "The same clips played in at each RMS level: mean amplitude ratio (1.0 at every level) / SNR dB "
+            "/ the worst clip's level error in dB.",
             "",
-            "| kbps | " + " | ".join(f"{lv:g} dBFS: amp. / SNR" for lv in levels) + " |",
+            "| kbps | " + " | ".join(f"{lv:g} dBFS: amp. / SNR / worst clip" for lv in levels) + " |",
             "| ---: |" + " ---: |" * len(levels),
         ]
         for kbps in sorted({lv.kbps for lv in ev.levels}):
             cells = []
             for level in levels:
                 lv = next(x for x in ev.levels if math.isclose(x.kbps, kbps) and x.level_dbfs == level)
-                cells.append(f"{_fmt(lv.amplitude_ratio, 3)} / {_fmt(lv.snr_db, 1)}")
+                cells.append(
+                    f"{_fmt(lv.amplitude_ratio, 3)} / {_fmt(lv.snr_db, 1)} / {_fmt(clip_level_error_db(lv), 2)}"
+                )
             lines.append(f"| {kbps:g} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
@@ -317,18 +320,19 @@ def sets_markdown(evs: tp.Mapping[str, Evaluation]) -> str:
     if levels:
         lines += [
             "",
-            "Amplitude ratio / SNR dB per input level (RMS dBFS), ours at the top bitrate:",
+            "Amplitude ratio / the worst clip's level error (dB) per input level (RMS dBFS), ours at each "
+            "bitrate:",
             "",
-            "| set | " + " | ".join(f"{lv:g} dBFS" for lv in levels) + " |",
-            "| --- |" + " ---: |" * len(levels),
+            "| set | kbps | " + " | ".join(f"{lv:g} dBFS" for lv in levels) + " |",
+            "| --- | ---: |" + " ---: |" * len(levels),
         ]
         for name, ev in evs.items():
-            top = ev.top_kbps
-            cells = []
-            for level in levels:
-                lv = next((x for x in ev.levels if math.isclose(x.kbps, top) and x.level_dbfs == level), None)
-                cells.append(f"{_fmt(lv.amplitude_ratio, 3)} / {_fmt(lv.snr_db, 1)}" if lv else "n/a")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            for kbps in ev.bitrates_kbps:
+                cells = []
+                for level in levels:
+                    lv = next((x for x in ev.levels if math.isclose(x.kbps, kbps) and x.level_dbfs == level), None)
+                    cells.append(f"{_fmt(lv.amplitude_ratio, 3)} / {_fmt(clip_level_error_db(lv), 2)}" if lv else "n/a")
+                lines.append(f"| {name} | {kbps:g} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
 
