@@ -138,6 +138,8 @@ def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
         "data_version": "",
     }
     mv = client.get_model_version(MODEL_NAME, good.version)
+    assert mv.description.endswith(": every default gate passed; there was no champion")  # why, in words
+    assert mv.description.startswith("champion on 20")
     model_id = model_id_of(mv)
     assert model_id and mv.source == f"models:/{model_id}" and mv.run_id  # the logged model, and its run
     metrics = {(m.key, m.dataset_name, m.dataset_digest): m.value for m in client.get_logged_model(model_id).metrics}

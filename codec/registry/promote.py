@@ -475,6 +475,7 @@ def promote(
                     finish,
                     model_id,
                     {CHAMPION: cmp.champion_version},
+                    description=f"{decision} on {time.strftime('%Y-%m-%d', time.gmtime())}: " + "; ".join(reasons),
                 )
                 # After the commit: the registry's decision stands whatever happens to this tag.
                 try:

@@ -134,9 +134,12 @@ def register(
     finish: tp.Callable[[str], None],
     model_id: str | None = None,
     expected: tp.Mapping[str, str | None] | None = None,
+    description: str | None = None,
 ) -> str:
     """Create a version of ``name`` with ``tags`` (their ``decision`` written last, see the module
-    docstring), point ``alias`` at it and call ``finish(version)`` (which writes ``promotion.json``).
+    docstring) and ``description`` (why it was registered, in words: the registry page's
+    Description column), point ``alias`` at it and call ``finish(version)`` (which writes
+    ``promotion.json``).
     ``expected``: alias -> the version it must still be on (``None``: on none) when ``alias`` is set,
     else :class:`RegistryChanged`. On any exception, undo this call's changes and re-raise.
     Returns the version."""
@@ -154,7 +157,9 @@ def register(
             "started": round(time.time()),
         }
         pending = {**tags, "decision": PENDING, PROMOTION: json.dumps(intent)}
-        mv = client.create_model_version(name, source=source, run_id=run_id, tags=pending, model_id=model_id)
+        mv = client.create_model_version(
+            name, source=source, run_id=run_id, tags=pending, model_id=model_id, description=description
+        )
         undo.version = str(mv.version)
         _pause("version-created")
         if alias is not None:
