@@ -142,6 +142,10 @@ def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
     assert mv.description.startswith("champion on 20")
     model_id = model_id_of(mv)
     assert model_id and mv.source == f"models:/{model_id}" and mv.run_id  # the logged model, and its run
+    # The logged model lists the version made from it (its page in the MLflow UI shows it).
+    assert json.loads(client.get_logged_model(model_id).tags["mlflow.modelVersions"]) == [
+        {"name": MODEL_NAME, "version": good.version}
+    ]
     metrics = {(m.key, m.dataset_name, m.dataset_digest): m.value for m in client.get_logged_model(model_id).metrics}
     assert metrics[("held_out/pesq_320kbps", "held_out", fingerprint)] == pytest.approx(
         doc_metrics(tmp_path / "p2.json", "pesq"), rel=1e-9

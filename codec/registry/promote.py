@@ -195,6 +195,15 @@ def log_registry_metrics(client: MlflowClient, record: tp.Mapping[str, tp.Any], 
     client.log_batch(str(record["mlflow_run_id"]), metrics=metrics)
 
 
+def link_logged_model(client: MlflowClient, model_id: str, name: str, version: str) -> None:
+    """Tag the logged model with the version made from it (``mlflow.modelVersions``, as
+    ``mlflow.register_model`` does), so its page in the MLflow UI lists the version."""
+    key = "mlflow.modelVersions"
+    model = client.get_logged_model(model_id)
+    known = json.loads(model.tags.get(key) or "[]")
+    client.set_logged_model_tags(model_id, {key: json.dumps([*known, {"name": name, "version": version}])})
+
+
 def logged_value(client: MlflowClient, mv: ModelVersion, key: str, digest: str) -> float | None:
     """Metric ``key`` of version ``mv`` as logged for evaluation-set fingerprint ``digest`` (the
     newest such value), or ``None``: from its logged model, or, for a version registered from a
@@ -463,7 +472,7 @@ def promote(
             else:
                 # Compare-and-set: the champion must still be the one compared against when the alias moves.
                 model_id = record.get("model_id") or None
-                register(
+                version = register(
                     client,
                     params.model_name,
                     # A logged model is registered by its own URI (MLflow 3): the version page then
@@ -477,9 +486,11 @@ def promote(
                     {CHAMPION: cmp.champion_version},
                     description=f"{decision} on {time.strftime('%Y-%m-%d', time.gmtime())}: " + "; ".join(reasons),
                 )
-                # After the commit: the registry's decision stands whatever happens to this tag.
+                # After the commit: the registry's decision stands whatever happens to these tags.
                 try:
                     client.log_batch(str(run_id), tags=run_tags)
+                    if model_id:
+                        link_logged_model(client, model_id, params.model_name, version)
                 except MlflowException as e:
                     if say is not None:
                         say(f"run {run_id} was not tagged with the decision ({e.error_code}); the registry holds it")
