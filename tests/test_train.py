@@ -220,6 +220,9 @@ def test_stage_logs_an_mlflow_run(data: Path, tmp_path: Path, monkeypatch: pytes
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.info.run_name.startswith("train 2 steps cpu ")  # what it is, not a random name
+    monkeypatch.setenv("DVC_EXP_NAME", "seed-recipe")  # under dvc exp run -n seed-recipe
+    named = train_stage.run_name(tiny_params(steps=3), "cpu", "0" * 40)
+    assert named == "seed-recipe: train 3 steps cpu 0000000"
     assert run.data.params["model.n_codebooks"] == "12"
     assert run.data.params["loss_weights.loss/nmse"] == "1.0" and run.data.params["loss_weights.loss/l1"] == "0.0"
     assert "val/snr_db" in run.data.metrics and "vq/usage" in run.data.metrics

@@ -173,9 +173,11 @@ def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str) -
 
 def run_name(params: TrainParams, device: str, commit: str) -> str:
     """What the run is, as the MLflow UI lists it: ``train 2000 steps cpu 7d7bb48`` (``-dirty`` when
-    the code had uncommitted changes; the evaluation and promotion log into the same run)."""
+    the code had uncommitted changes; the evaluation and promotion log into the same run), after
+    the DVC experiment's name when ``dvc exp run -n NAME`` runs it (``seed-recipe: train ...``)."""
     short = "no-git" if commit == "unknown" else commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
-    return f"train {params.steps} steps {device} {short}"
+    experiment = os.environ.get("DVC_EXP_NAME", "").strip()
+    return f"{experiment + ': ' if experiment else ''}train {params.steps} steps {device} {short}"
 
 
 def data_loudness(data: Path) -> float | None:
