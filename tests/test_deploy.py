@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_dvc_repo
+from tests.conftest import REPO, free_port, make_dvc_repo, stop
 
 BIN = Path(sys.executable).parent
 TINY = {
@@ -36,12 +34,6 @@ TINY = {
     "validate.min_files": 10,
 }
 DATA_STAGES = ("corpus", "ingest", "normalize", "validate")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def api(url: str, path: str, body: dict | None = None) -> object:
@@ -140,12 +132,7 @@ def test_prefect_yaml_deploys_to_a_local_server_and_a_worker_runs_it_from_git(tm
         lock = yaml.safe_load((clones[0] / "dvc.lock").read_text())
         assert set(lock["stages"]) == set(DATA_STAGES)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop(server)
         log.close()
 
 

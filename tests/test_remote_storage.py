@@ -15,8 +15,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import typing as tp
@@ -27,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import BIN, REPO, make_dvc_repo, run_cli
+from tests.conftest import BIN, REPO, free_port, make_dvc_repo, run_cli, stop
 
 pytestmark = [
     pytest.mark.slow,
@@ -70,12 +68,6 @@ def doc_dvc_commands(name: str, placeholders: tp.Mapping[str, str]) -> list[list
 # --- servers --------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def http_get(url: str, host: str | None = None) -> int:
     """The status of a GET to ``url`` (0: no answer), never through a proxy."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -87,18 +79,6 @@ def http_get(url: str, host: str | None = None) -> int:
         return int(e.code)
     except OSError:
         return 0
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the process group ``proc`` leads: SIGTERM, then SIGKILL for whatever is left after 10 s
-    (children that outlived it included)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 @contextlib.contextmanager

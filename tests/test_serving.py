@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,18 +17,13 @@ import pytest
 from codec.model.codec import build_codec
 from codec.tracking import MODEL_NAME
 from tests import test_evaluate as te
+from tests.conftest import free_port, stop
 from tests.presets import tiny_config
 
 mlflow_template = te.mlflow_template
 mlflow_uri = te.mlflow_uri
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
@@ -100,10 +93,5 @@ def test_mlflow_models_serve_decodes_a_2_7_s_request_like_the_loaded_model(mlflo
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
             assert r.status == 200
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
         log.close()
