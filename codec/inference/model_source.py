@@ -8,8 +8,9 @@ A model is named by ``--model``:
 
 Without ``--model``: the registry's champion when a registry with one exists
 (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` at the repository root, the
-train stage's default), else ``models/codec.pt`` when it exists, else a
-:class:`~codec.errors.UserError` saying how to get a model.
+train stage's default), else ``models/codec.pt`` when it exists, else the reference model
+shipped with the package (``codec/model/reference/codec.pt``, docs/reference_model.md), so a
+fresh clone codes speech before any training.
 
 Checkpoints are untrusted (a registry or a file can come from anywhere):
 
@@ -39,7 +40,7 @@ from pathlib import Path
 import torch
 
 from codec.errors import UserError
-from codec.model.checkpoint import read_checkpoint
+from codec.model.checkpoint import REFERENCE_CHECKPOINT, read_checkpoint
 from codec.model.codec import Codec, CodecConfig
 from codec.model.serving import inference_codec
 from codec.tracking import CHAMPION, CHECKPOINT_ARTIFACT, MODEL_NAME, tracking_uri
@@ -150,7 +151,8 @@ def _sqlite_file(uri: str) -> Path | None:
 
 
 def default_model_spec() -> str:
-    """The registry's champion if there is one, else ``models/codec.pt`` if it exists."""
+    """The registry's champion if there is one, else ``models/codec.pt`` if it exists, else the
+    shipped reference model."""
     uri = tracking_uri()
     db = _sqlite_file(uri)
     # Opening a missing sqlite store would create an empty registry as a side effect.
@@ -160,13 +162,16 @@ def default_model_spec() -> str:
             return DEFAULT_URI
         except Exception as e:  # no such model or alias, or the server is unreachable
             reason = type(e).__name__
-            if DEFAULT_CHECKPOINT.is_file():
-                print(f"note: no {DEFAULT_URI} at {uri} ({reason}); using {DEFAULT_CHECKPOINT}", file=sys.stderr)
+            fallback = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.is_file() else REFERENCE_CHECKPOINT
+            if fallback.is_file():
+                print(f"note: no {DEFAULT_URI} at {uri} ({reason}); using {fallback}", file=sys.stderr)
     if DEFAULT_CHECKPOINT.is_file():
         return str(DEFAULT_CHECKPOINT)
+    if REFERENCE_CHECKPOINT.is_file():
+        return str(REFERENCE_CHECKPOINT)
     raise UserError(
-        f"no model: no {DEFAULT_URI} in the registry at {uri} and no {DEFAULT_CHECKPOINT} here; "
-        "train and promote one (dvc repro), or pass --model PATH|models:/NAME@ALIAS"
+        f"no model: no {DEFAULT_URI} in the registry at {uri}, no {DEFAULT_CHECKPOINT} here and no reference "
+        f"model at {REFERENCE_CHECKPOINT}; train and promote one (dvc repro), or pass --model PATH|models:/NAME@ALIAS"
     )
 
 

@@ -19,6 +19,10 @@ from codec.errors import UserError
 from codec.files import atomic_path
 from codec.model.codec import Codec, CodecConfig
 
+# The reference model shipped with the package (docs/reference_model.md): what `codec encode`
+# uses before any training, and what the CPU demo fine-tunes from (train.init_from).
+REFERENCE_CHECKPOINT = Path(__file__).resolve().with_name("reference") / "codec.pt"
+
 
 def unwrap(model: nn.Module) -> Codec:
     """The :class:`Codec` inside a DDP (or other ``.module``) wrapper."""
@@ -48,6 +52,16 @@ def save_checkpoint(path: str | Path, model: nn.Module, extra: tp.Mapping[str, t
     state: dict[str, tp.Any] = {"model_config": codec.config.to_dict(), "model": codec.state_dict()}
     state.update(extra or {})
     atomic_torch_save(state, path)
+
+
+def save_weights_only(path: str | Path, model: nn.Module, extra: tp.Mapping[str, tp.Any] | None = None) -> None:
+    """A checkpoint to ship: the model's config and its tensors in float16 (half the size; the
+    inference model and a fine-tune read them back as float32, so what ships is what is evaluated),
+    plus ``extra`` plain data (params, target loudness, provenance); no optimizer or RNG state."""
+    codec = unwrap(model)
+    state = {k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()
+             for k, v in codec.state_dict().items()}  # fmt: skip
+    atomic_torch_save({"model_config": codec.config.to_dict(), "model": state, **(extra or {})}, path)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, tp.Any]:

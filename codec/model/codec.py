@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from codec.errors import UserError
+from codec.model.frame import FrameDecoder, FrameEncoder
 from codec.model.layers import DecoderBlock, EncoderBlock, Snake, wn_conv1d
 from codec.model.quantize import ResidualVQ
 
@@ -57,12 +58,22 @@ class CodecConfig:
     # A learned analysis/synthesis filter bank (one strided conv in, one transposed conv
     # out, window 2·hop) added around the conv stacks; see Codec.
     linear_path: bool = True
+    # "waveform": the conv stacks above, at the audio rate (DAC). "frame": every layer at the
+    # frame rate and an inverse-STFT head (codec.model.frame, Vocos); there encoder_strides
+    # are (STFT hop h, down r) and decoder_strides (up r, inverse-STFT hop h), the channels
+    # are the ConvNeXt widths, and frame_blocks counts its blocks (encoder, decoder at the
+    # frame rate, decoder at r times it), each a depthwise conv of frame_kernel frames.
+    architecture: tp.Literal["waveform", "frame"] = "waveform"
+    frame_blocks: tuple[int, ...] = (4, 5, 2)
+    frame_kernel: int = 5
+    frame_head: tp.Literal["polar", "complex"] = "polar"
 
     def __post_init__(self) -> None:
         # Lists (from YAML or a checkpoint) become tuples, so configs compare and hash.
         self.encoder_strides = tuple(int(s) for s in self.encoder_strides)
         self.decoder_strides = tuple(int(s) for s in self.decoder_strides)
         self.dilations = tuple(int(d) for d in self.dilations)
+        self.frame_blocks = tuple(int(b) for b in self.frame_blocks)
         self.bitrates_kbps = tuple(float(b) for b in self.bitrates_kbps)
 
     def check(self, where: str = "model config") -> None:
@@ -80,6 +91,10 @@ class CodecConfig:
             raise UserError(f"{where}: quantizer {self.quantizer!r} must be 'ema' or 'factorized'")
         if not 0.0 < self.ema_decay < 1.0:
             raise UserError(f"{where}: ema_decay {self.ema_decay} must be within (0, 1)")
+        if self.architecture not in ("waveform", "frame"):
+            raise UserError(f"{where}: architecture {self.architecture!r} must be 'waveform' or 'frame'")
+        if self.architecture == "frame":
+            self._check_frame(where)
         if not self.bitrates_kbps:
             raise UserError(f"{where}: bitrates_kbps is empty; list at least one served bitrate")
         for kbps in self.bitrates_kbps:
@@ -90,6 +105,30 @@ class CodecConfig:
                     f"{self.bits_per_code} bits per code; choose bitrates that are whole multiples of "
                     f"{self.kbps_per_quantizer:g} kbps up to {self.n_codebooks * self.kbps_per_quantizer:g} kbps"
                 )
+
+    def _check_frame(self, where: str) -> None:
+        enc, dec = self.encoder_strides, self.decoder_strides
+        if len(enc) != 2 or tuple(reversed(dec)) != enc:
+            raise UserError(
+                f"{where}: the frame architecture takes encoder_strides [STFT hop, down] and decoder_strides "
+                f"[up, STFT hop], the same two numbers reversed (got {list(enc)} and {list(dec)}), "
+                "e.g. [160, 2] and [2, 160]"
+            )
+        if enc[0] < 2 or enc[0] % 2 or enc[1] < 1:
+            raise UserError(
+                f"{where}: the frame architecture's STFT hop {enc[0]} must be even and its down factor >= 1"
+            )
+        if len(self.frame_blocks) != 3 or min(self.frame_blocks) < 0:
+            raise UserError(
+                f"{where}: frame_blocks {list(self.frame_blocks)} must be three counts >= 0 "
+                "(encoder, decoder at the frame rate, decoder after the up-sampling)"
+            )
+        if self.frame_kernel < 1 or self.frame_kernel % 2 == 0:
+            raise UserError(f"{where}: frame_kernel {self.frame_kernel} must be odd and >= 1")
+        if self.frame_head not in ("polar", "complex"):
+            raise UserError(f"{where}: frame_head {self.frame_head!r} must be 'polar' or 'complex'")
+        if self.linear_path:
+            raise UserError(f"{where}: linear_path must be false for the frame architecture (it has its own STFT)")
 
     @property
     def hop_length(self) -> int:
@@ -128,13 +167,25 @@ class CodecConfig:
         return tuple(self.n_quantizers_for(k) for k in self.bitrates_kbps)
 
     def to_dict(self) -> dict[str, tp.Any]:
-        """Plain dict (lists, not tuples) for checkpoints, JSON and MLflow."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Plain dict (lists, not tuples) for checkpoints, JSON and MLflow.
+
+        A waveform model's dict leaves out the frame architecture's fields: it is the dict its
+        checkpoint was written with before they existed, so its fingerprint (which hashes this
+        dict, and which every bitstream carries) is unchanged and old streams still decode.
+        """
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        if self.architecture == "waveform":
+            for key in FRAME_FIELDS:
+                d.pop(key)
+        return d
 
     @classmethod
     def from_dict(cls, data: tp.Mapping[str, tp.Any]) -> CodecConfig:
         """Inverse of :meth:`to_dict`."""
         return cls(**dict(data))
+
+
+FRAME_FIELDS = ("architecture", "frame_blocks", "frame_kernel", "frame_head")
 
 
 @dataclasses.dataclass
@@ -167,6 +218,19 @@ def _zero_output(conv: nn.Module) -> None:
         bias.zero_()
 
 
+def _quantizer(c: CodecConfig) -> ResidualVQ:
+    return ResidualVQ(
+        c.latent_dim,
+        c.n_codebooks,
+        c.codebook_size,
+        c.codebook_dim,
+        quantizer_dropout=c.quantizer_dropout,
+        dropout_choices=c.served_n_quantizers,
+        kind=c.quantizer,
+        ema_decay=c.ema_decay,
+    )
+
+
 class Codec(nn.Module):
     """Encoder → residual VQ → decoder, on mono audio ``[B, 1, T]``."""
 
@@ -175,6 +239,19 @@ class Codec(nn.Module):
         config.check()
         self.config = config
         c = config
+        self.output_tanh = c.output_activation == "tanh"
+        self.linear_encoder: nn.Module | None = None
+        self.linear_decoder: nn.Module | None = None
+        if c.architecture == "frame":
+            (hop, down), blocks = c.encoder_strides, c.frame_blocks
+            self.encoder: nn.Module = FrameEncoder(
+                (hop, down), c.encoder_channels, c.latent_dim, blocks[0], c.frame_kernel
+            )
+            self.quantizer = _quantizer(c)
+            self.decoder: nn.Module = FrameDecoder(
+                (down, hop), c.decoder_channels, c.latent_dim, blocks[1:], c.frame_kernel, c.frame_head
+            )
+            return
         enc: list[nn.Module] = [wn_conv1d(1, c.encoder_channels, kernel_size=7)]
         ch = c.encoder_channels
         for stride in c.encoder_strides:
@@ -182,17 +259,7 @@ class Codec(nn.Module):
             ch *= 2
         enc += [Snake(ch), wn_conv1d(ch, c.latent_dim, kernel_size=3)]
         self.encoder = nn.Sequential(*enc)
-
-        self.quantizer = ResidualVQ(
-            c.latent_dim,
-            c.n_codebooks,
-            c.codebook_size,
-            c.codebook_dim,
-            quantizer_dropout=c.quantizer_dropout,
-            dropout_choices=c.served_n_quantizers,
-            kind=c.quantizer,
-            ema_decay=c.ema_decay,
-        )
+        self.quantizer = _quantizer(c)
 
         dec: list[nn.Module] = [wn_conv1d(c.latent_dim, c.decoder_channels, kernel_size=7)]
         ch = c.decoder_channels
@@ -202,7 +269,6 @@ class Codec(nn.Module):
             ch = out
         dec += [Snake(ch), wn_conv1d(ch, 1, kernel_size=7)]
         self.decoder = nn.Sequential(*dec)
-        self.output_tanh = c.output_activation == "tanh"
 
         # The linear path: a learned frame transform (like an MDCT's analysis and
         # synthesis windows, but learned) from the waveform to the latent and back.
@@ -211,13 +277,11 @@ class Codec(nn.Module):
         # The conv stacks start at zero output (their last layer's gain is zero), so
         # training starts as a transform codec and the Snake/conv stacks learn what the
         # linear transform misses; on a long GPU run they carry the model.
-        self.linear_encoder: nn.Module | None = None
-        self.linear_decoder: nn.Module | None = None
         if c.linear_path:
             hop = c.hop_length
             self.linear_encoder = nn.Conv1d(1, c.latent_dim, 2 * hop, stride=hop, padding=hop // 2)
             self.linear_decoder = nn.ConvTranspose1d(c.latent_dim, 1, 2 * hop, stride=hop, padding=hop // 2)
-            for last in (self.encoder[-1], self.decoder[-1]):
+            for last in (enc[-1], dec[-1]):
                 _zero_output(last)
 
     def _pad(self, audio: Tensor) -> Tensor:

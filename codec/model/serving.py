@@ -145,7 +145,10 @@ def inference_codec(config: CodecConfig, state: tp.Mapping[str, Tensor]) -> Code
 
 
 def _channels_last(fast: Codec) -> Codec:
-    """Every convolution of ``fast`` (weight norm folded) run as a channels-last 2-D one, in place."""
+    """Every convolution of ``fast`` (weight norm folded) run as a channels-last 2-D one, in place.
+    Not for the frame architecture: its layers run at 50-100 Hz, where the layout gains nothing."""
+    if fast.config.architecture == "frame":
+        return fast.eval()
     for parent in list(fast.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, (nn.Conv1d, nn.ConvTranspose1d)):

@@ -184,6 +184,8 @@ def load(params: TrainParams, data_dir: str | Path, resume_from: Path | None = N
     torch.manual_seed(params.seed)
     if resume_from is not None and resume_from.is_file():
         restore(state, resume_from)
+    elif params.init_from:
+        initialize(model, Path(params.init_from))
     if rt.world_size > 1:
         state.net = DistributedDataParallel(
             model,
@@ -215,6 +217,20 @@ def restore(state: State, path: Path) -> None:
     state.history = list(ckpt.get("history", []))
     state.val = dict(ckpt.get("val", {}))
     set_rng_state(state.generator, ckpt["rng"])
+
+
+def initialize(model: Codec, path: Path) -> None:
+    """``model``'s weights and codebooks from the checkpoint at ``path`` (``train.init_from``), which
+    must hold the same architecture: fine-tuning, not a new model."""
+    ckpt = read_checkpoint(path, map_location="cpu")
+    if ckpt["model_config"] != model.config.to_dict():
+        diff = sorted(k for k in {**ckpt["model_config"], **model.config.to_dict()}
+                      if ckpt["model_config"].get(k) != model.config.to_dict().get(k))  # fmt: skip
+        raise UserError(
+            f"train.init_from: {path} holds another model (model config differs in {', '.join(diff)}); "
+            "use train.model settings that match it, or set train.init_from: null to train from scratch"
+        )
+    model.load_state_dict(ckpt["model"])
 
 
 def save(state: State, path: Path, with_state: bool) -> None:
@@ -249,9 +265,9 @@ def fit_codebooks(state: State) -> None:
 def train_step(state: State) -> Step:
     """One optimizer step on a batch drawn from ``state``'s generator; returns the named losses."""
     p, rt = state.params, state.rt
-    if state.step == p.quantizer_warmup_steps:
+    if state.step == p.quantizer_warmup_steps and not p.init_from:  # a fine-tune keeps its codebooks
         fit_codebooks(state)
-    quantize = state.step >= p.quantizer_warmup_steps
+    quantize = state.step >= p.quantizer_warmup_steps or bool(p.init_from)
     local = p.batch_size // rt.world_size
     lo, hi = rt.rank * local, (rt.rank + 1) * local
     batch = state.sampler.sample(p.batch_size, state.generator)

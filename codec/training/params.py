@@ -70,6 +70,10 @@ class TrainParams:
     # Stop after this many seconds of training in this process (0: no limit), with a
     # checkpoint, as if stopped; train.resume continues. For fixed-time comparisons.
     time_limit_s: float = 0.0
+    # Start from this checkpoint's weights and codebooks (fine-tuning: same model config, no
+    # autoencoder warm-up, no k-means refit) instead of from scratch (null). The demo starts
+    # from the reference model shipped with the package (codec/model/reference/).
+    init_from: str | None = None
     model: CodecConfig = dataclasses.field(default_factory=CodecConfig)
 
     def check(self, where: str = "train params") -> None:
@@ -102,6 +106,8 @@ class TrainParams:
             raise UserError(f"{where}.betas: {list(self.betas)} must be two numbers")
         self.augment.check(f"{where}.augment")
         self.model.check(f"{where}.model")
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            raise UserError(f"{where}.init_from: {self.init_from!r} must be a checkpoint path or null")
 
     def result_dict(self) -> dict[str, tp.Any]:
         """:meth:`to_dict` without the keys that change nothing in the result (:data:`NO_EFFECT_KEYS`)."""
@@ -109,7 +115,9 @@ class TrainParams:
 
     def to_dict(self) -> dict[str, tp.Any]:
         """Plain nested dict (lists, not tuples): checkpoints, JSON, MLflow."""
-        return _plain(dataclasses.asdict(self))
+        d = _plain(dataclasses.asdict(self))
+        d["model"] = self.model.to_dict()  # without the fields a waveform model never had
+        return d
 
 
 # Keys that change how fast a run goes, what it shows, or whether a stopped run is continued

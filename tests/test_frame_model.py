@@ -1,0 +1,174 @@
+"""The frame-rate architecture (codec/model/frame.py): shapes and bitrates, the STFT pair, chunked
+against whole-file coding through the inference path, the inference copy built from a
+checkpoint, and fine-tuning from a checkpoint (train.init_from)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from codec.errors import UserError
+from codec.inference import pipeline as inf
+from codec.inference.model_source import load_model
+from codec.model.checkpoint import model_fingerprint, read_checkpoint, save_checkpoint
+from codec.model.codec import FRAME_FIELDS, CodecConfig, build_codec
+from codec.model.frame import analysis, synthesis
+from codec.training.loop import train
+from codec.training.params import TrainParams
+from tests.presets import tiny_config
+from tests.synth import write_dataset
+
+SR = 16000
+
+
+def tiny_frame(**overrides: object) -> CodecConfig:
+    base: dict[str, object] = dict(
+        architecture="frame",
+        encoder_strides=(160, 2),
+        decoder_strides=(2, 160),
+        encoder_channels=32,
+        decoder_channels=32,
+        latent_dim=32,
+        frame_blocks=(1, 2, 1),
+        linear_path=False,
+    )
+    base.update(overrides)
+    return tiny_config(**base)
+
+
+def woken(cfg: CodecConfig, seed: int = 3) -> torch.nn.Module:
+    """A frame codec with its weights moved off their initial values (so every block counts)."""
+    model = build_codec(cfg, seed=seed).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    return model
+
+
+def speechlike(seconds: float, seed: int = 0) -> np.ndarray:
+    """Harmonics of a gliding pitch under a syllable-rate envelope, with pauses."""
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12))
+    envelope = np.clip(np.sin(2 * np.pi * 2.5 * t + seed), 0, None) ** 2
+    noise = np.random.default_rng(seed).standard_normal(t.size) * 0.01
+    return (0.1 * voice * envelope + noise).astype(np.float32)
+
+
+def test_frame_codec_shapes_bitrates_and_padding() -> None:
+    cfg = tiny_frame()
+    assert cfg.hop_length == 320 and cfg.frame_rate == 50.0
+    assert cfg.served_n_quantizers == (3, 6, 12)
+    model = build_codec(cfg, seed=0).eval()
+    x = torch.randn(2, 1, SR + 123) * 0.1
+    with torch.no_grad():
+        for n_q in cfg.served_n_quantizers:
+            codes = model.encode(x, n_q)
+            assert codes.shape == (2, n_q, 51) and codes.dtype == torch.long
+            assert int(codes.min()) >= 0 and int(codes.max()) < cfg.codebook_size
+            audio = model.decode(codes)
+            assert audio.shape == (2, 1, 51 * 320) and torch.isfinite(audio).all()
+        out = model(x, 12)
+    assert out.audio.shape == x.shape and out.latents.shape == (2, 32, 51)
+
+
+def test_frame_config_errors_name_the_field() -> None:
+    with pytest.raises(UserError, match=r"encoder_strides \[STFT hop, down\]"):
+        tiny_frame(encoder_strides=(2, 4, 5, 8), decoder_strides=(8, 5, 4, 2)).check()
+    with pytest.raises(UserError, match="frame_kernel 4 must be odd"):
+        tiny_frame(frame_kernel=4).check()
+    with pytest.raises(UserError, match="linear_path must be false"):
+        tiny_frame(linear_path=True).check()
+    with pytest.raises(UserError, match="architecture 'mdct'"):
+        tiny_frame(architecture="mdct").check()
+
+
+def test_the_stft_pair_reconstructs_exactly() -> None:
+    """synthesis() of an analysis-framed STFT's own magnitude and phase gives the input back: the
+    decoder's head can express any signal, and the "same" framing puts n frames on n hops."""
+    x = torch.from_numpy(speechlike(1.0)).view(1, 1, -1)
+    hop, n_fft = 160, 640
+    padded = torch.nn.functional.pad(x, (240, 240), mode="reflect")[:, 0]
+    spec = torch.stft(padded, n_fft, hop, window=torch.hann_window(n_fft), center=False, return_complex=True)
+    assert spec.shape[-1] == x.shape[-1] // hop
+    y = synthesis(spec, hop)
+    assert y.shape == x.shape
+    assert float((y - x).abs().max()) < 1e-5
+    feats = analysis(x, hop)
+    assert feats.shape == (1, 2 * 321, 100)
+    # |X|^0.3 with the phase kept: the magnitude of the compressed pair is |X|^0.3.
+    mag = torch.sqrt(feats[:, :321] ** 2 + feats[:, 321:] ** 2)
+    torch.testing.assert_close(mag, spec.abs().clamp_min(1e-7) ** 0.3, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_coding_equals_whole_file_coding() -> None:
+    """The receptive field stays inside the inference path's chunk context: codes of a chunked
+    encode equal the whole-file encode's, and a chunked decode its audio."""
+    model = woken(tiny_frame())
+    x = inf.prepare(speechlike(4.0), SR).audio
+    whole = np.concatenate(list(inf.encode_codes(model, x, 3.6, chunk_frames=10**6)), axis=1)
+    chunks = list(inf.encode_codes(model, x, 3.6, chunk_frames=37))
+    assert whole.shape == (12, 200)
+    np.testing.assert_array_equal(np.concatenate(chunks, axis=1), whole)
+    one = np.concatenate(list(inf.decode_codes(model, [whole])))
+    many = np.concatenate(list(inf.decode_codes(model, chunks)))
+    assert one.shape == many.shape == (200 * 320,)
+    assert float(np.abs(one).max()) > 1e-3
+    np.testing.assert_allclose(many, one, atol=1e-5 * np.abs(one).max())
+
+
+def test_the_loaded_inference_model_is_the_trained_model(tmp_path: Path) -> None:
+    """codec encode/decode build the model on the meta device from the checkpoint's tensors:
+    same codes, audio and fingerprint."""
+    model = woken(tiny_frame())
+    save_checkpoint(tmp_path / "codec.pt", model)
+    loaded = load_model(str(tmp_path / "codec.pt")).model
+    assert model_fingerprint(loaded) == model_fingerprint(model)
+    x = torch.from_numpy(speechlike(1.5)).view(1, 1, -1)
+    with torch.inference_mode():
+        codes = model.encode(x, 12)
+        assert torch.equal(loaded.encode(x, 12), codes)
+        torch.testing.assert_close(loaded.decode(codes), model.decode(codes), rtol=0, atol=1e-6)
+
+
+def test_waveform_configs_keep_their_fingerprint_dict() -> None:
+    """The frame fields stay out of a waveform model's config dict (which its fingerprint hashes),
+    so streams coded with models trained before the frame architecture existed still decode."""
+    waveform = tiny_config().to_dict()
+    assert not set(FRAME_FIELDS) & set(waveform)
+    assert CodecConfig.from_dict(waveform) == tiny_config()
+    frame = tiny_frame().to_dict()
+    assert frame["architecture"] == "frame" and frame["frame_blocks"] == [1, 2, 1]
+    assert CodecConfig.from_dict(frame) == tiny_frame()
+
+
+def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_codebooks(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", n_clips=10, seconds=1.0)
+    cfg = tiny_frame()
+    base = TrainParams(
+        steps=3, batch_size=2, segment_s=0.4, val_every=3, val_clips=1, val_seconds=0.5, checkpoint_every=3,
+        quantizer_warmup_steps=2, progress=False, threads=1, val_fraction=0.4, model=cfg,
+    )  # fmt: skip
+    train(base, data, tmp_path / "scratch")
+    start = read_checkpoint(tmp_path / "scratch" / "codec.pt")
+    tuned = dataclasses.replace(base, steps=1, init_from=str(tmp_path / "scratch" / "codec.pt"), lr=0.0)
+    result = train(tuned, data, tmp_path / "tuned")
+    after = read_checkpoint(tmp_path / "tuned" / "codec.pt")["model"]
+    codebooks = [k for k in after if k.endswith(".embed")]
+    assert len(codebooks) == cfg.n_codebooks
+    # lr 0: the weights are the checkpoint's; the codebooks moved by one EMA update (decay
+    # 0.99), not refit by k-means nor reset.
+    for key in codebooks:
+        change = float((after[key] - start["model"][key]).norm() / start["model"][key].norm())
+        assert change < 0.05, (key, change)
+    enc = [k for k in after if k.startswith("encoder.")]
+    assert all(torch.equal(after[k], start["model"][k]) for k in enc)
+    assert result.step == 1
+    wrong = dataclasses.replace(tuned, model=dataclasses.replace(cfg, frame_blocks=(1, 1, 1)))
+    with pytest.raises(UserError, match=r"holds another model \(model config differs in frame_blocks\)"):
+        train(wrong, data, tmp_path / "wrong")
