@@ -2,9 +2,12 @@
 
 A stage writes each output under a temporary name beside the final one and
 renames it into place when complete (``os.replace`` is atomic on one file
-system). A stage that writes a whole folder builds it as ``.NAME.partial`` and
-swaps it in at the end; an interrupted run removes its staging folder (SIGINT and
-SIGTERM unwind through ``finally``; after a SIGKILL the next run clears it).
+system). A stage that writes a whole folder builds it in a staging folder of its own
+(``.NAME.partial.PID.RANDOM``, locked while the run lives) and swaps it in at the end,
+under a lock, only once it holds what the run completed; an interrupted run removes its
+own staging folder (SIGINT and SIGTERM unwind through ``finally``), and the next run
+removes the stagings of runs that died (nobody holds their lock). Two runs on one
+output never share or delete each other's staging.
 
 Replacing a folder as a whole is only safe when the folder is the stage's own, so
 :func:`staged_dir` refuses, before a byte is written, an output folder that equals,
@@ -18,9 +21,12 @@ as ``open()`` would), not the ``0600`` of :func:`tempfile.mkstemp`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
+import stat
 import tempfile
+import time
 import typing as tp
 from pathlib import Path, PurePosixPath
 
@@ -38,22 +44,49 @@ def default_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def check_replaceable(path: Path) -> None:
+    """:class:`UserError` when ``path`` exists and is neither a regular file nor a symbolic
+    link: a rename over a device node, a FIFO, a socket or a folder would replace it (as root,
+    ``/dev/null`` itself). Such outputs are written through (:mod:`codec.cli.batch`) or refused."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UserError(f"{path}: cannot be inspected ({e.strerror or e}); check the folder") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path} is a folder, not a file; name a file to write")
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise UserError(f"{path} is not a regular file (a device, FIFO or socket); it is never replaced. Name a file")
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> tp.Iterator[Path]:
+def atomic_path(path: str | Path, *, replace: bool = True) -> tp.Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` at once.
 
     On any exception the temporary file is removed, so readers never see a
     half-written file under the final name. The final file has the umask's mode.
+    A ``path`` that is a device, a FIFO, a socket or a folder is refused
+    (:func:`check_replaceable`). With ``replace=False`` nothing that exists is replaced:
+    the file is published with a hard link, which fails if ``path`` appeared meanwhile.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    check_replaceable(final)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, default_file_mode())
-        os.replace(tmp, final)
+        check_replaceable(final)
+        if replace:
+            os.replace(tmp, final)
+        else:
+            try:
+                os.link(tmp, final)  # atomic, and fails if final exists: never replaces
+            except FileExistsError:
+                raise UserError(f"{final} appeared while it was being written; it was left as it is") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -150,29 +183,106 @@ def manifest_owned(columns: tp.Sequence[str]) -> tp.Callable[[Path], bool]:
     return owned
 
 
+STALE_STAGING = ".partial."  # staging folders are ".NAME.partial.PID.RANDOM"
+
+
+def _try_lock_dir(path: str | Path) -> int | None:
+    """An open descriptor of the folder ``path`` with an exclusive ``flock`` on it, or ``None``
+    when another process holds the lock (or it is not a folder we can open)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_stale_stagings(final: Path, started: float) -> list[Path]:
+    """Remove the staging folders of ``final`` that runs which died left behind; returns them.
+
+    A live run holds an exclusive ``flock`` on its staging folder (the kernel drops it when
+    the run dies, SIGKILL included), so a staging folder nobody holds, last modified before
+    ``started`` (which covers the instant between creating and locking it), is stale."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(final.parent))
+    except OSError:
+        return removed
+    prefix = f".{final.name}{STALE_STAGING}"
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mtime >= started:
+            continue
+        fd = _try_lock_dir(entry.path)
+        if fd is None:
+            continue  # a live run's
+        try:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def _publish_lock(final: Path) -> tp.Iterator[None]:
+    """An exclusive ``flock`` on the folder that holds ``final``: one run swaps an output in there
+    at a time (a swap takes milliseconds; a lock file would be one more file beside the data)."""
+    fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def staged_dir(
     out: str | Path,
     inputs: tp.Sequence[str | Path] = (),
     owned: tp.Callable[[Path], bool] | None = None,
+    complete: tp.Callable[[Path], None] | None = None,
 ) -> tp.Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces ``out`` as a whole.
+    """Yield an empty staging folder of this run's own; on success it replaces ``out`` as a whole.
 
     ``out`` is checked first (:func:`check_output_folder` with ``inputs`` and
-    ``owned``). On failure or interruption the staging folder is removed and ``out``
-    is left as it was before the run.
+    ``owned``). The staging folder (``.NAME.partial.PID.RANDOM``) is locked while the run
+    lives, so no other run deletes it, and the stagings of runs that died are removed
+    (:func:`remove_stale_stagings`). The swap happens under a lock (one run at a time), after
+    ``complete(staging)`` (a :class:`UserError` when the staging does not hold a whole
+    output) and ``owned`` pass again. On failure or interruption this run's staging folder
+    is removed and ``out`` is left as it was before the run.
     """
+    started = time.time()
     final = check_output_folder(out, inputs, owned)
-    staging = final.with_name(f".{final.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
-    staging.mkdir(parents=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_stagings(final, started)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}{STALE_STAGING}{os.getpid()}.", dir=final.parent))
+    held = _try_lock_dir(staging)
     try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would become the published folder's mode
         yield staging
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
+        if complete is not None:
+            complete(staging)
+        with _publish_lock(final):
+            check_output_folder(out, inputs, owned)  # another run may have published meanwhile: still ours?
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}{STALE_STAGING}old.", dir=final.parent))
+            try:
+                if final.exists():
+                    os.replace(final, old)
+                os.replace(staging, final)
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if held is not None:
+            os.close(held)

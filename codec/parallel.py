@@ -1,16 +1,25 @@
-"""Fan a per-file function out over all cores, with a progress bar.
+"""Fan a per-file function out over all cores, with a progress bar; and processes that die
+with what started them.
 
 Per-file work in the data stages (decode, resample, meter, gain, write) is
 independent, so processes scale it across cores; on a cluster the same per-file
 functions are what a Dask or Ray task would call (see README: Growing past one machine).
+
+A worker dies with its stage (:func:`die_with_parent`), and a stage run by a pipeline dies
+with the pipeline (:func:`die_with_pipeline`): a ``kill -9`` of ``dvc repro`` used to leave
+``codec normalize`` and its workers running, re-parented to PID 1, publishing over the re-run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import signal
+import sys
+import threading
+import time
 import typing as tp
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -66,6 +75,87 @@ def die_with_parent() -> None:
 _PARENT_PID = os.getpid()  # set again in the parent before each pool (see parallel_map)
 
 
+PIPELINE_MARKER = "DVC_STAGE"  # DVC sets it in the environment of every stage command it runs
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """``(state, parent pid, start time)`` of ``pid`` from ``/proc``, or ``None`` when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()  # the name (field 2) may hold spaces and ')'
+    return fields[0].decode(), int(fields[1]), int(fields[19])
+
+
+def _has_marker(pid: int) -> bool | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return any(v.startswith(PIPELINE_MARKER.encode() + b"=") for v in f.read().split(b"\0"))
+    except OSError:
+        return None
+
+
+def pipeline_pid() -> int | None:
+    """The pipeline process that started this stage: the nearest ancestor whose environment lacks
+    :data:`PIPELINE_MARKER` (DVC sets it for the stage's shell and what that runs, not for itself),
+    or ``None`` (not under a pipeline, or ``/proc`` cannot tell)."""
+    if PIPELINE_MARKER not in os.environ:
+        return None
+    pid = os.getppid()
+    for _ in range(32):
+        if pid <= 1:
+            return None
+        marked = _has_marker(pid)
+        if marked is None:
+            return None
+        if not marked:
+            return pid
+        info = _proc_stat(pid)
+        if info is None:
+            return None
+        pid = info[1]
+    return None
+
+
+def _alive(pid: int, started: int) -> bool:
+    info = _proc_stat(pid)
+    return info is not None and info[0] not in ("Z", "X") and info[2] == started
+
+
+def die_with_pipeline(poll_s: float = 0.5, grace_s: float = 10.0) -> int | None:
+    """Stop this process when the pipeline that started it dies; returns that pipeline's PID
+    (``None``: not under a pipeline, nothing watched).
+
+    A ``kill -9`` of ``dvc repro`` reaches neither the stage's shell nor the stage, and the
+    stage's parent may be that shell, which lives on, so neither ``PR_SET_PDEATHSIG`` nor the
+    process group (the killer chooses whether to signal it) is enough. A daemon thread checks
+    every ``poll_s`` that the pipeline process (the same one: its start time is compared, so a
+    reused PID does not count) and this process's parent still live; when either is gone it
+    sends this process SIGTERM, which unwinds through ``finally`` (staging removed, pool shut
+    down; the workers die with it by :func:`die_with_parent`), and exits after ``grace_s``
+    if the unwinding hangs. Linux only; elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    root = pipeline_pid()
+    info = None if root is None else _proc_stat(root)
+    if root is None or info is None:
+        return None
+    started, parent = info[2], os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent and _alive(root, started):
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(128 + int(signal.SIGTERM))
+
+    threading.Thread(target=watch, name="die-with-pipeline", daemon=True).start()
+    return root
+
+
 def worker_init() -> None:
     """The data stages' pool initializer: die with the parent, keep freed memory."""
     die_with_parent()
@@ -89,6 +179,17 @@ def keep_freed_memory() -> None:
     mallopt(m_mmap_threshold, 64 << 20)
     mallopt(m_trim_threshold, 256 << 20)
     mallopt(m_top_pad, 16 << 20)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and SIGTERM the workers (they exit at once, see
+    :mod:`codec.cli.main`), so leaving the pool's ``with`` does not wait on a worker that is
+    stuck (a read that blocks: a FIFO, a hung network mount)."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # no public handle on them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in workers:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # already gone / closed
+            proc.terminate()
 
 
 def parallel_map(fn: tp.Callable[[T], R], items: tp.Sequence[T], workers: int, desc: str) -> list[R]:
@@ -123,6 +224,9 @@ def parallel_map(fn: tp.Callable[[T], R], items: tp.Sequence[T], workers: int, d
                     "files; nothing was written. Re-run; if it happens again, lower the stage's workers param "
                     "or check the system log (dmesg) for the out-of-memory killer"
                 ) from None
+            except BaseException:
+                _stop_workers(pool)  # SIGTERM, Ctrl-C or a failure: don't wait for the files in progress
+                raise
             return out
     finally:
         bar.close()

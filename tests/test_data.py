@@ -321,14 +321,14 @@ def test_interrupted_normalize_leaves_no_partial_output_and_rerun_completes(tmp_
     params = tmp_path / "params.yaml"
     params.write_text("normalize:\n  workers: 1\ningest:\n  sample_rate: 16000\n")
     cmd = [sys.executable, "-m", "codec", "normalize", "--in", str(raw), "--out", str(out), "--params", str(params)]
-    staging = tmp_path / ".norm.partial"
+    staging = tmp_path / ".norm.partial"  # each run's is .norm.partial.PID.RANDOM
     for sig in (signal.SIGTERM, signal.SIGKILL):
         # The signal races the stage's last files on a fast machine: a run that finished
         # first (exit 0, complete output) was not interrupted, so it is tried again.
         for _attempt in range(5):
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             deadline = time.time() + 60
-            while time.time() < deadline and not (staging.exists() and any(staging.glob("*.wav"))):
+            while time.time() < deadline and not any(tmp_path.glob(".norm.partial.*/*.wav")):
                 time.sleep(0.005)
             assert proc.poll() is None, "normalize finished before it could be interrupted"
             proc.send_signal(sig)
@@ -340,11 +340,11 @@ def test_interrupted_normalize_leaves_no_partial_output_and_rerun_completes(tmp_
         assert proc.returncode != 0, "the stage finished before the signal in every attempt"
         assert not out.exists()  # no output folder with a subset of the clips
         if sig == signal.SIGTERM:
-            assert not staging.exists()  # cleaned up on the way out
+            assert not list(tmp_path.glob(f"{staging.name}*"))  # cleaned up on the way out
             assert "interrupted" in stderr and "Traceback" not in stderr
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert not (tmp_path / ".norm.partial").exists()
+    assert not list(tmp_path.glob(f"{staging.name}*"))  # the killed run's staging too
     manifest = pd.read_csv(out / "manifest.csv")
     assert len(manifest) == 60
     assert sorted(p.name for p in out.glob("*.wav")) == sorted(manifest["path"])

@@ -287,7 +287,7 @@ def _normalize_proc(raw: Path, out: Path, params: Path) -> subprocess.Popen[str]
 def _workers_of(proc: subprocess.Popen[str], staging: Path) -> list[psutil.Process]:
     deadline = time.time() + 90
     while time.time() < deadline and proc.poll() is None:
-        if staging.exists() and any(staging.glob("*.wav")):
+        if any(staging.parent.glob(f"{staging.name}.*/*.wav")):  # each run stages in .NAME.partial.PID.RANDOM
             children = psutil.Process(proc.pid).children()
             if len(children) >= 2:
                 return children
@@ -312,7 +312,7 @@ def test_workers_die_with_a_killed_normalize_and_a_lost_worker_is_a_clear_error(
     assert proc.returncode == 2
     assert "Traceback" not in stderr
     assert "a worker process died" in stderr
-    assert not out.exists() and not staging.exists()
+    assert not out.exists() and not list(tmp_path.glob(f"{staging.name}*"))
 
 
 # --- Files keep the permissions the umask gives -----------------------------------------

@@ -4,8 +4,20 @@
   temporary file, since the input must be read twice and the output is renamed into place);
 - ``IN [IN ...] --out-dir DIR``: many files with one model load (start-up is most of a short
   file's time). A folder among the inputs stands for every file under it with one of the
-  command's extensions, and its layout is kept under ``DIR``. A file that fails is reported
-  and the rest go on; the exit status is that of the first failure.
+  command's extensions, and its layout is kept under ``DIR`` (under the folder's resolved name,
+  so ``..`` or ``.`` still land inside ``DIR``). A file that fails is reported and the rest go
+  on; the exit status is that of the first failure.
+
+Outputs never replace anything but a regular file the command was told to overwrite (a
+batch rebuilds layouts, and ``codec decode codes/rec --out-dir .`` once wrote lossy decodes
+over the recordings they came from):
+
+- no output is ever one of the inputs (the same file, through any link or path);
+- a batch replaces no existing file unless ``--overwrite`` is given, and publishes each
+  output with a hard link that fails if something appeared there meanwhile;
+- an ``OUT`` that is a device node or a FIFO (or a symbolic link to one) is written through,
+  as ``cp`` does, once the output is complete, never replaced by a rename; an ``OUT`` that is
+  a symbolic link to a file keeps the link and replaces the file it points to.
 """
 
 from __future__ import annotations
@@ -14,25 +26,35 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import typing as tp
 from pathlib import Path
 
 from codec.errors import UserError
+from codec.files import resolved
 
 PIPE = "-"
 
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One input and the output it is written to (``-``: a pipe)."""
+    """One input and the output it is written to (``-``: a pipe); ``replace``: whether an
+    existing regular file there may be replaced (one ``IN OUT`` pair, or ``--overwrite``)."""
 
     src: str
     out: str
+    replace: bool = True
 
 
-def plan(paths: tp.Sequence[str], out_dir: str | None, extensions: tp.Sequence[str], out_suffix: str) -> list[Job]:
+def plan(
+    paths: tp.Sequence[str],
+    out_dir: str | None,
+    extensions: tp.Sequence[str],
+    out_suffix: str,
+    overwrite: bool = False,
+) -> list[Job]:
     """The jobs of a command line (see the module docstring); :class:`UserError` for a bad one."""
     if out_dir is None:
         if len(paths) != 2:
@@ -52,7 +74,10 @@ def plan(paths: tp.Sequence[str], out_dir: str | None, extensions: tp.Sequence[s
             found = sorted(f for f in src.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
             if not found:
                 raise UserError(f"{src}: a folder with no {'/'.join(extensions)} files under it")
-            pairs = [(f, root / src.name / f.relative_to(src).with_suffix(out_suffix)) for f in found]
+            name = resolved(src, "input folder").name  # '..' and '.' by the folder's own name
+            if not name:
+                raise UserError(f"{src}: the file-system root is not a folder of recordings; name a folder under it")
+            pairs = [(f, root / name / f.relative_to(src).with_suffix(out_suffix)) for f in found]
         else:
             pairs = [(src, root / src.with_suffix(out_suffix).name)]
         for f, o in pairs:
@@ -60,7 +85,7 @@ def plan(paths: tp.Sequence[str], out_dir: str | None, extensions: tp.Sequence[s
             if key in seen:
                 raise UserError(f"{f} and {seen[key]} would both be written to {o}; encode them into different folders")
             seen[key] = str(f)
-            jobs.append(Job(str(f), str(o)))
+            jobs.append(Job(str(f), str(o), replace=overwrite))
     return jobs
 
 
@@ -77,19 +102,50 @@ def local_input(src: str, suffix: str) -> tp.Iterator[Path]:
         yield path
 
 
+def _special(path: Path) -> bool:
+    """``path`` is, or links to, a device node or a FIFO: written through, never renamed over."""
+    try:
+        mode = os.stat(path).st_mode  # follows links, /proc/self/fd/N's included
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode)
+
+
+@contextlib.contextmanager
+def _through_temporary(suffix: str, prefix: str) -> tp.Iterator[tuple[Path, tp.Callable[[tp.BinaryIO], None]]]:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        path = Path(tmp) / f"out{suffix}"
+
+        def copy_to(sink: tp.BinaryIO) -> None:
+            with path.open("rb") as f:
+                shutil.copyfileobj(f, sink, 1 << 20)
+            sink.flush()
+
+        yield path, copy_to
+
+
 @contextlib.contextmanager
 def local_output(out: str, suffix: str) -> tp.Iterator[Path]:
-    """``out`` as a path; for ``-`` a temporary file whose bytes go to standard output once the
-    command has written it completely (nothing reaches the pipe when it fails)."""
-    if out != PIPE:
-        yield Path(out)
+    """The path the command writes (atomically) for ``out``: for ``-``, a device node or a FIFO
+    (or a link to one) a temporary file whose bytes are written through to it once the command
+    has written it completely (nothing reaches it when the command fails); for a symbolic link to
+    a file, that file (the link stays); else ``out`` itself."""
+    if out == PIPE or _special(Path(out)):
+        with _through_temporary(suffix, "codec-stdout-" if out == PIPE else "codec-out-") as (path, copy_to):
+            yield path
+            if out == PIPE:
+                copy_to(sys.stdout.buffer)
+                return
+            try:
+                with open(out, "wb") as sink:  # as cp does: O_TRUNC, no rename
+                    copy_to(sink)
+            except OSError as e:
+                raise UserError(f"{out}: cannot be written through ({e.strerror or e}); check it") from None
         return
-    with tempfile.TemporaryDirectory(prefix="codec-stdout-") as tmp:
-        path = Path(tmp) / f"stdout{suffix}"
-        yield path
-        with path.open("rb") as f:
-            shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
-        sys.stdout.buffer.flush()
+    if Path(out).is_symlink():
+        yield resolved(out, "output")  # checked by check_jobs: a file, or nothing yet
+        return
+    yield Path(out)
 
 
 Say = tp.Callable[[str], None]
@@ -115,7 +171,10 @@ def run_all(jobs: tp.Sequence[Job], one: tp.Callable[[Job, Say], None], command:
         say: Say = (lambda line: bar.write(line, file=sys.stderr)) if not bar.disable else _say
         for job in jobs:
             try:
-                Path(job.out).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(job.out).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise UserError(f"{Path(job.out).parent}: cannot create the folder ({e.strerror or e})") from None
                 one(job, say)
             except UserError as e:
                 failed += 1
@@ -131,17 +190,53 @@ def run_all(jobs: tp.Sequence[Job], one: tp.Callable[[Job, Say], None], command:
 
 
 def check_jobs(jobs: tp.Sequence[Job], check_input: tp.Callable[[Path], None]) -> None:
-    """Before the model loads: every input that is a file passes ``check_input``, and no output
-    would overwrite its input."""
+    """Before the model loads: every input that is a file passes ``check_input``, and every
+    output passes :func:`check_output`, none of them being any input of the command."""
+    inputs: dict[tuple[int, int], str] = {}
     for job in jobs:
         if job.src != PIPE:
             check_input(Path(job.src))
-        if same_file(Path(job.src), Path(job.out)):
-            raise UserError(f"{job.out}: the output would overwrite the input; choose another OUT")
+            st = os.stat(job.src)
+            inputs[(st.st_dev, st.st_ino)] = job.src
+    existing = []
+    for job in jobs:
+        if check_output(job, inputs):
+            existing.append(job.out)
+    if existing:
+        more = f" (and {len(existing) - 1} other output{'s' if len(existing) > 2 else ''})" if len(existing) > 1 else ""
+        raise UserError(
+            f"{existing[0]} already exists{more}; a batch never replaces files. Choose an empty --out-dir, "
+            "or pass --overwrite to replace them"
+        )
 
 
-def same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
+def check_output(job: Job, inputs: tp.Mapping[tuple[int, int], str]) -> bool:
+    """:class:`UserError` when ``job.out`` cannot be an output: an input of the command (any
+    path to it), a folder, a socket, a dangling or looping link. Returns whether it exists
+    and ``job`` may not replace it (a batch without ``--overwrite``)."""
+    if job.out == PIPE:
         return False
+    out = Path(job.out)
+    try:
+        lst = os.lstat(out)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise UserError(f"{out}: cannot be inspected ({e.strerror or e}); check the folder") from None
+    try:
+        st = os.stat(out)
+    except OSError as e:
+        raise UserError(
+            f"{out} is a symbolic link to nothing usable ({e.strerror or e}); remove it or name another output"
+        ) from None
+    source = inputs.get((st.st_dev, st.st_ino))
+    if source is not None:
+        raise UserError(f"{out}: the output would overwrite the input {source}; choose another OUT")
+    if stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{out} is a folder; name a file to write (or pass --out-dir for many inputs)")
+    special = stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode)
+    if not (special or stat.S_ISREG(st.st_mode)):
+        raise UserError(f"{out} is a socket or another special file; name a file to write")
+    if stat.S_ISLNK(lst.st_mode) and not special:
+        resolved(out, "output")  # a loop is refused here, not half-way
+    return not job.replace

@@ -83,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse streams whose WAV would be larger than this many MB (10^6 bytes), before decoding "
         "(default: %(default)s, 4 GB)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --out-dir: replace outputs that already exist (never an input); without it a batch "
+        "refuses to replace any file",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
 
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from codec.inference.model_source import load_model
     from codec.model.checkpoint import model_fingerprint
 
-    jobs = batch.plan(args.paths, args.out_dir, (".tscb",), ".wav")
+    jobs = batch.plan(args.paths, args.out_dir, (".tscb",), ".wav", overwrite=args.overwrite)
     batch.check_jobs(jobs, check_input_path)
     loaded = load_model(args.model)
     fingerprint = model_fingerprint(loaded.model)
@@ -107,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
                     max_seconds=args.max_seconds,
                     max_output_bytes=int(args.max_output_mb * MB),
                     subtype=args.subtype,
+                    replace=job.replace,
                 )
         except bitstream.ModelMismatchError as e:
             e.exit_code = EXIT_MODEL_MISMATCH

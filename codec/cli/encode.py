@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         help="checkpoint path or registry URI (models:/telugu-speech-codec@champion); default: the registry's "
-        "champion if there is one, else models/codec.pt",
+        "champion if there is one, else models/codec.pt, else the reference model shipped with codec",
     )
     parser.add_argument(
         "--target-lufs",
@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="leave out the energy side information (16 bit/s that keeps the decoded level on speech the model "
         "has not heard; writes a version-1 stream)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --out-dir: replace outputs that already exist (never an input); without it a batch "
+        "refuses to replace any file",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
 
@@ -65,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from codec.inference.model_source import load_model
     from codec.model.checkpoint import model_fingerprint
 
-    jobs = batch.plan(args.paths, args.out_dir, AUDIO_EXTENSIONS, ".tscb")
+    jobs = batch.plan(args.paths, args.out_dir, AUDIO_EXTENSIONS, ".tscb", overwrite=args.overwrite)
     batch.check_jobs(jobs, lambda p: check_input_path(p, allow_empty=False))
     loaded = load_model(args.model)
     kbps = float(args.kbps) if args.kbps is not None else max(loaded.model.config.bitrates_kbps)
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 fingerprint=fingerprint,
                 allow_silence=args.allow_silence,
                 energy=not args.no_energy,
+                replace=job.replace,
             )
             size = out.stat().st_size
         if not args.quiet:

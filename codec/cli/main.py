@@ -81,6 +81,10 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
     # SIGTERM (DVC, Prefect, a scheduler stopping us) unwinds like Ctrl-C, so
     # staging folders and temporary files are cleaned up on the way out.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    if "DVC_STAGE" in os.environ:  # a pipeline's stage: stop (and unwind) when the pipeline dies
+        from codec.parallel import die_with_pipeline  # here: tqdm only for stages
+
+        die_with_pipeline()
     try:
         return int(module.run(args) or 0)
     except UserError as e:

@@ -243,10 +243,27 @@ def _normalize_one(job: _Job) -> dict[str, tp.Any]:
     }
 
 
+def _every_clip_written(staging: Path) -> None:
+    """``complete`` for :func:`codec.files.staged_dir`: the staging holds its manifest and
+    every file that manifest lists (what is published is what this run completed)."""
+    try:
+        paths = pd.read_csv(staging / "manifest.csv", usecols=["path"])["path"]
+    except (OSError, ValueError) as e:
+        raise UserError(f"normalize: the staging folder {staging} has no readable manifest ({e}); re-run") from None
+    missing = [str(p) for p in paths if not (staging / str(p)).is_file()]
+    if missing:
+        raise UserError(
+            f"normalize: {len(missing)} of {len(paths)} clips the manifest lists are missing from the staging "
+            f"folder {staging} (e.g. {missing[0]}); nothing was published. Re-run the stage"
+        )
+
+
 def normalize(raw: Path, out: Path, params: NormalizeParams) -> pd.DataFrame:
-    """Normalize every clip in ``raw``'s manifest into ``out`` (replaced as a whole)."""
+    """Normalize every clip in ``raw``'s manifest into ``out`` (replaced as a whole, only once
+    every clip of the manifest is written: see :func:`codec.files.staged_dir`)."""
     manifest = read_manifest(raw)  # ids and paths checked: nothing read or written outside the folders
-    with staged_dir(out, inputs=[raw], owned=manifest_owned(MANIFEST_COLUMNS)) as staging:
+    owned = manifest_owned(MANIFEST_COLUMNS)
+    with staged_dir(out, inputs=[raw], owned=owned, complete=_every_clip_written) as staging:
         speakers = manifest["speaker"] if "speaker" in manifest.columns else [""] * len(manifest)
         jobs = [
             _Job(str(cid), str(raw / path), str(staging), params, "" if pd.isna(spk) else str(spk))

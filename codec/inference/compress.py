@@ -256,11 +256,13 @@ def encode_file(
     allow_silence: bool = False,
     chunk_frames: int | None = None,
     energy: Energy = True,
+    replace: bool = True,
 ) -> Header:
     """Encode the recording ``src`` to the bitstream ``out`` (atomically); returns the header.
 
     With ``energy`` (the default) the stream carries energy side information (version 2);
-    ``False`` writes version 1 without it."""
+    ``False`` writes version 1 without it. With ``replace=False`` an existing ``out`` is left
+    as it is (:class:`UserError`)."""
     from codec.inference import pipeline as inf
 
     started = time.time()
@@ -299,7 +301,7 @@ def encode_file(
         levels = None if header.energy is None else slice_levels(audio, int(config.hop_length), header.energy, chunk)
         blocks = inf.encode_codes(model, tp.cast(Array, audio), kbps, chunk_frames=chunk)
         try:
-            with locked_partial(out, started) as part, part.open("wb") as f:
+            with locked_partial(out, started, replace=replace) as part, part.open("wb") as f:
                 bitstream.write_stream(tp.cast(tp.BinaryIO, f), header, blocks, levels)
         except OSError as e:
             raise UserError(f"{out}: cannot be written ({e.strerror or e}); check the folder and free space") from None
@@ -321,13 +323,14 @@ _MKSTEMP_RANDOM = r"[a-z0-9_]{8}"
 
 
 @contextlib.contextmanager
-def locked_partial(out: Path, started: float) -> tp.Iterator[Path]:
+def locked_partial(out: Path, started: float, *, replace: bool = True) -> tp.Iterator[Path]:
     """:func:`codec.files.atomic_path` for ``out``, with an exclusive ``flock`` held on the
     partial file while the body writes it; once ``out`` is in place, removes the partial
-    files of ``out`` that runs killed before ``started`` (a ``time.time()``) left behind."""
+    files of ``out`` that runs killed before ``started`` (a ``time.time()``) left behind.
+    ``replace``: as :func:`codec.files.atomic_path`'s."""
     # The lock is on a handle of our own (the writer may reopen the file by name); it is
     # released just before atomic_path renames the file into place.
-    with atomic_path(out) as part, part.open("rb") as held:
+    with atomic_path(out, replace=replace) as part, part.open("rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         yield part
     remove_stale_partials(out, started)
@@ -431,6 +434,7 @@ def decode_file(
     max_seconds: float | None = None,
     max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_MB * MB,
     subtype: str = "FLOAT",
+    replace: bool = True,
 ) -> Header:
     """Decode the bitstream ``src`` to the WAV ``out`` (atomically); returns the header.
 
@@ -438,7 +442,7 @@ def decode_file(
     stream within ``max_seconds`` (``None``: the format's 24 h) and ``max_output_bytes`` of
     WAV samples (``None``: no limit; see :func:`check_decode_limits`). Raises
     :class:`codec.inference.bitstream.BitstreamError` for a bad stream or a limit (nothing
-    is left at ``out``).
+    is left at ``out``). With ``replace=False`` an existing ``out`` is left as it is.
     """
     import soundfile as sf
 
@@ -455,7 +459,7 @@ def decode_file(
         pcm = subtype != "FLOAT"
         try:
             with (
-                locked_partial(out, started) as part,
+                locked_partial(out, started, replace=replace) as part,
                 sf.SoundFile(
                     str(part), "w", samplerate=header.sample_rate, channels=1, subtype=subtype, format=fmt
                 ) as wav,
