@@ -5,11 +5,15 @@ speakers are added or removed, and a held-out speaker's voice is never heard in 
 the evaluation measures a codec on voices it did not learn, not on ones it memorized.
 
 Where a speaker comes from (:func:`speaker_of`): the ``speaker`` column of the manifest,
-which ingest fills with the first folder level under the source (``spk07/take3.wav`` ->
-``spk07``; the embedded corpus writes ``speaker_<voice>/utt_N.wav``). A file directly in
-the source folder has no speaker; it is then its own speaker (the split falls back to
-per clip, as for any data without speaker labels), and the evaluation report says how
-many held-out clips came without one.
+which ingest fills from the corpus's own metadata (:mod:`codec.data.layouts`: OpenSLR file
+ids, Common Voice ``client_id``, Kaldi ``utt2spk``, …) or, for a folder per speaker, with
+the first folder level under the source (``spk07/take3.wav`` -> ``spk07``; the embedded
+corpus writes ``speaker_<voice>/utt_N.wav``). A file directly in the source folder has no
+speaker; it is then its own speaker (the split falls back to per clip, as for any data
+without speaker labels), and the evaluation report says how many held-out clips came
+without one. A long recording that ingest cuts into utterances is one speaker when the
+corpus names none (ingest writes the recording as its speaker), so the pieces of one
+recording never land on both sides.
 """
 
 from __future__ import annotations
