@@ -4,7 +4,9 @@ Side by side in one process, interleaved round by round (the machines are shared
 noisy: only the ratio means much):
 
 - ``gpu-profile``: :func:`codec.model.codec.gpu_config`'s architecture (the real model);
-- ``cpu-demo``: :func:`codec.model.codec.cpu_demo_config` (the default ``params.yaml`` profile);
+- ``cpu-demo``: :func:`codec.model.codec.cpu_demo_config` (the waveform demo, conf/train/waveform.yaml);
+- ``frame``: :func:`codec.model.codec.frame_config` (the frame-rate model: the reference model's
+  architecture and the CPU demo's, conf/train/frame.yaml);
 - each as trained (weight-normalized 1-D convolutions) and as ``codec encode``/``decode``
   run it (:func:`codec.model.serving.for_inference`: weight norm folded, convolutions as
   channels-last 2-D ones; same codes and audio);
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 from codec.inference import pipeline as inf
-from codec.model.codec import Codec, build_codec, cpu_demo_config, gpu_config
+from codec.model.codec import Codec, build_codec, cpu_demo_config, frame_config, gpu_config
 from codec.model.serving import for_inference
 
 SR = 16000
@@ -85,8 +87,8 @@ def encodec_24k() -> tuple[tp.Callable[[np.ndarray], None], torch.nn.Module]:
 
 
 def conv_gmacs(run: tp.Callable[[np.ndarray], None], modules: list[torch.nn.Module], audio: np.ndarray) -> float:
-    """Multiply-accumulates of the convolutions in one ``run(audio)``, in billions (LSTMs and
-    element-wise work such as Snake are left out: convolutions are the bulk of both codecs)."""
+    """Multiply-accumulates of the convolutions and linear layers in one ``run(audio)``, in billions
+    (LSTMs, FFTs and element-wise work such as Snake are left out: the layers are the bulk)."""
     total = 0
 
     def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -95,12 +97,14 @@ def conv_gmacs(run: tp.Callable[[np.ndarray], None], modules: list[torch.nn.Modu
             total += inputs[0].numel() * module.out_channels * module.kernel_size[0] // module.groups
         elif isinstance(module, torch.nn.Conv1d):
             total += output.numel() * module.in_channels * module.kernel_size[0] // module.groups
+        elif isinstance(module, torch.nn.Linear):
+            total += output.numel() * module.in_features
 
     handles = [
         m.register_forward_hook(hook)
         for root in modules
         for m in root.modules()
-        if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))
+        if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.Linear))
     ]
     try:
         run(audio)
@@ -120,6 +124,7 @@ def main() -> None:
 
     gpu = build_codec(gpu_config(), seed=0).eval()
     demo = build_codec(cpu_demo_config(), seed=0).eval()
+    frame = build_codec(frame_config(), seed=0).eval()
     encodec_run, encodec = encodec_24k()
     systems: dict[str, tuple[tp.Callable[[np.ndarray], None], np.ndarray]] = {
         "encodec-24k": (encodec_run, speechlike(args.seconds, 24000)),
@@ -127,8 +132,9 @@ def main() -> None:
         "gpu-profile served": (ours(for_inference(gpu)), speechlike(args.seconds, SR)),
         "cpu-demo": (ours(demo), speechlike(args.seconds, SR)),
         "cpu-demo served": (ours(for_inference(demo)), speechlike(args.seconds, SR)),
+        "frame served": (ours(for_inference(frame)), speechlike(args.seconds, SR)),
     }
-    modules = {"encodec-24k": encodec, "gpu-profile": gpu, "cpu-demo": demo}
+    modules = {"encodec-24k": encodec, "gpu-profile": gpu, "cpu-demo": demo, "frame": frame}
     params = {name: sum(p.numel() for p in m.parameters()) / 1e6 for name, m in modules.items()}
     with torch.inference_mode():
         gmacs = {n: conv_gmacs(systems[n][0], [m], systems[n][1]) / args.seconds for n, m in modules.items()}
@@ -153,7 +159,7 @@ def main() -> None:
         print(
             f"{name:<20} {params[base]:7.1f}M {gmacs[base]:8.2f} {value:8.4f} {1 / value:12.1f} {anchor / value:10.2f}x"
         )
-    for name in ("gpu-profile", "cpu-demo"):
+    for name in ("gpu-profile", "cpu-demo", "frame"):
         best = rtf[f"{name} served"]  # what the CLI runs
         verdict = "meets" if anchor / best >= TARGET_SPEEDUP else "misses"
         print(f"{name}: {anchor / best:.2f}x EnCodec's speed {verdict} the {TARGET_SPEEDUP:g}x target")

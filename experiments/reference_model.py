@@ -15,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+import typing as tp
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +61,54 @@ def sample() -> None:
     print(f"{STREAM.name} ({STREAM.stat().st_size} bytes) from {clip.relative_to(ROOT)} -> {DECODED.name}")
 
 
+def macs_per_second(model: tp.Any, seconds: float = 4.0) -> float:
+    """Multiply-accumulates of the convolutions and linear layers per second of audio, in billions
+    (encode and decode at the top bitrate; FFTs and element-wise work left out)."""
+    import torch
+
+    total = 0
+
+    def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, torch.nn.ConvTranspose1d):
+            total += inputs[0].numel() * module.out_channels * module.kernel_size[0] // module.groups
+        elif isinstance(module, torch.nn.Conv1d):
+            total += output.numel() * module.in_channels * module.kernel_size[0] // module.groups
+        elif isinstance(module, torch.nn.Linear):
+            total += output.numel() * module.in_features
+
+    kinds = (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.Linear)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    try:
+        with torch.inference_mode():
+            x = torch.randn(1, 1, int(seconds * model.config.sample_rate)) * 0.1
+            model.decode(model.encode(x))
+    finally:
+        for h in handles:
+            h.remove()
+    return total / seconds / 1e9
+
+
+def card_tables(evaluation: Path) -> str:
+    """Every set's PESQ, STOI, SNR and delivered amplitude against Opus at each bitrate (Markdown)."""
+    record = json.loads(evaluation.read_text())
+    lines = []
+    for name, entry in record["sets"].items():
+        m = entry["metrics"]
+        lines += [f"**{name}** ({len(entry.get('clip_ids', []))} clips)", ""]
+        lines += ["| kbps | PESQ ours / Opus | STOI ours / Opus | SNR dB ours / Opus | amplitude |"]
+        lines += ["| ---: | --- | --- | --- | ---: |"]
+        for k, ours in m["ours"].items():
+            opus = (m.get("opus") or {}).get(k, {})
+            lines.append(
+                f"| {k.removesuffix('kbps')} | {ours['pesq']:.2f} / {opus.get('pesq', float('nan')):.2f} | "
+                f"{ours['stoi']:.3f} / {opus.get('stoi', float('nan')):.3f} | "
+                f"{ours['snr_db']:.2f} / {opus.get('snr_db', float('nan')):.2f} | {ours['amplitude_ratio']:.3f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -67,9 +116,19 @@ def main() -> int:
     ex.add_argument("checkpoint", type=Path)
     ex.add_argument("--run-dir", type=Path, default=None, help="the run's folder (its trained.json: minutes)")
     sub.add_parser("sample", help="re-code the committed sample with the shipped model")
+    card = sub.add_parser("facts", help="print the shipped model's size, MACs and an evaluation's tables")
+    card.add_argument("evaluation", type=Path, help="evaluation.json of the shipped model")
     args = ap.parse_args()
     if args.cmd == "export":
         export(args.checkpoint, args.run_dir or args.checkpoint.parents[2])
+    elif args.cmd == "facts":
+        model = load_codec(REFERENCE_CHECKPOINT)
+        ckpt = read_checkpoint(REFERENCE_CHECKPOINT)
+        n = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"{n:.2f} M parameters, {macs_per_second(model):.3f} GMAC per audio second, step {ckpt['step']}, "
+              f"{ckpt.get('training_seconds', 0) / 3600:.2f} CPU-hours (2 cores), "
+              f"{REFERENCE_CHECKPOINT.stat().st_size / 2**20:.1f} MiB")  # fmt: skip
+        print(card_tables(args.evaluation))
     else:
         sample()
     return 0

@@ -478,14 +478,14 @@ def test_a_profile_composes_params_yaml_as_dvc_exp_run_does(tmp_path: Path) -> N
     run_cli("dvc", "config", "hydra.enabled", "true", cwd=repo, check=True)
 
     changed = compose_profile(repo, ["train=gpu", "promote=gpu"])
-    assert changed["train.steps"] == (2000, 40000) and changed["promote.gate_profile"] == ("cpu-demo", "gpu")
+    assert changed["train.steps"] == (600, 40000) and changed["promote.gate_profile"] == ("cpu-demo", "gpu")
     assert not [k for k in changed if k.split(".")[0] not in ("train", "promote")]
     expected = tmp_path / "expected.yaml"
     compose_and_dump(expected, str(REPO / "conf"), None, "config", "", ["train=gpu", "promote=gpu"])
     assert (repo / "params.yaml").read_text() == expected.read_text()
 
     before = (repo / "params.yaml").read_text()
-    options = r"train=tpu: refused: .*'train/tpu'.* options in 'train': cpu, gpu, seed-recipe$"
+    options = r"train=tpu: refused: .*'train/tpu'.* options in 'train': cpu, frame, gpu, seed-recipe, waveform$"
     with pytest.raises(ValueError, match=options):
         compose_profile(repo, ["train=tpu"])
     assert (repo / "params.yaml").read_text() == before

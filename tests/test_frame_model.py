@@ -5,6 +5,7 @@ checkpoint, and fine-tuning from a checkpoint (train.init_from)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +148,14 @@ def test_waveform_configs_keep_their_fingerprint_dict() -> None:
     assert CodecConfig.from_dict(frame) == tiny_frame()
 
 
-def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_codebooks(tmp_path: Path) -> None:
+def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_codebooks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.init_from: the run starts with the checkpoint's weights and codebooks, quantizes from its
+    first step (no autoencoder warm-up) and never refits the codebooks by k-means; a checkpoint of
+    another architecture is refused, naming the fields that differ."""
+    from codec.training import loop
+
     data = write_dataset(tmp_path / "data", n_clips=10, seconds=1.0)
     cfg = tiny_frame()
     base = TrainParams(
@@ -155,20 +163,74 @@ def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_codebooks(tmp_path
         quantizer_warmup_steps=2, progress=False, threads=1, val_fraction=0.4, model=cfg,
     )  # fmt: skip
     train(base, data, tmp_path / "scratch")
-    start = read_checkpoint(tmp_path / "scratch" / "codec.pt")
-    tuned = dataclasses.replace(base, steps=1, init_from=str(tmp_path / "scratch" / "codec.pt"), lr=0.0)
+    start = read_checkpoint(tmp_path / "scratch" / "codec.pt")["model"]
+    tuned = dataclasses.replace(base, steps=2, init_from=str(tmp_path / "scratch" / "codec.pt"))
+    state = loop.load(tuned, data)
+    assert all(torch.equal(state.model.state_dict()[k], v) for k, v in start.items())
+
+    def refit(_: object) -> None:
+        raise AssertionError("a fine-tune refit its codebooks")
+
+    monkeypatch.setattr(loop, "fit_codebooks", refit)
+    out = loop.train_step(state)
+    assert out.losses["vq/commitment_loss"] > 0  # quantized from the first step
     result = train(tuned, data, tmp_path / "tuned")
-    after = read_checkpoint(tmp_path / "tuned" / "codec.pt")["model"]
-    codebooks = [k for k in after if k.endswith(".embed")]
-    assert len(codebooks) == cfg.n_codebooks
-    # lr 0: the weights are the checkpoint's; the codebooks moved by one EMA update (decay
-    # 0.99), not refit by k-means nor reset.
-    for key in codebooks:
-        change = float((after[key] - start["model"][key]).norm() / start["model"][key].norm())
-        assert change < 0.05, (key, change)
-    enc = [k for k in after if k.startswith("encoder.")]
-    assert all(torch.equal(after[k], start["model"][k]) for k in enc)
-    assert result.step == 1
+    assert result.step == 2
     wrong = dataclasses.replace(tuned, model=dataclasses.replace(cfg, frame_blocks=(1, 1, 1)))
     with pytest.raises(UserError, match=r"holds another model \(model config differs in frame_blocks\)"):
         train(wrong, data, tmp_path / "wrong")
+
+
+# --- the shipped reference model ---------------------------------------------------------------
+
+
+def test_the_reference_model_loads_weights_only_and_decodes_the_committed_stream(tmp_path: Path) -> None:
+    """codec/model/reference/codec.pt is a plain weights-only checkpoint (float16 tensors, at most
+    20 MB), and `codec decode` of the stream committed beside it gives the audio committed beside it."""
+    import soundfile as sf
+
+    from codec.model.checkpoint import REFERENCE_CHECKPOINT
+    from tests.conftest import run_cli
+
+    assert REFERENCE_CHECKPOINT.stat().st_size <= 20 * 2**20
+    ckpt = torch.load(REFERENCE_CHECKPOINT, weights_only=True)
+    assert set(ckpt) >= {"model_config", "model", "params", "step", "target_lufs"}
+    assert not {"optimizer", "rng", "adversarial"} & set(ckpt)
+    assert all(v.dtype == torch.float16 for v in ckpt["model"].values() if v.is_floating_point())
+    assert ckpt["model_config"]["architecture"] == "frame"
+    folder = REFERENCE_CHECKPOINT.parent
+    out = tmp_path / "decoded.wav"
+    run_cli("codec", "decode", str(folder / "sample.tscb"), str(out), "--model", str(REFERENCE_CHECKPOINT), check=True)
+    got, rate = sf.read(out, dtype="float32")
+    want, want_rate = sf.read(folder / "sample_decoded.wav", dtype="float32")
+    assert rate == want_rate and got.shape == want.shape
+    assert float(np.abs(want).max()) > 0.05  # speech, not silence
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_the_demo_profile_fine_tunes_the_reference(tmp_path: Path) -> None:
+    """make demo's training: the CPU profile composed from conf/ starts from the reference model
+    (train.init_from) and its result keeps the reference's architecture; from scratch is
+    train.init_from: null."""
+    import yaml
+    from dvc.utils.hydra import compose_and_dump
+
+    from codec.model.checkpoint import REFERENCE_CHECKPOINT
+    from codec.params import from_dict
+    from tests.conftest import REPO
+
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(REPO / "conf"), None, "config", "", [])
+    section = yaml.safe_load(out.read_text())["train"]
+    params = from_dict(TrainParams, section, "train")
+    assert params.init_from is not None and (REPO / params.init_from).resolve() == REFERENCE_CHECKPOINT
+    tiny = dataclasses.replace(
+        params, steps=2, batch_size=2, segment_s=0.64, val_every=2, val_clips=1, val_seconds=0.64,
+        checkpoint_every=2, progress=False, init_from=str(REFERENCE_CHECKPOINT),
+    )  # fmt: skip
+    data = write_dataset(tmp_path / "data", n_clips=6, seconds=1.0)
+    result = train(tiny, data, tmp_path / "models")
+    tuned = read_checkpoint(tmp_path / "models" / "codec.pt")
+    reference = read_checkpoint(REFERENCE_CHECKPOINT)
+    assert tuned["model_config"] == reference["model_config"]
+    assert result.step == 2 and math.isfinite(result.val["val/snr_db"])

@@ -4,6 +4,7 @@ writes from conf/ (so a ``dvc exp run`` of the defaults changes nothing in git).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,10 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from codec.model.codec import gpu_config
+from codec.model.codec import cpu_demo_config, frame_config, gpu_config
 from codec.params import from_dict
 from codec.training.params import TrainParams
 from tests.conftest import REPO, run_cli
+
+DEMO_MIN_PESQ = yaml.safe_load((REPO / "conf/promote/cpu-demo.yaml").read_text())["min_pesq"]
 
 
 def compose(tmp_path: Path, *overrides: str) -> Path:
@@ -51,7 +54,16 @@ def test_params_yaml_is_what_dvc_composes_from_conf(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "overrides", [("train=gpu", "promote=gpu"), ("train=seed-recipe",), ("train=gpu",), ("promote=gpu",)]
+    "overrides",
+    [
+        ("train=gpu", "promote=gpu"),
+        ("train=seed-recipe",),
+        ("train=gpu",),
+        ("promote=gpu",),
+        ("train=frame",),
+        ("train=waveform",),
+        (),
+    ],
 )
 def test_every_profile_composes_params_every_stage_accepts(tmp_path: Path, overrides: tuple[str, ...]) -> None:
     params = compose(tmp_path, *overrides)
@@ -72,10 +84,20 @@ def test_every_profile_composes_params_every_stage_accepts(tmp_path: Path, overr
     if "promote=gpu" in overrides:
         assert data["promote"]["gate_profile"] == "gpu" and data["promote"]["min_pesq"] == 2.5
         assert data["promote"]["fail_on_gate"] == default["promote"]["fail_on_gate"]  # the rest from cpu-demo
+    train = from_dict(TrainParams, data["train"], "train")
     if "train=seed-recipe" in overrides:
-        train = data["train"]
-        assert train["model"]["output_activation"] == "tanh" and train["steps"] == default["train"]["steps"]
-        assert (train["loss_weights"]["loss/l1"], train["loss_weights"]["loss/level"]) == (1.0, 0.0)
+        # The seed's recipe on the waveform demo's model and schedule, from scratch.
+        waveform = from_dict(TrainParams, yaml.safe_load(compose(tmp_path, "train=waveform").read_text())["train"], "w")
+        assert train.model == dataclasses.replace(waveform.model, output_activation="tanh")
+        assert train.steps == waveform.steps and train.init_from is None
+        assert (train.loss_weights["loss/l1"], train.loss_weights["loss/level"]) == (1.0, 0.0)
+    if "train=waveform" in overrides:
+        assert (train.model.architecture, train.model.linear_path, train.init_from) == ("waveform", True, None)
+        assert train.model.encoder_channels == cpu_demo_config().encoder_channels
+    if "train=frame" in overrides or not overrides:
+        # The benchmarks time frame_config(): the model the demo fine-tunes and the reference is.
+        assert train.model == frame_config()
+        assert train.init_from == (None if overrides else "codec/model/reference/codec.pt")
 
 
 @pytest.mark.slow
@@ -108,7 +130,7 @@ def test_dvc_exp_run_applies_a_profile_and_exp_show_fits_120_columns(tmp_path: P
         ["git", "commit", "-qm", "cpu demo"],
     ):
         run_cli(*cmd, cwd=repo, check=True)
-    assert json.loads((repo / "out.json").read_text()) == {"steps": 2000, "min_pesq": 1.05}
+    assert json.loads((repo / "out.json").read_text()) == {"steps": 600, "min_pesq": DEMO_MIN_PESQ}
 
     run_cli("dvc", "exp", "run", "-n", "gpu", "-S", "train=gpu", "-S", "promote=gpu", cwd=repo, check=True)
     assert json.loads((repo / "out.json").read_text()) == {"steps": 40000, "min_pesq": 2.5}
@@ -116,7 +138,7 @@ def test_dvc_exp_run_applies_a_profile_and_exp_show_fits_120_columns(tmp_path: P
     assert gpu["train"]["model"] == yaml.safe_load((REPO / "conf/train/gpu.yaml").read_text())["model"]
 
     run_cli("dvc", "exp", "run", "-n", "longer", "-S", "train.steps=4000", cwd=repo, check=True)
-    assert json.loads((repo / "out.json").read_text()) == {"steps": 4000, "min_pesq": 1.05}
+    assert json.loads((repo / "out.json").read_text()) == {"steps": 4000, "min_pesq": DEMO_MIN_PESQ}
     # Back on the defaults, composed again: params.yaml is what git holds.
     run_cli("dvc", "exp", "run", "-n", "demo", cwd=repo, check=True)
     assert run_cli("git", "diff", "--quiet", "params.yaml", cwd=repo).returncode == 0

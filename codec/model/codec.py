@@ -380,6 +380,25 @@ def gpu_config() -> CodecConfig:
     )
 
 
+def frame_config() -> CodecConfig:
+    """The frame-rate model (``conf/train/frame.yaml``, the reference model's architecture): STFT
+    hop 160, ConvNeXt widths 256, 64-dim latents, the complex inverse-STFT head (codec.model.frame)."""
+    return CodecConfig(
+        architecture="frame",
+        encoder_strides=(160, 2),
+        decoder_strides=(2, 160),
+        encoder_channels=256,
+        decoder_channels=256,
+        latent_dim=64,
+        dilations=(1,),
+        quantizer_dropout=0.3,
+        frame_blocks=(4, 5, 2),
+        frame_kernel=5,
+        frame_head="complex",
+        linear_path=False,
+    )
+
+
 def build_codec(config: CodecConfig, seed: int | None = None) -> Codec:
     """A freshly initialized codec (deterministic when ``seed`` is given)."""
     if seed is None:
