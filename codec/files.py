@@ -186,7 +186,7 @@ def manifest_owned(columns: tp.Sequence[str]) -> tp.Callable[[Path], bool]:
 STALE_STAGING = ".partial."  # staging folders are ".NAME.partial.PID.RANDOM"
 
 
-def _try_lock_dir(path: str | Path) -> int | None:
+def try_lock_dir(path: str | Path) -> int | None:
     """An open descriptor of the folder ``path`` with an exclusive ``flock`` on it, or ``None``
     when another process holds the lock (or it is not a folder we can open)."""
     try:
@@ -201,18 +201,19 @@ def _try_lock_dir(path: str | Path) -> int | None:
     return fd
 
 
-def remove_stale_stagings(final: Path, started: float) -> list[Path]:
-    """Remove the staging folders of ``final`` that runs which died left behind; returns them.
+def remove_stale_dirs(parent: Path, prefix: str, started: float) -> list[Path]:
+    """Remove the folders in ``parent`` whose names start with ``prefix`` that runs which died
+    left behind; returns them.
 
-    A live run holds an exclusive ``flock`` on its staging folder (the kernel drops it when
-    the run dies, SIGKILL included), so a staging folder nobody holds, last modified before
-    ``started`` (which covers the instant between creating and locking it), is stale."""
+    A live run holds an exclusive ``flock`` on its folder (:func:`locked_dir`; the kernel
+    drops it when the run dies, SIGKILL included), so a folder of this user nobody holds,
+    last modified before ``started`` (which covers the instant between creating and locking
+    it), is stale."""
     removed: list[Path] = []
     try:
-        entries = list(os.scandir(final.parent))
+        entries = list(os.scandir(parent))
     except OSError:
         return removed
-    prefix = f".{final.name}{STALE_STAGING}"
     for entry in entries:
         if not entry.name.startswith(prefix):
             continue
@@ -222,7 +223,7 @@ def remove_stale_stagings(final: Path, started: float) -> list[Path]:
             continue
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mtime >= started:
             continue
-        fd = _try_lock_dir(entry.path)
+        fd = try_lock_dir(entry.path)
         if fd is None:
             continue  # a live run's
         try:
@@ -231,6 +232,30 @@ def remove_stale_stagings(final: Path, started: float) -> list[Path]:
         finally:
             os.close(fd)
     return removed
+
+
+@contextlib.contextmanager
+def locked_dir(prefix: str, parent: str | Path | None = None) -> tp.Iterator[Path]:
+    """A new folder ``parent/PREFIX…`` (default: the temporary folder), locked while this run
+    lives and removed at the end, after the stale ones of runs that died
+    (:func:`remove_stale_dirs`): a ``kill -9`` leaves its folder for the next run to remove."""
+    started = time.time()
+    where = Path(tempfile.gettempdir() if parent is None else parent)
+    remove_stale_dirs(where, prefix, started)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+    held = try_lock_dir(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if held is not None:
+            os.close(held)
+
+
+def remove_stale_stagings(final: Path, started: float) -> list[Path]:
+    """Remove the staging folders of ``final`` that runs which died left behind (see
+    :func:`remove_stale_dirs`); returns them."""
+    return remove_stale_dirs(final.parent, f".{final.name}{STALE_STAGING}", started)
 
 
 @contextlib.contextmanager
@@ -267,7 +292,7 @@ def staged_dir(
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_stagings(final, started)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}{STALE_STAGING}{os.getpid()}.", dir=final.parent))
-    held = _try_lock_dir(staging)
+    held = try_lock_dir(staging)
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would become the published folder's mode
         yield staging

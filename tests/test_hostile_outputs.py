@@ -370,3 +370,88 @@ def test_normalize_and_its_workers_die_with_the_pipeline_that_started_them(tmp_p
         for pid in _group(pipeline.pid):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(raw, ignore_errors=True)
+
+
+# --- row 10: one bad file does not stop a batch, and nothing under a folder is skipped silently
+
+
+def test_an_empty_file_or_a_link_loop_does_not_stop_the_batch_and_nothing_is_skipped_silently(
+    tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One 0-byte file aborted the whole batch before anything was written; links to folders
+    and looping links were skipped with exit 0; a name that is not UTF-8 was "not an audio file"."""
+    rec = tmp_path / "rec"
+    wav(rec / "a.wav", 1)
+    (rec / "empty.wav").write_bytes(b"")
+    (rec / "loop.wav").symlink_to(rec / "loop.wav")
+    wav(tmp_path / "other" / "c.wav", 2)
+    (rec / "linked").symlink_to(tmp_path / "other")
+    os.rename(wav(rec / "latin1.wav", 3), os.fsencode(rec) + b"/caf\xe9.wav")
+    code = cli("encode", rec, "--out-dir", tmp_path / "codes", "--model", ckpt, "--kbps", KBPS, "-q")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert sorted(os.fsencode(p.name) for p in (tmp_path / "codes" / "rec").iterdir()) == [b"a.tscb", b"caf\xe9.tscb"]
+    assert "empty.wav: empty file" in err and "loop.wav: a link that leads nowhere" in err, err
+    assert "linked: a link to a folder, not followed" in err and "Traceback" not in err, err
+    assert "3 of 5 files failed" in err, err
+
+
+# --- row 11: a pipe is checked before it is copied; a killed run's temporaries are removed ----
+
+
+class EndlessZeros(io.RawIOBase):
+    """``cat /dev/zero``: counts what is read, and stops the test at 64 MB."""
+
+    def __init__(self) -> None:
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: tp.Any) -> int:
+        n = len(buffer)
+        self.read_bytes += n
+        assert self.read_bytes < 64 << 20, "standard input was copied before its first bytes were checked"
+        buffer[:n] = bytes(n)
+        return n
+
+
+def test_decode_of_a_pipe_checks_the_magic_before_copying_and_removes_stale_temporaries(
+    tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cat /dev/zero | codec decode - x.wav`` copied 1.4 GB to a temporary file before
+    looking at the magic; ``codec-stdin-*`` folders of killed runs stayed for ever."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    stale = tmp / "codec-stdin-k1lled00"
+    stale.mkdir()
+    (stale / "stdin.tscb").write_bytes(b"TSCB" + bytes(1000))
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    zeros = EndlessZeros()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(zeros)))
+    assert cli("decode", "-", tmp_path / "x.wav", "--model", ckpt, "-q") == 5
+    assert zeros.read_bytes <= 1 << 20
+    assert "standard input: not a codec bitstream" in capsys.readouterr().err
+    assert not (tmp_path / "x.wav").exists()
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"TSCB" + bytes(100))))
+    assert cli("decode", "-", tmp_path / "x.wav", "--model", ckpt, "-q") == 5  # truncated, but it got that far
+    assert not stale.exists() and not list(tmp.iterdir())
+
+
+# --- row 15: reading the registry creates no mlflow.db where the command runs ----------------
+
+
+def test_codec_models_and_a_registry_model_create_no_mlflow_db_in_the_current_folder(
+    tmp_path: Path, stream: bytes, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cd $(mktemp -d); codec models`` (or ``--model models:/…``) left a 954 KB ``mlflow.db``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert cli("models") == 0
+    assert "no registry at" in capsys.readouterr().out
+    (tmp_path / "a.tscb").write_bytes(stream)
+    assert cli("decode", "a.tscb", "a.wav", "--model", "models:/telugu-speech-codec@champion", "-q") == 2
+    assert "there is no registry here" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tscb"]

@@ -6,7 +6,10 @@
   file's time). A folder among the inputs stands for every file under it with one of the
   command's extensions, and its layout is kept under ``DIR`` (under the folder's resolved name,
   so ``..`` or ``.`` still land inside ``DIR``). A file that fails is reported and the rest go
-  on; the exit status is that of the first failure.
+  on; the exit status is that of the first failure. That holds for a file that cannot be used
+  (empty, unreadable) and for what a folder holds that is not walked: an unreadable subfolder,
+  a link to a folder (not followed: pass its target as an input of its own), a link to nothing
+  or a loop; each is one line, and the exit status says so.
 
 Outputs never replace anything but a regular file the command was told to overwrite (a
 batch rebuilds layouts, and ``codec decode codes/rec --out-dir .`` once wrote lossy decodes
@@ -28,12 +31,11 @@ import os
 import shutil
 import stat
 import sys
-import tempfile
 import typing as tp
 from pathlib import Path
 
 from codec.errors import UserError
-from codec.files import resolved
+from codec.files import locked_dir, resolved
 
 PIPE = "-"
 
@@ -46,6 +48,7 @@ class Job:
     src: str
     out: str
     replace: bool = True
+    error: UserError | None = dataclasses.field(default=None, compare=False)  # failed before it started
 
 
 def plan(
@@ -71,8 +74,9 @@ def plan(
     for p in paths:
         src = Path(p)
         if src.is_dir():
-            found = sorted(f for f in src.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
-            if not found:
+            found, problems = walk(src, extensions)
+            jobs += [Job(str(f), "", error=UserError(f"{f}: {why}")) for f, why in problems]
+            if not found and not problems:
                 raise UserError(f"{src}: a folder with no {'/'.join(extensions)} files under it")
             name = resolved(src, "input folder").name  # '..' and '.' by the folder's own name
             if not name:
@@ -89,16 +93,58 @@ def plan(
     return jobs
 
 
+def walk(folder: Path, extensions: tp.Sequence[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files under ``folder`` with one of ``extensions`` (sorted), and what could not be
+    walked, with why: unreadable subfolders, links to folders (not followed: a link may lead
+    back up, or outside), links to nothing or in a loop."""
+    found: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+
+    def unreadable(e: OSError) -> None:
+        problems.append((Path(e.filename or folder), f"cannot be read ({e.strerror or e}); its files were skipped"))
+
+    for top, dirs, files in os.walk(folder, onerror=unreadable):
+        here = Path(top)
+        for name in dirs:  # links to folders are listed here, and os.walk does not follow them
+            if (here / name).is_symlink():
+                problems.append(
+                    (here / name, "a link to a folder, not followed; pass the folder it points to as an input")
+                )
+        for name in files:
+            path = here / name
+            if not path.exists():  # a link to nothing, or a loop
+                problems.append((path, "a link that leads nowhere (missing target or a loop); skipped"))
+            elif path.suffix.lower() in extensions and path.is_file():
+                found.append(path)
+    return sorted(found), problems
+
+
 @contextlib.contextmanager
-def local_input(src: str, suffix: str) -> tp.Iterator[Path]:
-    """``src`` as a path; ``-`` is standard input copied to a temporary file first."""
+def local_input(src: str, suffix: str, magic: bytes = b"") -> tp.Iterator[Path]:
+    """``src`` as a path; ``-`` is standard input copied to a temporary file first, once its
+    first bytes are ``magic`` (else :class:`codec.inference.bitstream.BitstreamError` before
+    anything is copied: ``cat /dev/zero | codec decode -`` filled the disk)."""
     if src != PIPE:
         yield Path(src)
         return
-    with tempfile.TemporaryDirectory(prefix="codec-stdin-") as tmp:
-        path = Path(tmp) / f"stdin{suffix}"
+    stdin = sys.stdin.buffer
+    head = stdin.read(len(magic)) if magic else b""
+    if head != magic:
+        from codec.inference.bitstream import BitstreamError  # the decoder's own error (exit 5)
+
+        if not head:
+            raise BitstreamError("standard input is empty; pipe in a file written by codec encode")
+        if magic.startswith(head):
+            raise BitstreamError(f"standard input ends after {len(head)} bytes; pipe in a file written by codec encode")
+        raise BitstreamError(
+            f"standard input: not a codec bitstream (starts with {head!r}, expected {magic!r}); "
+            "pipe in a file written by codec encode"
+        )
+    with locked_dir("codec-stdin-") as tmp:
+        path = tmp / f"stdin{suffix}"
         with path.open("wb") as f:
-            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+            f.write(head)
+            shutil.copyfileobj(stdin, f, 1 << 20)
         yield path
 
 
@@ -113,8 +159,8 @@ def _special(path: Path) -> bool:
 
 @contextlib.contextmanager
 def _through_temporary(suffix: str, prefix: str) -> tp.Iterator[tuple[Path, tp.Callable[[tp.BinaryIO], None]]]:
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        path = Path(tmp) / f"out{suffix}"
+    with locked_dir(prefix) as tmp:  # a killed run's is removed by the next one
+        path = tmp / f"out{suffix}"
 
         def copy_to(sink: tp.BinaryIO) -> None:
             with path.open("rb") as f:
@@ -161,6 +207,8 @@ def run_all(jobs: tp.Sequence[Job], one: tp.Callable[[Job, Say], None], command:
     standard error when it is a terminal (files done, rate, time left); ``say`` prints a line
     above it (or plainly, without a terminal)."""
     if len(jobs) == 1:
+        if jobs[0].error is not None:
+            raise jobs[0].error
         one(jobs[0], _say)  # one file: its error is the command's (printed by the CLI)
         return 0
     from tqdm import tqdm
@@ -171,6 +219,8 @@ def run_all(jobs: tp.Sequence[Job], one: tp.Callable[[Job, Say], None], command:
         say: Say = (lambda line: bar.write(line, file=sys.stderr)) if not bar.disable else _say
         for job in jobs:
             try:
+                if job.error is not None:
+                    raise job.error
                 try:
                     Path(job.out).parent.mkdir(parents=True, exist_ok=True)
                 except OSError as e:
@@ -189,25 +239,33 @@ def run_all(jobs: tp.Sequence[Job], one: tp.Callable[[Job, Say], None], command:
     return first
 
 
-def check_jobs(jobs: tp.Sequence[Job], check_input: tp.Callable[[Path], None]) -> None:
-    """Before the model loads: every input that is a file passes ``check_input``, and every
-    output passes :func:`check_output`, none of them being any input of the command."""
+def check_jobs(jobs: tp.Sequence[Job], check_input: tp.Callable[[Path], None]) -> list[Job]:
+    """Before the model loads: every output passes :func:`check_output`, none of them being any
+    input of the command, and every input that is a file passes ``check_input``. One input's
+    error is the command's; in a batch, a job whose input fails is returned with its error (it
+    is reported and the rest go on)."""
     inputs: dict[tuple[int, int], str] = {}
+    checked: list[Job] = []
     for job in jobs:
-        if job.src != PIPE:
-            check_input(Path(job.src))
-            st = os.stat(job.src)
-            inputs[(st.st_dev, st.st_ino)] = job.src
-    existing = []
-    for job in jobs:
-        if check_output(job, inputs):
-            existing.append(job.out)
+        if job.error is None and job.src != PIPE:
+            with contextlib.suppress(OSError):  # a missing input: check_input says so
+                st = os.stat(job.src)
+                inputs[(st.st_dev, st.st_ino)] = job.src  # protected even if it fails its check
+            try:
+                check_input(Path(job.src))
+            except UserError as e:
+                if len(jobs) == 1:
+                    raise
+                job = dataclasses.replace(job, error=e)
+        checked.append(job)
+    existing = [job.out for job in checked if job.error is None and check_output(job, inputs)]
     if existing:
         more = f" (and {len(existing) - 1} other output{'s' if len(existing) > 2 else ''})" if len(existing) > 1 else ""
         raise UserError(
             f"{existing[0]} already exists{more}; a batch never replaces files. Choose an empty --out-dir, "
             "or pass --overwrite to replace them"
         )
+    return checked
 
 
 def check_output(job: Job, inputs: tp.Mapping[tuple[int, int], str]) -> bool:

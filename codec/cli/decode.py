@@ -94,17 +94,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch and MLflow are imported when a command runs, not for --help
+    from codec.cli.models import require_registry
     from codec.inference.model_source import load_model
     from codec.model.checkpoint import model_fingerprint
 
     jobs = batch.plan(args.paths, args.out_dir, (".tscb",), ".wav", overwrite=args.overwrite)
-    batch.check_jobs(jobs, check_input_path)
+    jobs = batch.check_jobs(jobs, check_input_path)
+    require_registry(args.model)  # not an empty mlflow.db in the current folder
     loaded = load_model(args.model)
     fingerprint = model_fingerprint(loaded.model)
 
     def one(job: batch.Job, say: batch.Say) -> None:
         try:
-            with batch.local_input(job.src, ".tscb") as src, batch.local_output(job.out, ".wav") as out:
+            with (
+                batch.local_input(job.src, ".tscb", bitstream.MAGIC) as src,
+                batch.local_output(job.out, ".wav") as out,
+            ):
                 header = decode_file(
                     loaded.model,
                     src,

@@ -68,11 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch and MLflow are imported when a command runs, not for --help
+    from codec.cli.models import require_registry
     from codec.inference.model_source import load_model
     from codec.model.checkpoint import model_fingerprint
 
     jobs = batch.plan(args.paths, args.out_dir, AUDIO_EXTENSIONS, ".tscb", overwrite=args.overwrite)
-    batch.check_jobs(jobs, lambda p: check_input_path(p, allow_empty=False))
+    jobs = batch.check_jobs(jobs, lambda p: check_input_path(p, allow_empty=False))
+    require_registry(args.model)  # not an empty mlflow.db in the current folder
     loaded = load_model(args.model)
     kbps = float(args.kbps) if args.kbps is not None else max(loaded.model.config.bitrates_kbps)
     target = loaded.target_lufs if args.target_lufs is None else float(args.target_lufs)

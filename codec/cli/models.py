@@ -11,7 +11,9 @@ so under the table, with what the next ``codec promote`` will do about it
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from codec.errors import UserError
 from codec.registry.consistency import problems
 from codec.registry.versions import format_table, rejected_runs, table
 from codec.tracking import EXPERIMENT, MODEL_NAME, tracking_uri
@@ -24,11 +26,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def missing_store(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` tracking URI when it does not exist (opening it would
+    create an empty ``mlflow.db`` wherever the command runs), else ``None``."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri[len("sqlite:///") :])
+    return None if path.exists() else path
+
+
+def require_registry(spec: str | None) -> None:
+    """For ``--model models:/…``: :class:`UserError` when the registry's sqlite file does not
+    exist, instead of creating an empty one to look in."""
+    if spec is not None and spec.startswith("models:/"):
+        path = missing_store(tracking_uri())
+        if path is not None:
+            raise UserError(
+                f"{spec}: there is no registry here ({path} does not exist); run from the project folder, "
+                "set MLFLOW_TRACKING_URI, or pass --model PATH"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
+    uri = tracking_uri()
+    path = missing_store(uri)
+    if path is not None:
+        print(
+            f"no registry at {path} (the file does not exist); run the pipeline (dvc repro promote) in the "
+            "project folder, or set MLFLOW_TRACKING_URI"
+        )
+        return 0
     import mlflow  # heavy: only when the command runs
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     rows = table(client, args.name)
     if rows:

@@ -133,7 +133,7 @@ def ingest_stream(path: Path, model_rate: int, tmp: tp.BinaryIO) -> Ingested:
 
     check_input_path(path, allow_empty=False)  # libsndfile would say "Format not recognised"
     try:
-        f = sf.SoundFile(str(path))
+        f = sf.SoundFile(os.fsencode(path))  # bytes: a name that is not UTF-8 opens too
     except Exception as e:  # libsndfile's message names the problem (format, header, …)
         raise UserError(f"{path}: not an audio file this tool can read ({_one_line(e)})") from None
     with f:
@@ -461,7 +461,7 @@ def decode_file(
             with (
                 locked_partial(out, started, replace=replace) as part,
                 sf.SoundFile(
-                    str(part), "w", samplerate=header.sample_rate, channels=1, subtype=subtype, format=fmt
+                    os.fsencode(part), "w", samplerate=header.sample_rate, channels=1, subtype=subtype, format=fmt
                 ) as wav,
             ):
                 for block in blocks:
