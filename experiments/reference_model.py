@@ -51,7 +51,7 @@ def export(source: Path, run_dir: Path | None) -> None:
 
 def sample() -> None:
     """A committed clip coded at 6 kbps by the shipped model: the stream and its decoded audio."""
-    clip = sorted(CLIP.glob("*.wav"))[0]
+    clip = sorted(CLIP.glob("*.flac"))[0]
     model = str(REFERENCE_CHECKPOINT)
     run = [sys.executable, "-m", "codec"]
     STREAM.unlink(missing_ok=True)

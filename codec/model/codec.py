@@ -249,7 +249,7 @@ class Codec(nn.Module):
             )
             self.quantizer = _quantizer(c)
             self.decoder: nn.Module = FrameDecoder(
-                (down, hop), c.decoder_channels, c.latent_dim, blocks[1:], c.frame_kernel, c.frame_head
+                (down, hop), c.decoder_channels, c.latent_dim, (blocks[1], blocks[2]), c.frame_kernel, c.frame_head
             )
             return
         enc: list[nn.Module] = [wn_conv1d(1, c.encoder_channels, kernel_size=7)]
