@@ -291,12 +291,35 @@ def test_unserved_bitrate_names_the_served_ones(tmp_path: Path, ckpt: Path, caps
     assert "does not serve 6 kbps; choose one of 0.9, 1.8, 3.6 kbps" in capsys.readouterr().err
 
 
+def test_a_fresh_clone_codes_with_the_shipped_reference_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No registry and no models/codec.pt (a fresh clone before make demo): encode and decode use
+    the reference model in the package, and the stream names it."""
+    from codec.inference.model_source import default_model_spec
+    from codec.model.checkpoint import REFERENCE_CHECKPOINT
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_model_spec() == str(REFERENCE_CHECKPOINT)
+    x = telugu_speech()[: 2 * SR] * np.float32(0.05)
+    sf.write(str(tmp_path / "in.wav"), x, SR)
+    assert cli("encode", "in.wav", "x.tscb", "--kbps", "3") == 0
+    assert cli("decode", "x.tscb", "out.wav") == 0
+    out, rate = sf.read(str(tmp_path / "out.wav"), dtype="float32")
+    assert rate == SR and out.shape == x.shape
+    assert abs(20 * np.log10(np.sqrt(np.mean(out**2)) / np.sqrt(np.mean(x**2)))) < 1.0  # its level kept
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_no_model_anywhere_says_how_to_get_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # the repo root the tracking URI is taken from
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr("codec.inference.model_source.REFERENCE_CHECKPOINT", tmp_path / "no-reference.pt")
     sf.write(str(tmp_path / "in.wav"), telugu_speech()[:SR], SR)
     assert cli("encode", "in.wav", "x.tscb") == 2
     err = capsys.readouterr().err
