@@ -132,6 +132,7 @@ def main() -> None:
         "gpu-profile served": (ours(for_inference(gpu)), speechlike(args.seconds, SR)),
         "cpu-demo": (ours(demo), speechlike(args.seconds, SR)),
         "cpu-demo served": (ours(for_inference(demo)), speechlike(args.seconds, SR)),
+        "frame": (ours(frame), speechlike(args.seconds, SR)),
         "frame served": (ours(for_inference(frame)), speechlike(args.seconds, SR)),
     }
     modules = {"encodec-24k": encodec, "gpu-profile": gpu, "cpu-demo": demo, "frame": frame}
