@@ -226,9 +226,9 @@ def test_the_demo_profile_fine_tunes_the_reference(tmp_path: Path) -> None:
     assert params.init_from is not None and (REPO / params.init_from).resolve() == REFERENCE_CHECKPOINT
     tiny = dataclasses.replace(
         params, steps=2, batch_size=2, segment_s=0.64, val_every=2, val_clips=1, val_seconds=0.64,
-        checkpoint_every=2, progress=False, init_from=str(REFERENCE_CHECKPOINT),
+        checkpoint_every=2, progress=False, init_from=str(REFERENCE_CHECKPOINT), val_fraction=0.5,
     )  # fmt: skip
-    data = write_dataset(tmp_path / "data", n_clips=6, seconds=1.0)
+    data = write_dataset(tmp_path / "data", n_clips=8, seconds=1.0)
     result = train(tiny, data, tmp_path / "models")
     tuned = read_checkpoint(tmp_path / "models" / "codec.pt")
     reference = read_checkpoint(REFERENCE_CHECKPOINT)
