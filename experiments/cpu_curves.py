@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from codec.params import from_dict  # noqa: E402
 from codec.training.loop import CHECKPOINT, train  # noqa: E402
 from codec.training.params import TrainParams  # noqa: E402
+from experiments.corpus_variety import evaluate  # noqa: E402  (codec evaluate of a checkpoint, no MLflow)
 
 OUT = ROOT / "experiments" / "cpu_curves"
 FIELDS = (
@@ -88,20 +89,6 @@ def compose(profile: str, overrides: dict[str, tp.Any]) -> dict[str, tp.Any]:
     # Curves: the evaluation at the training loudness only (the level sweep is flat by construction).
     params["evaluate"]["levels_dbfs"] = [-16.0]
     return params
-
-
-def evaluate(checkpoint: Path, params_file: Path, out: Path) -> dict[str, tp.Any]:
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable, "-m", "codec", "evaluate", "--no-mlflow", "--params", str(params_file),
-        "--model", str(checkpoint), "--data", str(ROOT / "data" / "normalized"), "--raw", str(ROOT / "data" / "raw"),
-        "--user-sets", str(ROOT / "data" / "eval_sets"), "--metrics", str(out / "metrics.json"),
-        "--table", str(out / "bitrates.csv"), "--plot", str(out / "vs_opus.csv"),
-        "--evaluation", str(out / "evaluation.json"), "--report", str(out / "report.md"),
-        "--media", str(out / "media"),
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return json.loads((out / "evaluation.json").read_text())
 
 
 def rows_of(run: str, minutes: float, steps: int, record: dict[str, tp.Any]) -> list[dict[str, tp.Any]]:
@@ -157,7 +144,7 @@ def run_curve(name: str, budgets_min: list[float], work: Path) -> None:
         minutes = trained["seconds"] / 60.0
         print(f"{name}: {result.step} steps in {minutes:.1f} min of training; evaluating", flush=True)
         start = time.monotonic()
-        record = evaluate(work / "models" / CHECKPOINT, params_file, work / f"eval-{round(minutes)}min")
+        record = evaluate(work / "models" / CHECKPOINT, ROOT / "data", work / f"eval-{round(minutes)}min", params_file)
         rows = [r for r in read_rows() if not (r["run"] == name and float(r["minutes"]) == round(minutes, 2))]
         write_rows(rows + rows_of(name, minutes, result.step, record))
         print(f"{name}: evaluated in {time.monotonic() - start:.0f} s", flush=True)

@@ -63,30 +63,18 @@ def sample() -> None:
 
 def macs_per_second(model: tp.Any, seconds: float = 4.0) -> float:
     """Multiply-accumulates of the convolutions and linear layers per second of audio, in billions
-    (encode and decode at the top bitrate; FFTs and element-wise work left out)."""
+    (encode and decode at the top bitrate), counted as benchmarks/codec_speed.py counts them."""
+    import numpy as np
     import torch
 
-    total = 0
+    from benchmarks.codec_speed import conv_gmacs
 
-    def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, torch.nn.ConvTranspose1d):
-            total += inputs[0].numel() * module.out_channels * module.kernel_size[0] // module.groups
-        elif isinstance(module, torch.nn.Conv1d):
-            total += output.numel() * module.in_channels * module.kernel_size[0] // module.groups
-        elif isinstance(module, torch.nn.Linear):
-            total += output.numel() * module.in_features
-
-    kinds = (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.Linear)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
-    try:
+    def run(audio: np.ndarray) -> None:
         with torch.inference_mode():
-            x = torch.randn(1, 1, int(seconds * model.config.sample_rate)) * 0.1
-            model.decode(model.encode(x))
-    finally:
-        for h in handles:
-            h.remove()
-    return total / seconds / 1e9
+            model.decode(model.encode(torch.from_numpy(audio).view(1, 1, -1)))
+
+    audio = (np.random.default_rng(0).standard_normal(int(seconds * model.config.sample_rate)) * 0.1).astype("float32")
+    return conv_gmacs(run, [model], audio) / seconds
 
 
 def card_tables(evaluation: Path) -> str:

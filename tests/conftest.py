@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import typing as tp
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,31 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("corpus") / "corpus"
     write_corpus(out, CorpusParams(n_utterances=24, seed=7, transient_fraction=0.3), workers=2)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> tp.Iterator[None]:
+    """Tiny convolutions on a shared 2-core machine: one thread is ~20x faster than two threads
+    spinning against other processes. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of the untrained tiny model (tests/presets.py), as codec train writes one."""
+    from codec.model.checkpoint import save_checkpoint
+    from codec.model.codec import build_codec
+    from tests.presets import tiny_config
+
+    path = tmp_path_factory.mktemp("model") / "codec.pt"
+    save_checkpoint(path, build_codec(tiny_config(), seed=0), {"params": {"seed": 0}, "step": 0})
+    return path
 
 
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -117,4 +143,3 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-

@@ -51,13 +51,7 @@ SR = 16000
 KBPS = 3.6  # tiny_config: 12 quantizers x 6 bits x 50 frames/s
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> tp.Iterator[None]:
-    """Tiny convolutions on a shared 2-core machine: one thread is faster than two spinning."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.lru_cache(maxsize=1)

@@ -33,12 +33,7 @@ from tests.synth import RATE, speechlike
 # --- shared helpers (also used by test_promote.py) --------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> tp.Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class PcmConfig:

@@ -31,33 +31,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codec.cli.main import main
 from codec.files import manifest_owned, staged_dir
-from codec.model.checkpoint import save_checkpoint
-from codec.model.codec import build_codec
-from tests.presets import tiny_config
 
 SR = 16000
 KBPS = 3.6  # tiny_config: 12 quantizers x 6 bits x 50 frames/s
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> tp.Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "codec.pt"
-    save_checkpoint(path, build_codec(tiny_config(), seed=0), {"params": {"seed": 0}, "step": 0})
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def wav(path: Path, seed: int = 0, seconds: float = 0.3) -> Path:

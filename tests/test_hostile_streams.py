@@ -35,8 +35,6 @@ from codec.inference import bitstream as bs
 from codec.inference import compress
 from codec.inference import pipeline as inf
 from codec.model import checkpoint
-from codec.model.codec import build_codec
-from tests.presets import tiny_config
 
 SR = 16000
 KBPS = 3.6  # tiny_config: 12 quantizers x 6 bits x 50 frames/s
@@ -45,20 +43,7 @@ KBPS = 3.6  # tiny_config: 12 quantizers x 6 bits x 50 frames/s
 RATE, LENGTH, FRAMES, GAIN = (16, "<I"), (20, "<Q"), (44, "<Q"), (56, "<f")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> tp.Iterator[None]:
-    """Tiny convolutions on a shared 2-core machine: one thread is faster than two spinning."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "codec.pt"
-    checkpoint.save_checkpoint(path, build_codec(tiny_config(), seed=0))
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def noise(seconds: float, rms: float = 0.05, rate: int = SR, seed: int = 0) -> np.ndarray:

@@ -31,14 +31,7 @@ from tests.presets import tiny_config
 SR = 16000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> tp.Iterator[None]:
-    """Tiny convolutions on a shared 2-core machine: one thread is ~20x faster than two
-    threads spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclasses.dataclass(frozen=True)

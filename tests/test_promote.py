@@ -30,10 +30,10 @@ from tests import test_evaluate as te
 from tests.presets import tiny_config
 from tests.test_evaluate import NO_LIMITER, Collapsed, PcmCodec, make_clips, write_data
 
-# The shared fixtures: a real MLflow store per test, one torch thread.
+# The shared fixtures: a real MLflow store per test; one torch thread (conftest).
 mlflow_template = te.mlflow_template
 mlflow_uri = te.mlflow_uri
-one_torch_thread = te.one_torch_thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # The per-clip level gate at 1 dB: the registry tests tell models apart by gains down to 0.93 (-0.6 dB).
 GATES = pr.PromoteParams(min_snr_db=10.0, min_pesq=2.0, max_mel_distance=2.0, max_clip_level_error_db=1.0)

@@ -34,7 +34,7 @@ from tests.test_promote import EVAL, GATES, registry
 
 mlflow_template = te.mlflow_template
 mlflow_uri = te.mlflow_uri
-one_torch_thread = te.one_torch_thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
