@@ -36,11 +36,24 @@ TINY = {
 DATA_STAGES = ("corpus", "ingest", "normalize", "validate")
 
 
-def api(url: str, path: str, body: dict | None = None) -> object:
+def api(url: str, path: str, body: dict | None = None, tries: int = 6) -> object:
+    """One call to the server's REST API, retried the way Prefect's own client retries it.
+
+    The server answers 503 when its SQLite database is busy (``is_client_retryable_exception``
+    in prefect/server/api/server.py): with a worker polling and a flow run writing its states,
+    that happens on a loaded 2-core machine, and every Prefect client retries it with backoff.
+    """
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read() or b"null")
+    for attempt in range(tries):
+        req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as err:
+            if err.code not in (429, 502, 503) or attempt == tries - 1:
+                raise
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
 
 
 def prefect(env: dict[str, str], *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
