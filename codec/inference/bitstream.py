@@ -261,7 +261,7 @@ class Header:
             )
 
     def pack(self) -> bytes:
-        """The 64 header bytes, CRC included (checks the values first)."""
+        """The header bytes (64 in version 1, 76 in version 2), CRC included (checks the values first)."""
         self.check("header")
         body = _HEADER.pack(
             MAGIC,
@@ -387,7 +387,7 @@ def unpack_codes(payload: bytes, n_quantizers: int, frames: int, bits: int) -> C
 
 
 def write_header(fileobj: tp.BinaryIO, header: Header) -> int:
-    """Write the 64-byte header; returns the bytes written."""
+    """Write the header (64 bytes in version 1, 76 in version 2); returns the bytes written."""
     data = header.pack()
     fileobj.write(data)
     return len(data)
