@@ -94,9 +94,6 @@ class EnergySettings:
         """Side-information bitrate at ``frame_rate`` frames per second."""
         return self.bits * frame_rate / self.block_frames
 
-    def as_dict(self) -> dict[str, float | int]:
-        return dataclasses.asdict(self)
-
 
 DEFAULT = EnergySettings()  # at 50 frames/s and 500-frame chunks: what settings_for gives
 BLOCK_S = 0.5  # seconds per block (chosen by measurement: experiments/energy_sweep.md)
