@@ -47,13 +47,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 
 def _version() -> str:
-    """The installed package's version (``telugu-speech-codec``), or ``unknown`` from a bare checkout."""
-    from importlib.metadata import PackageNotFoundError, version
+    """The installed package's version (``codec.__version__``), or ``unknown`` from a bare checkout."""
+    import codec
 
-    try:
-        return version("telugu-speech-codec")
-    except PackageNotFoundError:
-        return "unknown"
+    return str(codec.__version__)
 
 
 _MAIN_PID = os.getpid()
