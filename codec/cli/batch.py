@@ -25,6 +25,7 @@ over the recordings they came from):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
@@ -38,6 +39,20 @@ from codec.errors import UserError
 from codec.files import locked_dir, resolved
 
 PIPE = "-"
+
+
+def add_arguments(parser: argparse.ArgumentParser, paths_help: str, out_dir_help: str) -> None:
+    """The arguments ``codec encode`` and ``codec decode`` share: the paths, ``--out-dir``,
+    ``--overwrite`` and ``--quiet`` (the command adds its own after them)."""
+    parser.add_argument("paths", nargs="+", metavar="IN OUT | IN...", help=paths_help)
+    parser.add_argument("--out-dir", default=None, help=out_dir_help)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --out-dir: replace outputs that already exist (never an input); without it a batch "
+        "refuses to replace any file",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,15 +52,11 @@ def _bounded(what: str, hi: float) -> tp.Callable[[str], float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "paths",
-        nargs="+",
-        metavar="IN OUT | IN...",
-        help="a bitstream written by 'codec encode' and the WAV file to write (mono, at the original sample "
+    batch.add_arguments(
+        parser,
+        paths_help="a bitstream written by 'codec encode' and the WAV file to write (mono, at the original sample "
         "rate); '-' is standard input/output. With --out-dir: bitstreams and folders of them",
-    )
-    parser.add_argument(
-        "--out-dir", default=None, help="decode every IN (folders: every .tscb under them) into this folder"
+        out_dir_help="decode every IN (folders: every .tscb under them) into this folder",
     )
     parser.add_argument(
         "--model",
@@ -83,13 +79,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse streams whose WAV would be larger than this many MB (10^6 bytes), before decoding "
         "(default: %(default)s, 4 GB)",
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="with --out-dir: replace outputs that already exist (never an input); without it a batch "
-        "refuses to replace any file",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
 
 def run(args: argparse.Namespace) -> int:

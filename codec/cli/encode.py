@@ -25,15 +25,11 @@ def _finite(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "paths",
-        nargs="+",
-        metavar="IN OUT | IN...",
-        help="a recording (any format libsndfile reads: WAV, FLAC, OGG, MP3, …) and the bitstream to write "
+    batch.add_arguments(
+        parser,
+        paths_help="a recording (any format libsndfile reads: WAV, FLAC, OGG, MP3, …) and the bitstream to write "
         "(conventionally .tscb); '-' is standard input/output. With --out-dir: recordings and folders of them",
-    )
-    parser.add_argument(
-        "--out-dir", default=None, help="encode every IN (folders: every recording under them) into this folder"
+        out_dir_help="encode every IN (folders: every recording under them) into this folder",
     )
     parser.add_argument(
         "--kbps", type=_finite, default=None, help="bitrate, one the model serves (default: its highest)"
@@ -57,13 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="leave out the energy side information (16 bit/s that keeps the decoded level on speech the model "
         "has not heard; writes a version-1 stream)",
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="with --out-dir: replace outputs that already exist (never an input); without it a batch "
-        "refuses to replace any file",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
 
 def run(args: argparse.Namespace) -> int:
