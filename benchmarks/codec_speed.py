@@ -13,11 +13,14 @@ noisy: only the ratio means much):
 - ``encodec-24k``: ``EncodecModel.encodec_model_24khz(pretrained=False)`` with
   ``set_target_bandwidth(6.0)``: the anchor.
 
-Ours runs the whole inference path that ``codec encode``/``codec decode`` run, at 6 kbps
-(12 quantizers), minus file I/O and model loading: :func:`codec.inference.pipeline.encode_to_stream`
-(resample check, loudness, gain, limiter, chunked encode with context, bit packing) into
-memory, then :func:`codec.inference.pipeline.decode_from_stream` (unpacking, chunked decode with
-context, level restore). EnCodec runs ``encode`` then ``decode`` on the same duration at
+Ours runs the functions ``codec encode``/``codec decode`` run, at 6 kbps (12 quantizers), with
+the samples in memory instead of a file and without model loading:
+:func:`codec.inference.pipeline.encode_to_stream` (:func:`codec.inference.prepare.prepare`: the
+same blocks, resampling, loudness meter and gain as ``codec encode``'s ``prepare_file``; then
+:func:`codec.inference.pipeline.encode_prepared`, the encoder ``codec encode`` calls: limiter,
+chunked encode with context, energy side information, bit packing) into memory, then
+:func:`codec.inference.pipeline.decode_from_stream` (what ``codec decode`` calls: unpacking,
+chunked decode with context, energy shaping, level restore). EnCodec runs ``encode`` then ``decode`` on the same duration at
 24 kHz. Weights are random: speed does not depend on them.
 
     python benchmarks/codec_speed.py [--seconds 10] [--rounds 3] [--threads 2]
@@ -37,7 +40,7 @@ import typing as tp
 import numpy as np
 import torch
 
-from codec.inference import pipeline as inf
+from codec.inference import pipeline
 from codec.model.codec import Codec, build_codec, cpu_demo_config, frame_config, gpu_config
 from codec.model.serving import for_inference
 
@@ -62,9 +65,9 @@ def speechlike(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
 def ours(model: Codec) -> tp.Callable[[np.ndarray], None]:
     def run(audio: np.ndarray) -> None:
         buf = io.BytesIO()
-        inf.encode_to_stream(model, audio, SR, KBPS, buf, fingerprint=FINGERPRINT)
+        pipeline.encode_to_stream(model, audio, SR, KBPS, buf, fingerprint=FINGERPRINT)
         buf.seek(0)
-        _, blocks = inf.decode_from_stream(model, buf, fingerprint=FINGERPRINT)
+        _, blocks = pipeline.decode_from_stream(model, buf, fingerprint=FINGERPRINT)
         for _ in blocks:
             pass
 

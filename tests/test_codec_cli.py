@@ -36,13 +36,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codec.audio.io import read_audio
+from codec.audio.level import LevelSettings
 from codec.audio.levels import rms_dbfs
 from codec.audio.loudness import StreamingLoudness, integrated_lufs
 from codec.audio.resample import resample
 from codec.cli.decode import EXIT_BAD_BITSTREAM, EXIT_MODEL_MISMATCH
 from codec.cli.main import main
 from codec.inference import bitstream as bs
-from codec.inference import pipeline as inf
+from codec.inference import pipeline
 from codec.model.checkpoint import model_fingerprint, save_checkpoint
 from codec.model.codec import Codec, build_codec
 from tests.presets import tiny_config
@@ -71,14 +72,14 @@ def calibrated_codec(seed: int = 0) -> Codec:
     and every layer that writes the waveform (one output channel) scaled so that the
     output has the RMS of the input at the training loudness."""
     model = build_codec(tiny_config(), seed=seed).eval()
-    prepared = inf.prepare(telugu_speech(), SR)
+    prepared = pipeline.prepare(telugu_speech(), SR, SR).samples()
 
     def gain() -> float:
-        out = inf.roundtrip(model, prepared.audio, SR, KBPS, peak_ceiling_db=None, energy=False)
-        return float(np.sqrt(np.mean(np.square(out)) / np.mean(np.square(prepared.audio))))
+        out = pipeline.roundtrip(model, prepared, SR, KBPS, LevelSettings(peak_ceiling_db=None), energy=False)
+        return float(np.sqrt(np.mean(np.square(out)) / np.mean(np.square(prepared))))
 
     with torch.no_grad():
-        latents = model.encode_latents(torch.from_numpy(prepared.audio).view(1, 1, -1))
+        latents = model.encode_latents(torch.from_numpy(prepared).view(1, 1, -1))
         model.quantizer.init_codebooks(latents, torch.Generator().manual_seed(seed))
         scale = 1.0 / gain()
         for module in model.modules():
@@ -135,21 +136,54 @@ def test_streaming_meter_matches_integrated_lufs(seconds: float) -> None:
     assert meter.integrated() == pytest.approx(integrated_lufs(x, SR), abs=1e-4)
 
 
-def test_cli_bitstream_is_byte_identical_to_encode_to_stream(tmp_path: Path, ckpt: Path) -> None:
-    """Stereo 44.1 kHz 24-bit, with a burst the limiter must catch: the streamed encode
-    writes exactly what the one inference path writes from the whole signal."""
-    x = resample(telugu_speech(), SR, 44100) * np.float32(10 ** (-28 / 20))
-    x[40000:40200] *= 40.0
-    src = tmp_path / "in.wav"
-    sf.write(str(src), np.stack([x, 0.3 * x], axis=1), 44100, subtype="PCM_24")
-    assert encode(src, tmp_path / "out.tscb", ckpt) == 0
-    audio, rate = read_audio(src)
-    assert inf.prepare(audio, rate).limiter_db > 1.0  # the limiter was exercised
+@pytest.mark.parametrize("normalize", [{}, {"target_lufs": -20.0, "peak_ceiling_db": -3.0, "limiter_window_ms": 2.0}])
+def test_evaluation_decodes_what_codec_encode_then_decode_give(
+    tmp_path: Path, ckpt: Path, normalize: dict[str, float]
+) -> None:
+    """What is evaluated is what ships: evaluation's decoded audio equals ``codec decode(codec
+    encode(clip))`` sample for sample, and the bitstream it measures is the file's bytes, also
+    for a model trained on data normalized with other params (its checkpoint records them).
+
+    Stereo 44.1 kHz, with a burst the limiter must catch, written as a FLOAT WAV (what an
+    evaluation clip in memory is)."""
+    from codec.evaluation import evaluate as ev
+    from codec.evaluation.stage import load_params
     from codec.inference.model_source import load_model
 
-    expected = io.BytesIO()
-    inf.encode_to_stream(load_model(str(ckpt)).model, audio, rate, KBPS, expected)
-    assert (tmp_path / "out.tscb").read_bytes() == expected.getvalue()
+    model_path = ckpt
+    if normalize:  # as the train stage stamps a model trained on data normalized with these params
+        from codec.training.stage import data_levels, stamp_checkpoint
+
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "manifest.csv").write_text(f"id,lufs\na,{normalize['target_lufs']}\nb,{normalize['target_lufs']}\n")
+        params = tmp_path / "params.yaml"
+        params.write_text("normalize:\n" + "".join(f"  {k}: {v}\n" for k, v in normalize.items()))
+        model_path = tmp_path / "codec.pt"
+        model_path.write_bytes(ckpt.read_bytes())
+        stamp_checkpoint(model_path, data_levels(data, params))
+    x = resample(telugu_speech(), SR, 44100) * np.float32(10 ** (-28 / 20))
+    x[40000:40200] *= 40.0
+    stereo = np.stack([x, 0.3 * x], axis=1)
+    src = tmp_path / "in.wav"
+    sf.write(str(src), stereo, 44100, subtype="FLOAT")
+    assert encode(src, tmp_path / "out.tscb", model_path) == 0
+    assert cli("decode", tmp_path / "out.tscb", tmp_path / "out.wav", "--model", model_path, "-q") == 0
+    decoded, rate = sf.read(str(tmp_path / "out.wav"), dtype="float32")
+
+    # The evaluation stage's params file may say anything about normalize: it is not read.
+    (tmp_path / "eval_params.yaml").write_text(
+        "normalize:\n  target_lufs: -30.0\n  peak_ceiling_db: -10.0\nevaluate: {}\n"
+    )
+    load_params(tmp_path / "eval_params.yaml")
+    loaded = load_model(str(model_path))  # as codec evaluate loads the model under test
+    assert loaded.levels.target_lufs == normalize.get("target_lufs", -16.0)
+    assert loaded.levels.peak_ceiling_db == normalize.get("peak_ceiling_db", -1.0)
+    result = ev.code(loaded.model, stereo, 44100, KBPS, loaded.levels)
+    assert result.prepared.limiter_db > 1.0  # the limiter was exercised
+    assert rate == 44100 and result.audio.dtype == decoded.dtype == np.float32
+    np.testing.assert_array_equal(result.audio, decoded)
+    assert result.stream == (tmp_path / "out.tscb").read_bytes()
 
 
 # --- level, rate, length, size -----------------------------------------------------------------
@@ -385,7 +419,7 @@ def _valid_stream(ckpt: Path) -> bytes:
     buf = io.BytesIO()
     from codec.inference.model_source import load_model
 
-    inf.encode_to_stream(load_model(str(ckpt)).model, x, SR, KBPS, buf, chunk_frames=40)
+    pipeline.encode_to_stream(load_model(str(ckpt)).model, x, SR, KBPS, buf, chunk_frames=40)
     return buf.getvalue()
 
 
@@ -547,7 +581,7 @@ def test_default_model_is_the_registry_champion_then_models_codec_pt(
     loaded = load_model(None)
     assert model_fingerprint(loaded.model) == model_fingerprint(load_model(str(ckpt)).model)
     assert loaded.source.startswith(f"{DEFAULT_URI} (version {mv.version}")
-    assert loaded.target_lufs == -16.0
+    assert loaded.levels == LevelSettings()  # a checkpoint that records no level settings: the defaults
 
 
 # --- many files, pipes, --version --------------------------------------------------------------

@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
+from codec.audio.level import LevelSettings
 from codec.inference import bitstream as bs
 from codec.inference import energy as side
-from codec.inference import pipeline as inf
+from codec.inference import pipeline
 from codec.model.codec import build_codec
 from tests.presets import tiny_config
 from tests.synth import RATE, speechlike
@@ -25,6 +26,8 @@ class Scaled(nn.Module):
     """A transparent codec (hop 4: a frame's 4 codes are its 4 samples as 16-bit PCM) whose
     decoder scales its output by ``factor`` and adds a noise floor at ``noise_dbfs``: a model
     that returns less energy than it was given, without the noise of a trained model's errors."""
+
+    source_fingerprint = b"scaled00"  # FP: no weights to fingerprint: the bitstream names it so
 
     HOP = 4
 
@@ -70,8 +73,8 @@ def test_a_decoder_6_db_too_quiet_comes_back_within_half_a_db_of_the_input_level
     kbps = max(model.config.bitrates_kbps)
     for seed, level in [(0, -40.0), (1, -26.0), (2, -12.0)]:
         x = speech(3.0, seed, level)
-        plain = inf.roundtrip(model, x, RATE, kbps, energy=False)
-        shaped = inf.roundtrip(model, x, RATE, kbps)
+        plain = pipeline.roundtrip(model, x, RATE, kbps, energy=False)
+        shaped = pipeline.roundtrip(model, x, RATE, kbps)
         assert level_db(plain) - level_db(x) < -5.0  # the model alone loses ~6 dB
         assert abs(level_db(shaped) - level_db(x)) <= 0.5
         ratio = float(np.sqrt(np.mean(shaped.astype(np.float64) ** 2) / np.mean(x.astype(np.float64) ** 2)))
@@ -81,7 +84,7 @@ def test_a_decoder_6_db_too_quiet_comes_back_within_half_a_db_of_the_input_level
 def test_every_block_follows_the_input_level_not_only_the_clip() -> None:
     # Speech whose level steps by 20 dB every second: a per-clip gain would miss it.
     x = np.concatenate([speech(1.0, s, lv) for s, lv in [(0, -30.0), (1, -10.0), (2, -30.0), (3, -20.0)]])
-    y = inf.roundtrip(Scaled(0.6), x, RATE, 256.0, energy=True, peak_ceiling_db=None)
+    y = pipeline.roundtrip(Scaled(0.6), x, RATE, 256.0, LevelSettings(peak_ceiling_db=None), energy=True)
     for k in range(4):  # blocks of 2000 samples here; look at each second away from its borders
         part = slice(k * RATE + 2400, (k + 1) * RATE - 2400)
         assert abs(level_db(y[part]) - level_db(x[part])) <= 0.6
@@ -91,14 +94,14 @@ def test_silence_stays_silent_and_a_noise_floor_is_not_raised() -> None:
     model = Scaled(0.5, noise_dbfs=-75.0)
     kbps = max(model.config.bitrates_kbps)
     x = np.concatenate([speech(1.5, 3), np.zeros(RATE * 2, np.float32), speech(1.5, 4)])
-    plain = inf.roundtrip_with_codes(model, x, RATE, kbps, energy=False)
-    shaped = inf.roundtrip_with_codes(model, x, RATE, kbps)
+    plain = pipeline.roundtrip_with_codes(model, x, RATE, kbps, energy=False)
+    shaped = pipeline.roundtrip_with_codes(model, x, RATE, kbps)
     assert (shaped.levels == 0).sum() >= 2  # the silent blocks are coded "below the floor"
     gap = slice(int(1.5 * RATE) + 4000, int(3.5 * RATE) - 4000)  # away from the fades
     # The decoder's own hiss in the gap is passed through, not boosted to anything.
     assert level_db(shaped.audio[gap]) <= level_db(plain.audio[gap]) + 0.1
-    silent = inf.roundtrip(model, np.zeros(RATE, np.float32), RATE, kbps)
-    assert level_db(silent) <= level_db(inf.roundtrip(model, np.zeros(RATE, np.float32), RATE, kbps, energy=False))
+    silent = pipeline.roundtrip(model, np.zeros(RATE, np.float32), RATE, kbps)
+    assert level_db(silent) <= level_db(pipeline.roundtrip(model, np.zeros(RATE, np.float32), RATE, kbps, energy=False))
 
 
 def test_the_gain_crosses_a_block_border_smoothly() -> None:
@@ -153,20 +156,22 @@ def test_a_version_2_stream_carries_the_levels_and_a_version_1_stream_still_deco
     kbps = max(model.config.bitrates_kbps)
     x = speech(2.5, 7)
     v2, v1 = io.BytesIO(), io.BytesIO()
-    h2 = inf.encode_to_stream(model, x, RATE, kbps, v2, fingerprint=FP)
-    h1 = inf.encode_to_stream(model, x, RATE, kbps, v1, energy=False, fingerprint=FP)
+    h2 = pipeline.encode_to_stream(model, x, RATE, kbps, v2, fingerprint=FP)
+    h1 = pipeline.encode_to_stream(model, x, RATE, kbps, v1, energy=False, fingerprint=FP)
     assert (h2.version, h1.version) == (2, 1)
     assert v1.getvalue()[4:6] == b"\x01\x00" and len(v1.getvalue()) == h1.stream_bytes()
     assert len(v2.getvalue()) == h2.stream_bytes() and h2.energy == side.settings_for(RATE / 4, bs.DEFAULT_CHUNK_FRAMES)
     for data, energy in [(v2, True), (v1, False)]:
         data.seek(0)
-        _, blocks = inf.decode_from_stream(model, data, fingerprint=FP)
+        _, blocks = pipeline.decode_from_stream(model, data, fingerprint=FP)
         decoded = np.concatenate(list(blocks))
         # What a stream decodes to is what the in-memory path gives, either version.
-        assert np.allclose(decoded, inf.roundtrip(model, x, RATE, kbps, energy=energy), atol=1e-6)
+        assert np.allclose(decoded, pipeline.roundtrip(model, x, RATE, kbps, energy=energy), atol=1e-6)
     assert (
         abs(
-            level_db(np.concatenate(list(inf.decode_from_stream(model, io.BytesIO(v2.getvalue()), fingerprint=FP)[1])))
+            level_db(
+                np.concatenate(list(pipeline.decode_from_stream(model, io.BytesIO(v2.getvalue()), fingerprint=FP)[1]))
+            )
             - level_db(x)
         )
         < 0.5
@@ -176,7 +181,9 @@ def test_a_version_2_stream_carries_the_levels_and_a_version_1_stream_still_deco
 def test_a_flipped_level_bit_fails_the_chunk_checksum() -> None:
     model = Scaled(1.0)
     data = io.BytesIO()
-    header = inf.encode_to_stream(model, speech(1.0, 8), RATE, max(model.config.bitrates_kbps), data, fingerprint=FP)
+    header = pipeline.encode_to_stream(
+        model, speech(1.0, 8), RATE, max(model.config.bitrates_kbps), data, fingerprint=FP
+    )
     raw = bytearray(data.getvalue())
     raw[-1] ^= 0x01  # the last byte of the last chunk: its level codes
     with pytest.raises(bs.BitstreamError, match="checksum"):
@@ -190,7 +197,7 @@ def test_a_forged_version_2_header_is_refused_naming_the_energy_field() -> None:
 
     model = Scaled(1.0)
     data = io.BytesIO()
-    inf.encode_to_stream(model, speech(1.0, 9), RATE, max(model.config.bitrates_kbps), data, fingerprint=FP)
+    pipeline.encode_to_stream(model, speech(1.0, 9), RATE, max(model.config.bitrates_kbps), data, fingerprint=FP)
 
     def forged(offset: int, fmt: str, value: float) -> bytes:
         b = bytearray(data.getvalue())

@@ -57,6 +57,8 @@ class PcmCodec(nn.Module):
     the second stage coding the first one's residual, and the decoded audio multiplied by
     ``gain``. With 10 bits and two stages it is transparent (~20-bit PCM)."""
 
+    source_fingerprint = b"pcm-eval"  # no weights to fingerprint: the bitstream names it so
+
     def __init__(self, bits: int = 10, gain: float = 1.0) -> None:
         super().__init__()
         self.config = PcmConfig(bits)
@@ -81,6 +83,8 @@ class PcmCodec(nn.Module):
 
 class Collapsed(nn.Module):
     """The seed's failure: a codec whose decoder gives 47% of the input's amplitude."""
+
+    source_fingerprint = b"collapse"  # no weights to fingerprint: the bitstream names it so
 
     def __init__(self, inner: PcmCodec, factor: float = 0.47) -> None:
         super().__init__()

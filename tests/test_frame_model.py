@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from codec.errors import UserError
-from codec.inference import pipeline as inf
+from codec.inference import pipeline
 from codec.inference.model_source import load_model
 from codec.model.checkpoint import model_fingerprint, read_checkpoint, save_checkpoint
 from codec.model.codec import FRAME_FIELDS, CodecConfig, build_codec
@@ -111,13 +111,13 @@ def test_chunked_coding_equals_whole_file_coding() -> None:
     """The receptive field stays inside the inference path's chunk context: codes of a chunked
     encode equal the whole-file encode's, and a chunked decode its audio."""
     model = woken(tiny_frame())
-    x = inf.prepare(speechlike(4.0), SR).audio
-    whole = np.concatenate(list(inf.encode_codes(model, x, 3.6, chunk_frames=10**6)), axis=1)
-    chunks = list(inf.encode_codes(model, x, 3.6, chunk_frames=37))
+    x = pipeline.prepare(speechlike(4.0), SR, SR).samples()
+    whole = np.concatenate(list(pipeline.encode_codes(model, x, 3.6, chunk_frames=10**6)), axis=1)
+    chunks = list(pipeline.encode_codes(model, x, 3.6, chunk_frames=37))
     assert whole.shape == (12, 200)
     np.testing.assert_array_equal(np.concatenate(chunks, axis=1), whole)
-    one = np.concatenate(list(inf.decode_codes(model, [whole])))
-    many = np.concatenate(list(inf.decode_codes(model, chunks)))
+    one = np.concatenate(list(pipeline.decode_codes(model, [whole])))
+    many = np.concatenate(list(pipeline.decode_codes(model, chunks)))
     assert one.shape == many.shape == (200 * 320,)
     assert float(np.abs(one).max()) > 1e-3
     np.testing.assert_allclose(many, one, atol=1e-5 * np.abs(one).max())

@@ -28,12 +28,13 @@ import pytest
 import soundfile as sf
 import torch
 
+from codec.audio.level import LevelSettings
 from codec.cli.decode import EXIT_BAD_BITSTREAM
 from codec.cli.main import main
 from codec.errors import UserError
 from codec.inference import bitstream as bs
-from codec.inference import compress
-from codec.inference import pipeline as inf
+from codec.inference import compress, pipeline
+from codec.inference.prepare import prepare_file
 from codec.model import checkpoint
 
 SR = 16000
@@ -60,7 +61,7 @@ def valid(ckpt: Path) -> bytes:
     from codec.inference.model_source import load_model
 
     buf = io.BytesIO()
-    inf.encode_to_stream(load_model(str(ckpt)).model, noise(3.0), SR, KBPS, buf)
+    pipeline.encode_to_stream(load_model(str(ckpt)).model, noise(3.0), SR, KBPS, buf)
     return buf.getvalue()
 
 
@@ -339,5 +340,5 @@ def test_a_0_byte_input_is_an_empty_file(tmp_path: Path, ckpt: Path, capsys: pyt
         err == f"codec encode: error: {tmp_path / 'in.wav'}: empty file (0 bytes), no audio in it; pass a recording\n"
     )
     with pytest.raises(UserError, match="empty file"), (tmp_path / "tmp").open("wb") as tmp:
-        compress.ingest_stream(tmp_path / "in.wav", SR, tmp)
+        prepare_file(tmp_path / "in.wav", SR, LevelSettings(), tmp)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav", "tmp"]

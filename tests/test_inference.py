@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from codec.audio.io import read_audio
+from codec.audio.level import LevelSettings
 from codec.audio.levels import rms_dbfs
 from codec.audio.loudness import integrated_lufs, loudness_lufs
 from codec.audio.resample import resample
 from codec.data.corpus import Espeak, load_sentences
 from codec.evaluation.metrics import amplitude_ratio, snr_db
 from codec.inference import bitstream as bs
-from codec.inference import pipeline as inf
+from codec.inference import pipeline
 from codec.model.codec import build_codec
 from tests.presets import tiny_config
 
@@ -51,6 +52,8 @@ class TwoStagePcm(nn.Module):
     """A deterministic stand-in codec that is near-identity: one frame per sample, two
     10-bit uniform quantizer stages (coarse, then the residual), i.e. ~20-bit PCM over
     [-1, 1]. It tests the level path exactly, independent of any training."""
+
+    source_fingerprint = b"pcm-2x10"  # PCM_FP: no weights to fingerprint: the bitstream names it so
 
     levels = 1024
 
@@ -94,13 +97,13 @@ def speech_file(tmp_path: Path, rms_dbfs_level: float, rate: int = 44100, channe
 def test_level_comes_back_from_a_whisper_to_a_shout(tmp_path: Path, level: float) -> None:
     audio, rate = read_audio(speech_file(tmp_path, level))
     ref = audio[:, 0]
-    result = inf.roundtrip_with_codes(TwoStagePcm(), audio, rate, kbps=320.0)
+    result = pipeline.roundtrip_with_codes(TwoStagePcm(), audio, rate, kbps=320.0)
     out, prepared = result.audio, result.prepared
     assert out.shape == ref.shape and out.dtype == np.float32  # mono, at 44.1 kHz, the input's length
     assert prepared.channels == 2 and prepared.sample_rate == rate
     # The model saw the training loudness (within 0.5 LU: the limiter takes a little off shouts) ...
     assert prepared.level == "normal"
-    assert integrated_lufs(prepared.audio, SR) == pytest.approx(-16.0, abs=0.5)
+    assert integrated_lufs(prepared.samples(), SR) == pytest.approx(-16.0, abs=0.5)
     assert prepared.gain_db == pytest.approx(-16.0 - prepared.input_lufs, abs=1e-5)
     # ... and the output is back at the input's level.
     assert rms_dbfs(out) == pytest.approx(level, abs=0.1)
@@ -110,54 +113,54 @@ def test_level_comes_back_from_a_whisper_to_a_shout(tmp_path: Path, level: float
 
 def test_loudness_gain_is_exact_without_limiting() -> None:
     x = 0.05 * telugu_speech()
-    prepared = inf.prepare(x, SR, target_lufs=-23.0)
-    assert prepared.limiter_db == 0.0
-    assert integrated_lufs(prepared.audio, SR) == pytest.approx(-23.0, abs=0.01)
+    prepared = pipeline.prepare(x, SR, SR, LevelSettings(target_lufs=-23.0))
+    assert integrated_lufs(prepared.samples(), SR) == pytest.approx(-23.0, abs=0.01)
+    assert prepared.limiter_db == 0.0  # of every sample: samples() read them all
     assert prepared.input_lufs == loudness_lufs(x, SR)  # the inference path's meter, exactly
     assert prepared.input_lufs == pytest.approx(integrated_lufs(x, SR), abs=1e-4)  # the batch meter's float32
 
 
 def test_digital_silence_is_coded_at_0_db() -> None:
     silence = np.zeros(SR, np.float32)
-    prepared = inf.prepare(silence, SR)
+    prepared = pipeline.prepare(silence, SR, SR)
     assert (prepared.level, prepared.gain_db, prepared.input_lufs) == ("silent", 0.0, -math.inf)
-    np.testing.assert_allclose(inf.roundtrip(TwoStagePcm(), silence, SR, 320.0), silence, atol=1e-12)
+    np.testing.assert_allclose(pipeline.roundtrip(TwoStagePcm(), silence, SR, 320.0), silence, atol=1e-12)
 
 
 def test_near_silence_is_not_amplified() -> None:
     rng = np.random.default_rng(5)
     hiss = (rng.standard_normal(2 * SR) * 10 ** (-85 / 20)).astype(np.float32)  # under the -70 LUFS gate
-    prepared = inf.prepare(hiss, SR)
+    prepared = pipeline.prepare(hiss, SR, SR)
     assert prepared.level == "below_gate" and prepared.gain_db == 0.0
     assert math.isinf(prepared.input_lufs)
-    out = inf.roundtrip(TwoStagePcm(), hiss, SR, 320.0)
+    out = pipeline.roundtrip(TwoStagePcm(), hiss, SR, 320.0)
     assert rms_dbfs(out) == pytest.approx(-85.0, abs=0.5)  # 20-bit PCM at its floor; not raised
 
 
 def test_faint_input_gain_is_capped_and_still_restored() -> None:
     faint = (telugu_speech() * 10 ** (-60 / 20)).astype(np.float32)  # about -58 LUFS: +42 dB would be needed
-    prepared = inf.prepare(faint, SR)
+    prepared = pipeline.prepare(faint, SR, SR)
     assert prepared.level == "capped" and prepared.gain_db == 30.0
-    assert integrated_lufs(prepared.audio, SR) == pytest.approx(prepared.input_lufs + 30.0, abs=0.01)
-    out = inf.roundtrip(TwoStagePcm(), faint, SR, 320.0)
+    assert integrated_lufs(prepared.samples(), SR) == pytest.approx(prepared.input_lufs + 30.0, abs=0.01)
+    out = pipeline.roundtrip(TwoStagePcm(), faint, SR, 320.0)
     assert amplitude_ratio(faint, out) == pytest.approx(1.0, abs=0.01)
 
 
 def test_short_clips_are_measured() -> None:
     clip = 0.1 * telugu_speech()[SR : SR + 2000]  # 125 ms, under one gating block
-    prepared = inf.prepare(clip, SR)
+    prepared = pipeline.prepare(clip, SR, SR)
     assert math.isfinite(prepared.input_lufs) and prepared.level == "normal"
-    out = inf.roundtrip(TwoStagePcm(), clip, SR, 320.0)
+    out = pipeline.roundtrip(TwoStagePcm(), clip, SR, 320.0)
     assert out.shape == clip.shape and snr_db(clip, out) > 35.0
 
 
 def test_bad_input_is_a_user_error() -> None:
-    with pytest.raises(inf.InferenceError, match="no audio samples"):
-        inf.prepare(np.zeros(0, np.float32), SR)
-    with pytest.raises(inf.InferenceError, match="NaN"):
-        inf.prepare(np.array([0.1, np.nan] * 1000, np.float32), SR)
-    with pytest.raises(inf.InferenceError, match=r"does not serve 6 kbps; choose one of 0\.9, 1\.8, 3\.6 kbps"):
-        inf.n_quantizers_for(build_codec(tiny_config(), seed=0), 6.0)
+    with pytest.raises(pipeline.InferenceError, match="no audio samples"):
+        pipeline.prepare(np.zeros(0, np.float32), SR, SR)
+    with pytest.raises(pipeline.InferenceError, match="NaN"):
+        pipeline.prepare(np.array([0.1, np.nan] * 1000, np.float32), SR, SR)
+    with pytest.raises(pipeline.InferenceError, match=r"does not serve 6 kbps; choose one of 0\.9, 1\.8, 3\.6 kbps"):
+        pipeline.n_quantizers_for(build_codec(tiny_config(), seed=0), 6.0)
 
 
 # --- with the real codec (tiny, untrained): chunking and shapes -----------------------------
@@ -170,14 +173,14 @@ def tiny_codec() -> nn.Module:
 
 def test_chunked_encode_and_decode_match_the_whole_file() -> None:
     model = tiny_codec()
-    x = inf.prepare(telugu_speech()[: 4 * SR], SR).audio
-    whole = np.concatenate(list(inf.encode_codes(model, x, 3.6, chunk_frames=10**6)), axis=1)
-    chunks = list(inf.encode_codes(model, x, 3.6, chunk_frames=37))
+    x = pipeline.prepare(telugu_speech()[: 4 * SR], SR, SR).samples()
+    whole = np.concatenate(list(pipeline.encode_codes(model, x, 3.6, chunk_frames=10**6)), axis=1)
+    chunks = list(pipeline.encode_codes(model, x, 3.6, chunk_frames=37))
     assert [c.shape[1] for c in chunks] == [37] * 5 + [15]
     assert whole.shape == (12, 200)  # 3.6 kbps = 12 quantizers of 6 bits at 50 frames/s
     np.testing.assert_array_equal(np.concatenate(chunks, axis=1), whole)
-    one = np.concatenate(list(inf.decode_codes(model, [whole])))
-    many = np.concatenate(list(inf.decode_codes(model, chunks)))
+    one = np.concatenate(list(pipeline.decode_codes(model, [whole])))
+    many = np.concatenate(list(pipeline.decode_codes(model, chunks)))
     assert one.shape == many.shape == (200 * 320,)
     np.testing.assert_allclose(many, one, atol=1e-5 * np.abs(one).max())
 
@@ -185,13 +188,13 @@ def test_chunked_encode_and_decode_match_the_whole_file() -> None:
 def test_real_codec_roundtrip_has_the_input_rate_length_and_bitrate() -> None:
     model = tiny_codec()
     x = resample(telugu_speech()[: 2 * SR], SR, 22050) * np.float32(0.03)
-    result = inf.roundtrip_with_codes(model, x, 22050, kbps=0.9, chunk_frames=40, energy=False)
+    result = pipeline.roundtrip_with_codes(model, x, 22050, kbps=0.9, chunk_frames=40, energy=False)
     assert result.audio.shape == x.shape and np.all(np.isfinite(result.audio))
     assert result.codes.shape == (3, 100)  # 0.9 kbps = 3 quantizers
     assert result.codes.min() >= 0 and result.codes.max() < 64
     # Untrained, so no quality to check; but the level restore undoes the normalization.
-    out_norm = np.concatenate(list(inf.decode_codes(model, [result.codes])))
-    restored = inf.restore(out_norm, result.prepared.gain_db, SR, 22050, x.shape[0])
+    out_norm = np.concatenate(list(pipeline.decode_codes(model, [result.codes])))
+    restored = pipeline.restore(out_norm, result.prepared.gain_db, SR, 22050, x.shape[0])
     np.testing.assert_allclose(restored, result.audio, atol=1e-6)
 
 
@@ -201,7 +204,7 @@ PCM_FP = b"pcm-2x10"
 
 
 def decode_all(model: nn.Module, data: bytes, **kwargs: tp.Any) -> tuple[bs.Header, np.ndarray]:
-    header, blocks = inf.decode_from_stream(model, io.BytesIO(data), **kwargs)
+    header, blocks = pipeline.decode_from_stream(model, io.BytesIO(data), **kwargs)
     return header, np.concatenate([np.zeros(0, np.float32), *blocks])
 
 
@@ -209,7 +212,7 @@ def decode_all(model: nn.Module, data: bytes, **kwargs: tp.Any) -> tuple[bs.Head
 def test_level_comes_back_through_the_bitstream(tmp_path: Path, level: float) -> None:
     audio, rate = read_audio(speech_file(tmp_path, level, rate=22050, channels=1))
     f = io.BytesIO()
-    header = inf.encode_to_stream(TwoStagePcm(), audio, rate, 320.0, f, fingerprint=PCM_FP, chunk_frames=4096)
+    header = pipeline.encode_to_stream(TwoStagePcm(), audio, rate, 320.0, f, fingerprint=PCM_FP, chunk_frames=4096)
     assert len(f.getvalue()) == header.stream_bytes()
     assert header.gain_db == pytest.approx(-16.0 - header.input_lufs, abs=1e-4)
     got_header, out = decode_all(TwoStagePcm(), f.getvalue(), fingerprint=PCM_FP)
@@ -222,7 +225,7 @@ def test_real_codec_bitstream_matches_the_roundtrip_and_refuses_other_models() -
     model = tiny_codec()
     x = (0.1 * telugu_speech()[: 3 * SR]).astype(np.float32)
     f = io.BytesIO()
-    header = inf.encode_to_stream(model, x, SR, 1.8, f, chunk_frames=64)
+    header = pipeline.encode_to_stream(model, x, SR, 1.8, f, chunk_frames=64)
     data = f.getvalue()
     assert header.bitrate_bps == 1800 and header.n_chunks == 3
     # 150 frames × 6 quantizers × 6 bits, and a byte of level code per block: 16 frames (the
@@ -230,7 +233,7 @@ def test_real_codec_bitstream_matches_the_roundtrip_and_refuses_other_models() -
     assert header.energy is not None and header.energy.block_frames == 16
     assert len(data) == 76 + 3 * 8 + math.ceil(150 * 6 * 6 / 8) + 4 + 4 + 2
     _, out = decode_all(model, data)
-    expected = inf.roundtrip(model, x, SR, 1.8, chunk_frames=64)
+    expected = pipeline.roundtrip(model, x, SR, 1.8, chunk_frames=64)
     np.testing.assert_allclose(out, expected, atol=1e-6)
     with pytest.raises(bs.ModelMismatchError, match="decode with the model that encoded it"):
         decode_all(build_codec(tiny_config(), seed=1).eval(), data)
@@ -240,7 +243,7 @@ def test_a_crafted_header_with_the_right_fingerprint_is_still_checked() -> None:
     model = tiny_codec()
     x = (0.1 * telugu_speech()[:SR]).astype(np.float32)
     f = io.BytesIO()
-    header = inf.encode_to_stream(model, x, SR, 0.9, f, energy=False)  # version 1: CRC at 60
+    header = pipeline.encode_to_stream(model, x, SR, 0.9, f, energy=False)  # version 1: CRC at 60
     body = bytearray(f.getvalue())
     for offset, value, message in [(37, 16, "bits per code is 16"), (36, 4, "4 quantizers")]:
         forged = body.copy()

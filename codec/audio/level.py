@@ -80,11 +80,16 @@ class LevelSettings:
         gets the project's ceiling and window, the only ones its data could have had. Values
         out of range are ignored in favour of the defaults.
         """
-        level = ckpt.get("level") if isinstance(ckpt.get("level"), dict) else {}
-        params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
-        normalize = params.get("normalize") if isinstance(params.get("normalize"), dict) else {}
+        level = _section(ckpt, "level")
+        params = _section(ckpt, "params")
+        normalize = _section(params, "normalize")
         target = _first_in_range(
-            [level.get("target_lufs"), ckpt.get("target_lufs"), params.get("target_lufs"), normalize.get("target_lufs")],
+            [
+                level.get("target_lufs"),
+                ckpt.get("target_lufs"),
+                params.get("target_lufs"),
+                normalize.get("target_lufs"),
+            ],
             -70.0,
             0.0,
         )
@@ -97,14 +102,26 @@ class LevelSettings:
         )
 
 
+def _section(d: tp.Mapping[str, tp.Any], key: str) -> tp.Mapping[str, tp.Any]:
+    value = d.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _first_in_range(values: tp.Iterable[tp.Any], lo: float, hi: float) -> float | None:
     for value in values:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and lo <= value <= hi:
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and lo <= value <= hi
+        ):
             return float(value)
     return None
 
 
-def gain_for(input_lufs: float, silent: bool, target_lufs: float, max_gain_db: float = MAX_GAIN_DB) -> tuple[float, Level]:
+def gain_for(
+    input_lufs: float, silent: bool, target_lufs: float, max_gain_db: float = MAX_GAIN_DB
+) -> tuple[float, Level]:
     """The gain (dB, float32-exact) that brings an input of ``input_lufs`` to ``target_lufs``,
     and which case of the rule (module docstring) applied."""
     level: Level

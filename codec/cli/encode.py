@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     require_registry(args.model)  # not an empty mlflow.db in the current folder
     loaded = load_model(args.model)
     kbps = float(args.kbps) if args.kbps is not None else max(loaded.model.config.bitrates_kbps)
-    target = loaded.target_lufs if args.target_lufs is None else float(args.target_lufs)
+    levels = loaded.levels.with_target(args.target_lufs)  # the model's level settings
     fingerprint = model_fingerprint(loaded.model)
 
     def one(job: batch.Job, say: batch.Say) -> None:
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 src,
                 out,
                 kbps,
-                target,
+                levels,
                 fingerprint=fingerprint,
                 allow_silence=args.allow_silence,
                 energy=not args.no_energy,

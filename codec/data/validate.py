@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from codec.audio.level import PEAK_CEILING_DB, TARGET_LUFS
 from codec.data import gx_project
 from codec.data.manifest import read_manifest
 from codec.errors import DataQualityError, UserError
@@ -61,8 +62,8 @@ class ValidateParams:
     max_duration_s: float = 60.0
     min_files: int = 20
     peak_margin_db: float = 0.05
-    target_lufs: float = -16.0
-    peak_ceiling_db: float = -1.0
+    target_lufs: float = TARGET_LUFS
+    peak_ceiling_db: float = PEAK_CEILING_DB
     sample_rate: int = 16000
     mode: str = "lufs"
 

@@ -1,7 +1,8 @@
 """Measuring a codec against Opus on an evaluation set, through the one inference path.
 
 Everything of ours goes through :func:`codec.inference.pipeline.roundtrip_with_codes` (level
-normalization, encode, decode, level restore: exactly what a user gets):
+normalization with the model's own level settings, encode to a bitstream, decode, level restore:
+the same bytes and samples as ``codec encode`` + ``codec decode``):
 
 - :func:`measure_ours`: at each bitrate the model serves, SNR, SI-SDR, amplitude ratio,
   multi-scale mel distance, wide-band PESQ, STOI (means over clips) and codebook usage;
@@ -27,10 +28,11 @@ import typing as tp
 import numpy as np
 
 from codec.audio import Array
+from codec.audio.level import LevelSettings
 from codec.errors import UserError
 from codec.evaluation import metrics as m
 from codec.evaluation.opus import opus_roundtrip
-from codec.evaluation.params import EvaluateParams, LevelSettings
+from codec.evaluation.params import EvaluateParams
 from codec.evaluation.sets import EvalClip
 from codec.inference.energy import Energy
 from codec.inference.pipeline import RoundTrip, roundtrip_with_codes
@@ -162,18 +164,9 @@ def code(
     levels: LevelSettings,
     energy: Energy = True,
 ) -> RoundTrip:
-    """``x`` through the user's inference path at ``kbps`` (``energy=False``: without the
-    energy side information)."""
-    return roundtrip_with_codes(
-        model,
-        x,
-        rate,
-        kbps,
-        levels.target_lufs,
-        peak_ceiling_db=levels.peak_ceiling_db,
-        limiter_window_ms=levels.limiter_window_ms,
-        energy=energy,
-    )
+    """``x`` through the user's inference path at ``kbps`` with the model's level settings:
+    ``codec decode(codec encode(x))`` (``energy=False``: without the energy side information)."""
+    return roundtrip_with_codes(model, x, rate, kbps, levels, energy=energy)
 
 
 @dataclasses.dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing as tp
 
+from codec.audio.level import LevelSettings as LevelSettings  # the model's, from its checkpoint
 from codec.errors import UserError
 from codec.evaluation.conditions import CONDITIONS, ConditionParams
 
@@ -66,12 +67,3 @@ class EvaluateParams:
         if self.unseen_clips < 1 or self.user_set_max_clips < 1:
             raise UserError(f"{where}: unseen_clips and user_set_max_clips must be >= 1")
         self.conditions.check(f"{where}.conditions")
-
-
-@dataclasses.dataclass(frozen=True)
-class LevelSettings:
-    """The training data's loudness (``params.yaml: normalize``), which inference normalizes to."""
-
-    target_lufs: float = -16.0
-    peak_ceiling_db: float = -1.0
-    limiter_window_ms: float = 5.0

@@ -19,10 +19,10 @@ from codec.audio import Array
 from codec.audio.io import read_mono
 from codec.data.split import clip_split
 from codec.errors import UserError
-from codec.evaluation.params import EvaluateParams, LevelSettings
+from codec.evaluation.params import EvaluateParams
 from codec.files import inside
 
-EVALUATION_VERSION = 1
+EVALUATION_VERSION = 2  # 2: level settings are the model's (its checkpoint), not in the fingerprint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,15 +91,16 @@ def load_eval_clips(raw: Path, ids: tp.Sequence[str], seconds: float, sample_rat
     return clips
 
 
-def eval_set_fingerprint(clips: tp.Sequence[EvalClip], params: EvaluateParams, levels: LevelSettings) -> str:
-    """SHA-256 (first 16 hex digits) of the clip ids, their samples and every setting that
-    changes our metrics: two evaluations compare only when their fingerprints are equal."""
+def eval_set_fingerprint(clips: tp.Sequence[EvalClip], params: EvaluateParams) -> str:
+    """SHA-256 (first 16 hex digits) of the clip ids, their samples and every setting of the
+    evaluation that changes the metrics: two evaluations compare only when their fingerprints
+    are equal. The level settings are the model's own (its checkpoint's, what ``codec encode``
+    uses), not the set's: two models each evaluated as they ship compare."""
     h = hashlib.sha256()
     settings = {
         "version": EVALUATION_VERSION,
         "levels_dbfs": [float(v) for v in params.levels_dbfs],
         "seconds": params.seconds,
-        "level_settings": dataclasses.asdict(levels),
     }
     h.update(json.dumps(settings, sort_keys=True).encode())
     for clip in clips:

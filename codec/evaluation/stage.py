@@ -1,10 +1,11 @@
 """``codec evaluate``: the DVC stage entry around :func:`codec.evaluation.evaluate.evaluate_model`.
 
-Reads ``params.yaml: evaluate`` (and the loudness keys of ``normalize``), evaluates the
-checkpoint on its held-out clips at their recorded level from ``data/raw``, and writes (paths
-from ``dvc.yaml``) the metrics JSON, the per-bitrate CSVs, ``evaluation.json`` (what ``codec
-promote`` reads), ``report.md`` and a media folder. All of it is logged to the MLflow run that
-trained the model (:func:`codec.tracking.find_model_run`), else to a new run that logs the model.
+Reads ``params.yaml: evaluate`` and evaluates the checkpoint as ``codec encode`` runs it (loaded
+by :mod:`codec.inference.model_source`, at the level settings its checkpoint records) on its
+held-out clips at their recorded level from ``data/raw``, and writes (paths from ``dvc.yaml``)
+the metrics JSON, the per-bitrate CSVs, ``evaluation.json`` (what ``codec promote`` reads),
+``report.md`` and a media folder. All of it is logged to the MLflow run that trained the model
+(:func:`codec.tracking.find_model_run`), else to a new run that logs the model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from codec.errors import UserError
 from codec.evaluation.evaluate import Evaluation, evaluate_model
-from codec.evaluation.params import HELD_OUT, EvaluateParams, LevelSettings
+from codec.evaluation.params import HELD_OUT, EvaluateParams
 from codec.evaluation.report import (
     evaluation_record,
     flat_metrics,
@@ -39,9 +40,9 @@ from codec.evaluation.report import (
 from codec.evaluation.sets import EvalClip, held_out_ids, load_eval_clips, speakers_of, spread_over_speakers
 from codec.evaluation.suite import UserSet, build_sets, load_user_set, sets_fingerprint, user_set_folders
 from codec.files import write_text_atomic
+from codec.inference.model_source import load_model
 from codec.model.checkpoint import load_codec, model_fingerprint, read_checkpoint
 from codec.model.codec import Codec
-from codec.model.serving import for_inference, log_model
 from codec.params import PARAMS_FILE, from_dict, read_params
 from codec.provenance import data_version, git_commit, repo_root
 from codec.tracking import EXPERIMENT, find_model_run, logged_model_id, tracking_uri
@@ -53,11 +54,12 @@ def log_to_mlflow(
     flat: tp.Mapping[str, float],
     tags: tp.Mapping[str, str],
     folder: Path,
-    model: Codec,
+    checkpoint: Path,
 ) -> tuple[str, str]:
     """Log the evaluation into run ``run_id`` (artifacts under ``evaluation/``, metrics as
     ``eval.<key>``), or into a new run tagged ``stage=evaluate`` when ``run_id`` is None.
-    ``model`` is logged there too unless the run already holds it. Returns (run id, model id)."""
+    The served model of ``checkpoint`` is logged there too unless the run already holds one.
+    Returns (run id, model id)."""
     import mlflow  # heavy: only when logging
 
     mlflow.set_experiment(experiment)
@@ -67,7 +69,9 @@ def log_to_mlflow(
             mlflow.set_tag("stage", "evaluate")
         model_id = logged_model_id(run.info.run_id)
         if model_id is None:
-            log_model(model)
+            from codec.inference.served import log_model  # the served model, from the checkpoint
+
+            log_model(checkpoint)
             model_id = logged_model_id(run.info.run_id)
         if model_id is None:  # pragma: no cover (log_model always records one)
             raise UserError(f"MLflow run {run.info.run_id}: the logged model could not be found after logging it")
@@ -109,19 +113,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mlflow", action="store_true", help="evaluate without logging to MLflow")
 
 
-def load_params(path: str | Path) -> tuple[EvaluateParams, LevelSettings]:
-    """(``evaluate``, the loudness keys of ``normalize``)."""
+def load_params(path: str | Path) -> EvaluateParams:
+    """``evaluate`` of the params file. The level settings are not read here: they are the
+    model's (its checkpoint's), the ones ``codec encode`` uses with it."""
     data = read_params(path)
     if "evaluate" not in data:
         raise UserError(f"{path}: section 'evaluate' is missing; add it (see README: Parameters)")
-    params = from_dict(EvaluateParams, data["evaluate"], f"{path}: evaluate")
-    norm = data.get("normalize") or {}
-    levels = from_dict(
-        LevelSettings,
-        {k: norm[k] for k in ("target_lufs", "peak_ceiling_db", "limiter_window_ms") if k in norm},
-        f"{path}: normalize",
-    )
-    return params, levels
+    return from_dict(EvaluateParams, data["evaluate"], f"{path}: evaluate")
 
 
 def held_out_clips(
@@ -168,7 +166,7 @@ def log_evaluation(
                 (staged / f.name).write_bytes(f.read_bytes())
         for f in (Path(args.media) / "spectrograms").glob("*.png"):
             (staged / f"{f.stem}_spectrograms.png").write_bytes(f.read_bytes())
-        run_id, model_id = log_to_mlflow(train_run, args.experiment, flat_metrics(ev), tags, staged, trained)
+        run_id, model_id = log_to_mlflow(train_run, args.experiment, flat_metrics(ev), tags, staged, model_path)
     print(f"evaluation logged to MLflow run {run_id} in {mlflow.get_tracking_uri()}")
     return run_id, model_id
 
@@ -209,20 +207,23 @@ def user_sets_markdown(user_sets: tp.Sequence[UserSet]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    params, levels = load_params(args.params)
+    params = load_params(args.params)
     if params.threads:
         torch.set_num_threads(params.threads)
     model_path = Path(args.model)
     ckpt = read_checkpoint(model_path)
     trained = load_codec(model_path)
-    model = for_inference(trained)  # same outputs and fingerprint, faster on a CPU
+    # The model and level settings as codec encode loads them (model_source), so what is
+    # evaluated is what ships.
+    loaded = load_model(str(model_path))
+    model, levels = loaded.model, loaded.levels
     clips, val_fraction = held_out_clips(model_path, ckpt, args, params, model.config.sample_rate)
     user_sets = [
         load_user_set(name, folder, params, model.config.sample_rate)
         for name, folder in user_set_folders(Path(args.user_sets)).items()
     ]
     sets = build_sets(clips, params, user_sets)
-    fingerprint = sets_fingerprint(sets, params, levels)
+    fingerprint = sets_fingerprint(sets, params)
     evs = {name: evaluate_model(model, set_clips, params, levels) for name, set_clips in sets.items()}
     ev = evs[HELD_OUT]
     speakers = speakers_of(Path(args.data), ev.clip_ids)

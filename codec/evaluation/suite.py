@@ -24,7 +24,7 @@ from codec.audio.io import read_mono
 from codec.data.ingest import IngestParams, ingest
 from codec.errors import UserError
 from codec.evaluation.conditions import CONDITIONS, apply
-from codec.evaluation.params import HELD_OUT, KNOWN_SETS, UNSEEN_VOICE, EvaluateParams, LevelSettings
+from codec.evaluation.params import HELD_OUT, KNOWN_SETS, UNSEEN_VOICE, EvaluateParams
 from codec.evaluation.sets import EvalClip, eval_set_fingerprint
 from codec.evaluation.unseen import render_unseen
 
@@ -121,12 +121,10 @@ def build_sets(
     return out
 
 
-def sets_fingerprint(
-    sets: tp.Mapping[str, tp.Sequence[EvalClip]], params: EvaluateParams, levels: LevelSettings
-) -> str:
+def sets_fingerprint(sets: tp.Mapping[str, tp.Sequence[EvalClip]], params: EvaluateParams) -> str:
     """One fingerprint over every set (names, clips and the settings that build and score them)."""
     h = hashlib.sha256()
     h.update(json.dumps(dataclasses.asdict(params.conditions), sort_keys=True).encode())
     for name, clips in sets.items():
-        h.update(name.encode() + b"\0" + eval_set_fingerprint(clips, params, levels).encode())
+        h.update(name.encode() + b"\0" + eval_set_fingerprint(clips, params).encode())
     return h.hexdigest()[:16]

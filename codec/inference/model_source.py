@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import re
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from codec.audio.level import LevelSettings
 from codec.errors import UserError
 from codec.model.checkpoint import REFERENCE_CHECKPOINT, read_checkpoint
 from codec.model.codec import Codec, CodecConfig
@@ -47,7 +47,6 @@ from codec.tracking import CHAMPION, CHECKPOINT_ARTIFACT, MODEL_NAME, tracking_u
 
 DEFAULT_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
 DEFAULT_CHECKPOINT = Path("models") / "codec.pt"
-FALLBACK_TARGET_LUFS = -16.0  # normalize.target_lufs of the default params
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
@@ -60,34 +59,19 @@ class LoadedModel:
       (:func:`codec.model.serving.for_inference`; same outputs and fingerprint as the checkpoint's)
     - ``source``: what to print (a path, or ``models:/name@alias (version 3, run …)``)
     - ``params``: the checkpoint's resolved training params (``{}`` if it has none)
-    - ``target_lufs``: the loudness the model was trained at (see :func:`training_loudness`)
+    - ``levels``: the level settings the model was trained for (loudness target, peak ceiling,
+      limiter window: :meth:`codec.audio.level.LevelSettings.from_checkpoint`), which every
+      input is brought to
     """
 
     model: Codec
     source: str
     params: dict[str, tp.Any]
-    target_lufs: float
+    levels: LevelSettings
 
-
-def training_loudness(ckpt: tp.Mapping[str, tp.Any]) -> float:
-    """The loudness the training data was normalized to, from the checkpoint.
-
-    Looks for ``target_lufs`` at the top of the checkpoint (the train stage records the
-    median loudness of its training clips there), in its ``params``, or in
-    ``params["normalize"]``; :data:`FALLBACK_TARGET_LUFS` (-16 LUFS, the project's
-    default) for checkpoints that carry none.
-    """
-    params = ckpt.get("params")
-    candidates: list[tp.Any] = [ckpt.get("target_lufs")]
-    if isinstance(params, dict):
-        candidates.append(params.get("target_lufs"))
-        normalize = params.get("normalize")
-        if isinstance(normalize, dict):
-            candidates.append(normalize.get("target_lufs"))
-    for value in candidates:
-        if isinstance(value, (int, float)) and math.isfinite(value) and -70.0 <= value <= 0.0:
-            return float(value)
-    return FALLBACK_TARGET_LUFS
+    @property
+    def target_lufs(self) -> float:
+        return self.levels.target_lufs
 
 
 def codec_from_checkpoint(path: str | Path) -> tuple[Codec, dict[str, tp.Any]]:
@@ -141,7 +125,7 @@ def load_model(spec: str | None) -> LoadedModel:
         )
     model, ckpt = codec_from_checkpoint(path)
     params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
-    return LoadedModel(model, str(path), dict(params or {}), training_loudness(ckpt))
+    return LoadedModel(model, str(path), dict(params or {}), LevelSettings.from_checkpoint(ckpt))
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -219,4 +203,4 @@ def _load_registered(uri: str) -> LoadedModel:
         model, ckpt = codec_from_checkpoint(local)
     params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
     source = f"{uri} (version {mv.version}, run {run_id})"
-    return LoadedModel(model, source, dict(params or {}), training_loudness(ckpt))
+    return LoadedModel(model, source, dict(params or {}), LevelSettings.from_checkpoint(ckpt))

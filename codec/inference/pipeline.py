@@ -1,59 +1,44 @@
 """The one inference path: level-normalize, encode, decode, restore the level.
 
-The codec was trained on speech brought to one loudness (``normalize.target_lufs``,
--16 LUFS, under a -1 dBFS peak ceiling), so at inference the input must be brought
-there too, and the decoded audio given back its level: a whisper must come back a
-whisper and a shout a shout. Evaluation and ``codec encode``/``codec decode`` all go
-through these functions.
+A model was trained on speech at one loudness under one peak ceiling (its checkpoint's
+:class:`codec.audio.level.LevelSettings`), so at inference the input is brought there too and
+the decoded audio given back its level: a whisper comes back a whisper and a shout a shout.
+``codec encode``/``codec decode``, evaluation, the served model, tests and benchmarks all run
+these functions; one of them builds a bitstream header (:func:`encode_prepared`).
 
-Encode side (:func:`prepare`, then :func:`encode_codes`):
+Encode side:
 
-1. mix down to mono, resample to the model's rate (soxr HQ);
-2. measure BS.1770-4 integrated loudness (:func:`codec.audio.loudness.loudness_lufs`,
-   pyloudnorm's K-weighting, the same meter ``codec encode`` streams a file through);
-3. gain to ``target_lufs``, with quiet input handled so noise is not amplified:
+1. :mod:`codec.inference.prepare`: mix down, resample to the model's rate, measure BS.1770
+   loudness, apply the gain of :func:`codec.audio.level.gain_for`, limit peaks above the
+   training data's ceiling (a file streamed from disk or samples in memory: the same steps
+   and blocks, so the same numbers);
+2. :func:`encode_prepared`: refuse a gain the bitstream cannot carry (:func:`check_gain`,
+   -60..+60 dB), encode in chunks of ``chunk_frames`` frames, each with ``context_frames`` of
+   real audio on both sides (dropped afterwards), so the chunk borders match an encode of the
+   whole file and memory stays bounded by the chunk size (:func:`encode_codes`), code the
+   energy side information, and write the bitstream chunk by chunk.
 
-   - digital silence: gain 0 dB (there is nothing to normalize);
-   - no 400 ms block above BS.1770's -70 LUFS absolute gate: gain 0 dB (by the
-     standard's definition this is silence plus noise; raising it would only bring
-     up the noise);
-   - otherwise ``target - loudness``, but at most ``max_gain_db`` (+30 dB), so a
-     faint recording's hiss is not pushed to speech level;
-
-   the gain is rounded to float32, the precision the bitstream carries, so encoder
-   and decoder use the very same number; a bitstream carries -60..+60 dB
-   (:func:`check_gain`), so :func:`encode_to_stream` refuses an input more than 60 dB
-   louder than the target (float samples in the hundreds, at -16 LUFS);
-4. peaks above the training data's ceiling are limited with the normalize stage's
-   look-ahead limiter (:func:`codec.audio.limiter.limit`), as the training clips were: the
-   model never sees a sample level it was not trained on;
-5. encode in chunks of ``chunk_frames`` frames, each with ``context_frames`` of real
-   audio on both sides (dropped afterwards), so the chunk borders match an encode of
-   the whole file and memory stays bounded by the chunk size.
-
-Energy side information (:mod:`codec.inference.energy`, on unless ``energy=None``): the
+Energy side information (:mod:`codec.inference.energy`, on unless ``energy=False``): the
 encoder also codes the level of every 0.5 s block of the prepared audio, and the decoder
 brings each block of its output back to that level (a smooth, bounded gain) before the
 gain is undone, so the output keeps the input's level even where the model returns less
 energy than it was given (speech unlike its training voices).
 
-Decode side (:func:`decode_codes`, :func:`shape_blocks`, then :func:`restore` or
-:func:`restore_stream`): decode chunk by chunk with the same context, correct the energy,
-undo the gain (the limiter is not undone: it touched only a few milliseconds around
-peaks), resample back to the input's rate and trim to its length. The output is mono.
+Decode side (:func:`decode_from_stream`): check the header against the model, decode chunk by
+chunk with the same context (:func:`decode_codes`), correct the energy, undo the gain (the
+limiter is not undone: it touched only a few milliseconds around peaks), resample back to
+the input's rate and trim to its length (:func:`restore_stream`). The output is mono.
 
-Bitstreams (:mod:`codec.inference.bitstream`): :func:`encode_to_stream` writes the prepared
-input's codes with the gain and loudness in the header, chunk by chunk;
-:func:`decode_from_stream` checks the header against the model and yields the
-restored audio block by block, so ``codec encode``/``codec decode`` need only open
-the files.
+:func:`roundtrip` is encode + decode through an in-memory bitstream: the very bytes
+``codec encode`` writes for the same samples, decoded as ``codec decode`` decodes them.
 
-Shapes: audio ``[T]`` (or ``[T, C]`` into :func:`prepare`), codes ``[Q, F]``.
+Shapes: audio ``[T]`` (or ``[T, C]`` into :func:`encode_to_stream`), codes ``[Q, F]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import typing as tp
 
@@ -64,31 +49,22 @@ import torch
 from torch import nn
 
 from codec.audio import Array
-from codec.audio.io import to_mono
-from codec.audio.limiter import limit
-from codec.audio.loudness import loudness_lufs
-from codec.audio.resample import resample
-from codec.errors import UserError
+from codec.audio.level import LevelSettings
 from codec.inference import bitstream
 from codec.inference import energy as side
 from codec.inference.energy import Energy
+from codec.inference.prepare import InferenceError, Prepared, PreparedAudio, prepare
 from codec.model.checkpoint import model_fingerprint
+
+__all__ = ["InferenceError", "Prepared", "prepare"]
 
 Codes = npt.NDArray[np.int64]
 
-DEFAULT_TARGET_LUFS = -16.0  # normalize.target_lufs: the training data's loudness
-DEFAULT_MAX_GAIN_DB = 30.0
-DEFAULT_PEAK_CEILING_DB = -1.0  # normalize.peak_ceiling_db
-DEFAULT_LIMITER_WINDOW_MS = 5.0  # normalize.limiter_window_ms
-DEFAULT_CHUNK_FRAMES = 500  # 10 s at 50 frames/s
 # Frames of real audio (or codes) on each side of a chunk. Measured on the GPU profile's
 # architecture (3 s, chunks of 50 frames): with 8 frames the chunked decode differs from a
 # whole-file decode by 1e-3, with 12 by 1e-7, with 16 not at all; the codes agree from 8 on.
 DEFAULT_CONTEXT_FRAMES = 16
-
-
-class InferenceError(UserError):
-    """The input cannot be coded (empty, non-finite samples, a bitrate the model does not serve)."""
+DEFAULT_CHUNK_FRAMES = bitstream.DEFAULT_CHUNK_FRAMES  # 10 s at 50 frames/s
 
 
 class ConfigLike(tp.Protocol):
@@ -118,98 +94,6 @@ class CodecLike(tp.Protocol):
     def encode(self, audio: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor: ...
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """What :func:`prepare` returns.
-
-    - ``audio``: mono ``[T']`` float32 at ``model_rate``, gained (and peak-limited)
-    - ``gain_db``: the gain applied (float32-exact); decode divides by it
-    - ``input_lufs``: integrated loudness of the input (mono, at the model's rate);
-      ``-inf`` for digital silence or input below the -70 LUFS gate
-    - ``sample_rate``, ``length``, ``channels``: the original input's
-    - ``model_rate``: the rate of ``audio``
-    - ``limiter_db``: the largest gain reduction the peak limiter applied (0 if none)
-    - ``gained``: ``audio`` before the limiter (the input at the training loudness): what
-      the energy side information measures, so the decoded level is the input's, not the
-      limited signal's (a peaky voice loses up to a dB of energy to the limiter)
-    - ``level``: ``"normal"``, ``"capped"`` (gain held at ``max_gain_db``),
-      ``"below_gate"`` or ``"silent"``
-    """
-
-    audio: Array
-    gain_db: float
-    input_lufs: float
-    sample_rate: int
-    length: int
-    channels: int
-    model_rate: int
-    limiter_db: float
-    level: tp.Literal["normal", "capped", "below_gate", "silent"]
-    gained: Array
-
-
-def prepare(
-    audio: npt.NDArray[np.floating[tp.Any]],
-    sample_rate: int,
-    target_lufs: float = DEFAULT_TARGET_LUFS,
-    *,
-    model_rate: int = 16000,
-    max_gain_db: float = DEFAULT_MAX_GAIN_DB,
-    peak_ceiling_db: float | None = DEFAULT_PEAK_CEILING_DB,
-    limiter_window_ms: float = DEFAULT_LIMITER_WINDOW_MS,
-) -> Prepared:
-    """Bring ``audio`` (``[T]`` or ``[T, C]`` at ``sample_rate``) to the model's rate and
-    the training loudness. See the module docstring for the rules on quiet input.
-
-    ``peak_ceiling_db=None`` skips the limiter. Raises :class:`InferenceError` for empty
-    input or non-finite samples.
-    """
-    x = np.asarray(audio, dtype=np.float32)
-    if x.ndim not in (1, 2):
-        raise InferenceError(f"audio must be [samples] or [samples, channels], got shape {x.shape}")
-    channels = 1 if x.ndim == 1 else int(x.shape[1])
-    length = int(x.shape[0])
-    if length == 0 or channels == 0:
-        raise InferenceError("the input holds no audio samples (an empty file?); pass a recording")
-    if not np.all(np.isfinite(x)):
-        raise InferenceError("the input holds NaN or infinite samples; fix or re-export the recording")
-    mono = resample(to_mono(x), int(sample_rate), int(model_rate))
-    if mono.shape[0] == 0:  # a few samples at a high rate
-        mono = np.zeros(1, np.float32)
-    level: tp.Literal["normal", "capped", "below_gate", "silent"]
-    if not np.any(mono):
-        lufs, gain_db, level = -math.inf, 0.0, "silent"
-    else:
-        lufs = loudness_lufs(mono, int(model_rate))
-        if not math.isfinite(lufs):
-            gain_db, level = 0.0, "below_gate"
-        elif target_lufs - lufs > max_gain_db:
-            gain_db, level = max_gain_db, "capped"
-        else:
-            gain_db, level = target_lufs - lufs, "normal"
-    gain_db = float(np.float32(gain_db))  # the bitstream's precision, used on both sides
-    y = (mono * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32)
-    gained = y
-    limiter_db = 0.0
-    if peak_ceiling_db is not None:
-        ceiling = 10.0 ** (peak_ceiling_db / 20.0)
-        window = max(1, round(limiter_window_ms * 1e-3 * model_rate))
-        y, reduction = limit(y, ceiling, window)
-        limiter_db = float(-20.0 * np.log10(np.min(reduction)))
-    return Prepared(
-        audio=np.ascontiguousarray(y, dtype=np.float32),
-        gain_db=gain_db,
-        input_lufs=float(lufs),
-        sample_rate=int(sample_rate),
-        length=length,
-        channels=channels,
-        model_rate=int(model_rate),
-        limiter_db=max(0.0, limiter_db),
-        level=level,
-        gained=gained,
-    )
 
 
 def n_quantizers_for(model: CodecLike, kbps: float) -> int:
@@ -310,21 +194,6 @@ def _with_sentinel(it: tp.Iterator[Codes]) -> tp.Iterator[Codes | None]:
     yield None
 
 
-def shape_blocks(
-    blocks: tp.Iterable[Array],
-    levels: npt.NDArray[np.integer[tp.Any]],
-    settings: side.EnergySettings,
-    hop: int,
-    model_rate: int,
-    total_frames: int,
-) -> tp.Iterator[Array]:
-    """Decoded blocks (at the model's rate) brought to the coded ``levels`` (every level
-    code of the signal; :class:`codec.inference.energy.Shaper`)."""
-    shaper = side.Shaper(settings, hop, model_rate, total_frames)
-    shaper.add_codes(levels)
-    return _shaped(shaper, blocks)
-
-
 def _shaped(shaper: side.Shaper, blocks: tp.Iterable[Array]) -> tp.Iterator[Array]:
     """``blocks`` through ``shaper``; it must hold a block's level codes by the time the block comes."""
     for block in blocks:
@@ -371,17 +240,111 @@ def restore(
     return np.concatenate([np.zeros(0, np.float32), *restore_stream([audio], gain_db, model_rate, sample_rate, length)])
 
 
+def slice_levels(audio: PreparedAudio, hop: int, settings: side.EnergySettings, chunk_frames: int) -> side.LevelCodes:
+    """:func:`codec.inference.energy.level_codes` of ``audio``'s gained samples, read
+    ``chunk_frames`` frames at a time (a whole number of blocks: the header check makes blocks
+    divide chunks)."""
+    step = chunk_frames * hop
+    parts = [
+        side.level_codes(audio.gained(start, start + step), hop, settings) for start in range(0, audio.shape[0], step)
+    ]
+    return np.concatenate([np.zeros(0, np.int64), *parts])
+
+
+def encode_prepared(
+    model: CodecLike,
+    prepared: Prepared,
+    kbps: float,
+    fileobj: tp.BinaryIO,
+    *,
+    fingerprint: bytes | None = None,
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+    context_frames: int = DEFAULT_CONTEXT_FRAMES,
+    energy: Energy = True,
+    name: str = "the input",
+) -> bitstream.Header:
+    """Encode a :class:`Prepared` input at ``kbps`` and write its bitstream to ``fileobj``
+    chunk by chunk (version 2 with energy side information, version 1 if ``energy`` is false);
+    returns the header written. The one place a bitstream header is made.
+
+    ``fingerprint`` defaults to :func:`codec.model.checkpoint.model_fingerprint` of ``model``.
+    :class:`InferenceError` for an unserved bitrate or a gain the bitstream cannot carry.
+    """
+    config = model.config
+    hop = int(config.hop_length)
+    n_q = n_quantizers_for(model, kbps)
+    check_gain(prepared.gain_db, prepared.input_lufs, prepared.settings.target_lufs, name)
+    header = bitstream.Header(
+        fingerprint=_fingerprint(model, fingerprint),
+        sample_rate=prepared.sample_rate,
+        length=prepared.length,
+        channels=min(prepared.channels, bitstream.MAX_CHANNELS),
+        model_rate=prepared.model_rate,
+        hop_length=hop,
+        n_quantizers=n_q,
+        bits_per_code=int(config.bits_per_code),
+        frame_count=n_frames(prepared.audio.shape[0], hop),
+        chunk_frames=chunk_frames,
+        input_lufs=prepared.input_lufs,
+        gain_db=prepared.gain_db,
+        energy=side.resolve(energy, prepared.model_rate / hop, chunk_frames),
+    )
+    header.check(name)
+    levels = None if header.energy is None else slice_levels(prepared.audio, hop, header.energy, chunk_frames)
+    blocks = encode_codes(
+        model, tp.cast(Array, prepared.audio), kbps, chunk_frames=chunk_frames, context_frames=context_frames
+    )
+    bitstream.write_stream(fileobj, header, blocks, levels)
+    return header
+
+
+def encode_to_stream(
+    model: CodecLike,
+    audio: npt.NDArray[np.floating[tp.Any]],
+    sample_rate: int,
+    kbps: float,
+    fileobj: tp.BinaryIO,
+    levels: LevelSettings | None = None,
+    *,
+    fingerprint: bytes | None = None,
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+    context_frames: int = DEFAULT_CONTEXT_FRAMES,
+    energy: Energy = True,
+) -> bitstream.Header:
+    """:func:`encode_prepared` of samples in memory (``[T]`` or ``[T, C]`` at ``sample_rate``),
+    prepared with ``levels`` (the model's :class:`~codec.audio.level.LevelSettings`; ``None``:
+    the project's defaults): the same bytes ``codec encode`` writes for a FLOAT WAV of them."""
+    prepared = prepare(audio, sample_rate, int(model.config.sample_rate), levels)
+    return encode_prepared(
+        model,
+        prepared,
+        kbps,
+        fileobj,
+        fingerprint=fingerprint,
+        chunk_frames=chunk_frames,
+        context_frames=context_frames,
+        energy=energy,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundTrip:
-    """What :func:`roundtrip_with_codes` returns: the decoded ``audio`` ``[T]`` at the
-    input's rate and length, the ``codes`` ``[Q, F]``, the :class:`Prepared` input, and
-    the energy side information sent (``levels``, empty without it; ``side_bps``)."""
+    """What :func:`roundtrip_with_codes` returns: the decoded ``audio`` ``[T]`` at the input's
+    rate and length, the :class:`Prepared` input, the bitstream's ``header``, its ``codes``
+    ``[Q, F]`` and energy level codes (``levels``, empty without side information), and the
+    bitstream itself (what ``codec encode`` writes to its file)."""
 
     audio: Array
-    codes: Codes
     prepared: Prepared
+    header: bitstream.Header
+    codes: Codes
     levels: Codes
-    side_bps: float
+    stream: bytes
+
+    @property
+    def side_bps(self) -> float:
+        """Bits per second of energy side information."""
+        return self.header.side_bps
 
 
 def roundtrip_with_codes(
@@ -389,46 +352,39 @@ def roundtrip_with_codes(
     audio: npt.NDArray[np.floating[tp.Any]],
     sample_rate: int,
     kbps: float,
-    target_lufs: float = DEFAULT_TARGET_LUFS,
+    levels: LevelSettings | None = None,
     *,
-    max_gain_db: float = DEFAULT_MAX_GAIN_DB,
-    peak_ceiling_db: float | None = DEFAULT_PEAK_CEILING_DB,
-    limiter_window_ms: float = DEFAULT_LIMITER_WINDOW_MS,
+    fingerprint: bytes | None = None,
     chunk_frames: int = DEFAULT_CHUNK_FRAMES,
     context_frames: int = DEFAULT_CONTEXT_FRAMES,
     energy: Energy = True,
 ) -> RoundTrip:
-    """Prepare, encode at ``kbps``, decode and restore ``audio`` (``[T]`` or ``[T, C]``),
-    with energy side information unless ``energy`` is false (true: the model's
-    :func:`codec.inference.energy.settings_for`; or explicit settings)."""
-    prepared = prepare(
-        audio,
-        sample_rate,
-        target_lufs,
-        model_rate=int(model.config.sample_rate),
-        max_gain_db=max_gain_db,
-        peak_ceiling_db=peak_ceiling_db,
-        limiter_window_ms=limiter_window_ms,
+    """``audio`` (``[T]`` or ``[T, C]``) through :func:`encode_to_stream`'s steps into memory and
+    back through :func:`decode_from_stream`: ``codec decode(codec encode(x))``, sample for sample."""
+    prepared = prepare(audio, sample_rate, int(model.config.sample_rate), levels)
+    buf = io.BytesIO()
+    header = encode_prepared(
+        model,
+        prepared,
+        kbps,
+        buf,
+        fingerprint=fingerprint,
+        chunk_frames=chunk_frames,
+        context_frames=context_frames,
+        energy=energy,
     )
-    chunks = list(encode_codes(model, prepared.audio, kbps, chunk_frames=chunk_frames, context_frames=context_frames))
-    decoded: tp.Iterable[Array] = decode_codes(model, chunks, context_frames=context_frames)
-    hop = int(model.config.hop_length)
-    levels = np.zeros(0, np.int64)
-    side_bps = 0.0
-    settings = side.resolve(energy, prepared.model_rate / hop, chunk_frames)
-    if settings is not None:
-        levels = side.level_codes(prepared.gained, hop, settings)
-        frames = n_frames(prepared.audio.shape[0], hop)
-        decoded = shape_blocks(decoded, levels, settings, hop, prepared.model_rate, frames)
-        side_bps = settings.bits_per_second(prepared.model_rate / hop)
-    out = np.concatenate(
-        [
-            np.zeros(0, np.float32),
-            *restore_stream(decoded, prepared.gain_db, prepared.model_rate, prepared.sample_rate, prepared.length),
-        ]
+    data = buf.getvalue()
+    records = list(bitstream.read_stream(io.BytesIO(data), size=len(data)).records)
+    _, blocks = decode_from_stream(
+        model, io.BytesIO(data), fingerprint=header.fingerprint, context_frames=context_frames, size=len(data)
     )
     return RoundTrip(
-        audio=out, codes=np.concatenate(chunks, axis=1), prepared=prepared, levels=levels, side_bps=side_bps
+        audio=np.concatenate([np.zeros(0, np.float32), *blocks]),
+        prepared=prepared,
+        header=header,
+        codes=np.concatenate([np.zeros((header.n_quantizers, 0), np.int64), *(r.codes for r in records)], axis=1),
+        levels=np.concatenate([np.zeros(0, np.int64), *(r.levels for r in records)]),
+        stream=data,
     )
 
 
@@ -437,12 +393,12 @@ def roundtrip(
     audio: npt.NDArray[np.floating[tp.Any]],
     sample_rate: int,
     kbps: float,
-    target_lufs: float = DEFAULT_TARGET_LUFS,
+    levels: LevelSettings | None = None,
     **options: tp.Any,
 ) -> Array:
     """The decoded audio ``[T]`` at the input's rate and length (mono); see
     :func:`roundtrip_with_codes` for the options."""
-    return roundtrip_with_codes(model, audio, sample_rate, kbps, target_lufs, **options).audio
+    return roundtrip_with_codes(model, audio, sample_rate, kbps, levels, **options).audio
 
 
 # --- bitstreams ---------------------------------------------------------------------------
@@ -467,64 +423,14 @@ def check_gain(gain_db: float, input_lufs: float, target_lufs: float, name: str 
 
 
 def _fingerprint(model: CodecLike, fingerprint: bytes | None) -> bytes:
+    """``fingerprint``, else the model's ``source_fingerprint`` (a serving copy's, or a stand-in
+    model's in tests), else :func:`codec.model.checkpoint.model_fingerprint` of its weights."""
     if fingerprint is not None:
         return fingerprint
+    source = getattr(model, "source_fingerprint", None)
+    if isinstance(source, bytes):
+        return source
     return model_fingerprint(tp.cast(nn.Module, model))
-
-
-def encode_to_stream(
-    model: CodecLike,
-    audio: npt.NDArray[np.floating[tp.Any]],
-    sample_rate: int,
-    kbps: float,
-    fileobj: tp.BinaryIO,
-    target_lufs: float = DEFAULT_TARGET_LUFS,
-    *,
-    fingerprint: bytes | None = None,
-    chunk_frames: int = bitstream.DEFAULT_CHUNK_FRAMES,
-    context_frames: int = DEFAULT_CONTEXT_FRAMES,
-    max_gain_db: float = DEFAULT_MAX_GAIN_DB,
-    peak_ceiling_db: float | None = DEFAULT_PEAK_CEILING_DB,
-    limiter_window_ms: float = DEFAULT_LIMITER_WINDOW_MS,
-    energy: Energy = True,
-) -> bitstream.Header:
-    """Prepare ``audio`` (``[T]`` or ``[T, C]`` at ``sample_rate``), encode it at ``kbps``
-    and write the bitstream to ``fileobj`` chunk by chunk (version 2 with energy side
-    information, version 1 if ``energy`` is false); returns the header written.
-
-    ``fingerprint`` defaults to :func:`codec.model.checkpoint.model_fingerprint` of ``model``.
-    """
-    prepared = prepare(
-        audio,
-        sample_rate,
-        target_lufs,
-        model_rate=int(model.config.sample_rate),
-        max_gain_db=max_gain_db,
-        peak_ceiling_db=peak_ceiling_db,
-        limiter_window_ms=limiter_window_ms,
-    )
-    check_gain(prepared.gain_db, prepared.input_lufs, target_lufs)
-    settings = side.resolve(energy, model.config.sample_rate / model.config.hop_length, chunk_frames)
-    header = bitstream.Header(
-        fingerprint=_fingerprint(model, fingerprint),
-        sample_rate=prepared.sample_rate,
-        length=prepared.length,
-        channels=min(prepared.channels, bitstream.MAX_CHANNELS),
-        model_rate=prepared.model_rate,
-        hop_length=int(model.config.hop_length),
-        n_quantizers=n_quantizers_for(model, kbps),
-        bits_per_code=int(model.config.bits_per_code),
-        frame_count=n_frames(prepared.audio.shape[0], int(model.config.hop_length)),
-        chunk_frames=chunk_frames,
-        input_lufs=prepared.input_lufs,
-        gain_db=prepared.gain_db,
-        energy=settings,
-    )
-    header.check()
-    levels = None if settings is None else side.level_codes(prepared.gained, int(model.config.hop_length), settings)
-    blocks = encode_codes(model, prepared.audio, kbps, chunk_frames=chunk_frames, context_frames=context_frames)
-    bitstream.write_stream(fileobj, header, blocks, levels)
-    return header
 
 
 def decode_from_stream(

@@ -54,7 +54,8 @@ from pathlib import Path
 
 from codec.errors import GateError, UserError
 from codec.evaluation.evaluate import evaluate_model
-from codec.evaluation.params import EvaluateParams, LevelSettings
+from codec.evaluation.params import EvaluateParams
+from codec.evaluation.record import EvaluationRecord, kbps_key, number, read_evaluation
 from codec.evaluation.sets import load_eval_clips
 from codec.evaluation.suite import build_sets, load_user_set, sets_fingerprint, user_set_folders
 from codec.files import write_text_atomic
@@ -63,16 +64,14 @@ from codec.params import PARAMS_FILE, from_dict, load_section
 from codec.provenance import data_version, git_commit, repo_root
 from codec.registry.consistency import repair
 from codec.registry.gates import (
-    OURS_NO_SIDE,
     Direction,
     Gate,
     PromoteParams,
     PromotionError,
-    _value,
+    Worst,
     beats,
     check_set_gates,
     gate_kbps,
-    set_metrics,
     worst_of,
 )
 from codec.registry.lock import registry_lock
@@ -99,32 +98,32 @@ class Comparison:
     note: str = ""
 
 
-ReEvaluate = tp.Callable[["ModelVersion", str, str], float]
+ReEvaluate = tp.Callable[["ModelVersion", float, str], float]  # (version, kbps, metric) -> its value
 
 
 def compare(
     client: MlflowClient,
-    record: tp.Mapping[str, tp.Any],
+    record: EvaluationRecord,
     params: PromoteParams,
-    k: str,
+    kbps: float,
     re_evaluate: ReEvaluate | None,
 ) -> Comparison:
     """See the module docstring: its logged metric on the same set, else a re-evaluation of the champion."""
     metric = params.primary_metric
-    cand = candidate_value(record, params, k)
-    cmp = Comparison(metric, params.primary_direction, cand)
+    cand = candidate_value(record, params, kbps)
+    cmp = Comparison(metric=metric, direction=params.primary_direction, candidate=cand)
     champ = champion_version(client, params.model_name)
     if champ is None:
         return cmp
     cmp.champion_version = str(champ.version)
-    logged = logged_value(client, champ, metric_key(WORST, metric, k), str(record["eval_set_fingerprint"]))
+    logged = logged_value(client, champ, metric_key(WORST, metric, kbps), record.eval_set_fingerprint)
     if logged is not None:
         cmp.champion, cmp.source = logged, "its logged metric (same evaluation set)"
     elif re_evaluate is None:
         cmp.source, cmp.note = "not compared", "the champion was evaluated on another set and re-evaluation is off"
     else:
         try:
-            cmp.champion = re_evaluate(champ, k, metric)
+            cmp.champion = re_evaluate(champ, kbps, metric)
             cmp.source = "re-evaluated on this evaluation set"
         except Exception as e:  # any failure to load or run the old model: say so, don't promote over it
             cmp.source, cmp.note = (
@@ -135,6 +134,17 @@ def compare(
     return cmp
 
 
+def not_compared(record: EvaluationRecord, params: PromoteParams, kbps: float) -> Comparison:
+    """The comparison of a candidate that failed a gate: none (it can't beat anything)."""
+    return Comparison(
+        metric=params.primary_metric,
+        direction=params.primary_direction,
+        candidate=candidate_value(record, params, kbps),
+        source="not compared (a gate failed)",
+        beats=False,
+    )
+
+
 # --- the numbers a version shows, as MLflow metrics ---------------------------------------------
 
 WORST = "worst_set"  # the "set" of the worst-set values (the comparison reads its primary metric)
@@ -143,43 +153,41 @@ WORST = "worst_set"  # the "set" of the worst-set values (the comparison reads i
 SET_METRICS = ("snr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")
 
 
-def metric_key(eval_set: str, metric: str, k: str) -> str:
-    """``held_out/pesq_6kbps``: the MLflow metric a promotion logs for ``eval_set`` at bitrate ``k``."""
-    return f"{eval_set}/{metric}_{k}"
+def metric_key(eval_set: str, metric: str, kbps: float) -> str:
+    """``held_out/pesq_6kbps``: the MLflow metric a promotion logs for ``eval_set`` at ``kbps``."""
+    return f"{eval_set}/{metric}_{kbps_key(kbps)}"
 
 
-def registry_metrics(record: tp.Mapping[str, tp.Any], params: PromoteParams, k: str) -> list[tuple[str, float, str]]:
+def registry_metrics(record: EvaluationRecord, params: PromoteParams, kbps: float) -> list[tuple[str, float, str]]:
     """(key, value, evaluation set) for every number a version shows: :data:`SET_METRICS` of ours,
-    ``model_amplitude_ratio`` and ``opus_pesq`` on every set at ``k``, and the worst set's primary
+    ``model_amplitude_ratio`` and ``opus_pesq`` on every set at ``kbps``, and the worst set's primary
     metric and amplitude ratio (finite values only: MLflow stores no NaN faithfully)."""
     out: list[tuple[str, float, str]] = []
-    for name, metrics in set_metrics(record).items():
-        ours = (metrics.get("ours") or {}).get(k) or {}
-        values = {m: _value(ours.get(m)) for m in SET_METRICS}
-        values["model_amplitude_ratio"] = _value(
-            ((metrics.get(OURS_NO_SIDE) or {}).get(k) or {}).get("amplitude_ratio")
-        )
-        values["opus_pesq"] = _value(((metrics.get("opus") or {}).get(k) or {}).get("pesq"))
-        out += [(metric_key(name, m, k), v, name) for m, v in values.items() if math.isfinite(v)]
-    worst = worst_of(record, params, k)
+    for name, metrics in record.sets.items():
+        ours, plain = metrics.ours_at(kbps), metrics.no_side_at(kbps)
+        values = {m: ours.metric(m) for m in SET_METRICS}
+        values["model_amplitude_ratio"] = plain.amplitude_ratio if plain is not None else math.nan
+        values["opus_pesq"] = metrics.opus_at(kbps).pesq
+        out += [(metric_key(name, m, kbps), v, name) for m, v in values.items() if math.isfinite(v)]
+    worst = worst_of(record, params, kbps)
     for m, entry in (
         (params.primary_metric, worst.get("primary_metric")),
         ("amplitude_ratio", worst.get("amplitude_ratio")),
     ):
-        v = _value(entry["value"]) if entry else math.nan
+        v = number(entry["value"]) if entry else math.nan
         if math.isfinite(v):
-            out.append((metric_key(WORST, m, k), v, WORST))
+            out.append((metric_key(WORST, m, kbps), v, WORST))
     return out
 
 
-def log_registry_metrics(client: MlflowClient, record: tp.Mapping[str, tp.Any], params: PromoteParams, k: str) -> None:
+def log_registry_metrics(client: MlflowClient, record: EvaluationRecord, params: PromoteParams, kbps: float) -> None:
     """Log :func:`registry_metrics` to the candidate's run and, when the evaluation names it, its
     logged model, each with its evaluation set as the dataset and the fingerprint as its digest."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    model_id = record.get("model_id") or None
-    digest = str(record["eval_set_fingerprint"])
+    model_id = record.model_id
+    digest = record.eval_set_fingerprint
     metrics = [
         Metric(
             key,
@@ -190,9 +198,9 @@ def log_registry_metrics(client: MlflowClient, record: tp.Mapping[str, tp.Any], 
             dataset_name=name if model_id else None,
             dataset_digest=digest if model_id else None,
         )
-        for key, value, name in registry_metrics(record, params, k)
+        for key, value, name in registry_metrics(record, params, kbps)
     ]
-    client.log_batch(str(record["mlflow_run_id"]), metrics=metrics)
+    client.log_batch(str(record.mlflow_run_id), metrics=metrics)
 
 
 def link_logged_model(client: MlflowClient, model_id: str, name: str, version: str) -> None:
@@ -218,10 +226,10 @@ def logged_value(client: MlflowClient, mv: ModelVersion, key: str, digest: str) 
     return float(max(values)[1]) if values else None
 
 
-def candidate_value(record: tp.Mapping[str, tp.Any], params: PromoteParams, k: str) -> float:
+def candidate_value(record: EvaluationRecord, params: PromoteParams, kbps: float) -> float:
     """The candidate's primary metric for the comparison: its value on its worst evaluation set."""
-    worst = worst_of(record, params, k).get("primary_metric")
-    return _value(worst["value"]) if worst else math.nan
+    worst = worst_of(record, params, kbps).get("primary_metric")
+    return number(worst["value"]) if worst else math.nan
 
 
 def decide(gates: tp.Sequence[Gate], cmp: Comparison, profile: str = "") -> tuple[Decision, list[str]]:
@@ -245,11 +253,11 @@ def decide(gates: tp.Sequence[Gate], cmp: Comparison, profile: str = "") -> tupl
     ]
 
 
-def gates_summary(gates: tp.Sequence[Gate], profile: str, k: str) -> str:
+def gates_summary(gates: tp.Sequence[Gate], profile: str, kbps: float) -> str:
     """The ``gates`` tag: how many passed, of which profile, at which bitrate, and the failed ones
     (the worst first: farthest past its limit, relative to it)."""
     n_sets = len({g.eval_set for g in gates})
-    where = f"{n_sets} evaluation set{'s' if n_sets > 1 else ''} at {k.removesuffix('kbps')} kbps"
+    where = f"{n_sets} evaluation set{'s' if n_sets > 1 else ''} at {kbps:g} kbps"
     failed = sorted((g for g in gates if not g.passed), key=_shortfall, reverse=True)
     if not failed:
         return f"all {len(gates)} {profile} gates pass on {where}"
@@ -270,11 +278,11 @@ def _shortfall(g: Gate) -> float:
 
 
 def version_tags(
-    record: tp.Mapping[str, tp.Any],
+    record: EvaluationRecord,
     gates: tp.Sequence[Gate],
     decision: Decision,
     profile: str,
-    k: str,
+    kbps: float,
     provenance: tp.Mapping[str, str],
 ) -> dict[str, str]:
     """The five tags of a version (and of the candidate's run): what was decided, the gates in one
@@ -282,14 +290,14 @@ def version_tags(
     (:func:`registry_metrics`), the whole record ``promotion.json`` and the run's artifacts."""
     return {
         "decision": decision,
-        "gates": gates_summary(gates, profile, k),
-        "eval_set": str(record["eval_set_fingerprint"]),
+        "gates": gates_summary(gates, profile, kbps),
+        "eval_set": record.eval_set_fingerprint,
         "git_commit": str(provenance.get("git_commit", "")),
         "data_version": str(provenance.get("data_version", "")),
     }
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Promotion:
     """What :func:`promote` returns (and ``promotion.json`` holds)."""
 
@@ -299,13 +307,13 @@ class Promotion:
     reasons: list[str]
     gates: list[Gate]
     comparison: Comparison
-    bitrate: str
+    kbps: float  # the gate bitrate
     mlflow_run_id: str
     model_uri: str
     eval_set_fingerprint: str
     tags: dict[str, str]
     repairs: list[str] = dataclasses.field(default_factory=list)  # what repair() fixed first
-    worst: dict[str, tp.Any] = dataclasses.field(default_factory=dict)  # gates.worst_of: set and level
+    worst: Worst = dataclasses.field(default_factory=dict)  # gates.worst_of: set and level
     gate_profile: str = "default"  # promote.gate_profile: which gates these were
 
     @property
@@ -313,8 +321,9 @@ class Promotion:
         return all(g.passed for g in self.gates)
 
     def to_dict(self) -> PromotionRecord:
-        def num(v: float | None) -> float | None:
-            return None if v is None or not math.isfinite(v) else round(v, 6)
+        def num(v: object) -> float | None:
+            x = number(v)
+            return round(x, 6) if math.isfinite(x) else None
 
         return {
             "model_name": self.model_name,
@@ -325,7 +334,7 @@ class Promotion:
             "gate_profile": self.gate_profile,
             "failed_gates": [g.name for g in self.gates if not g.passed],
             "reasons": self.reasons,
-            "bitrate": self.bitrate,
+            "bitrate": kbps_key(self.kbps),
             "gates": [{**dataclasses.asdict(g), "value": num(g.value)} for g in self.gates],
             "comparison": {
                 **dataclasses.asdict(self.comparison),
@@ -335,10 +344,15 @@ class Promotion:
             "mlflow_run_id": self.mlflow_run_id,
             "model_uri": self.model_uri,
             "eval_set_fingerprint": self.eval_set_fingerprint,
-            "worst": {key: {**entry, "value": num(_value(entry.get("value")))} for key, entry in self.worst.items()},
+            "worst": {key: {**entry, "value": num(entry.get("value"))} for key, entry in self.worst.items()},
             "git_commit": self.tags.get("git_commit"),
             "data_version": self.tags.get("data_version"),
         }
+
+
+def write_promotion(out: Path, promotion: Promotion) -> None:
+    """``promotion.json`` (the promotion's last step: on failure, its registry changes are undone)."""
+    write_text_atomic(out, json.dumps(promotion.to_dict(), indent=2) + "\n")
 
 
 def check_writable(out: Path) -> None:
@@ -391,9 +405,19 @@ def check_logged(client: MlflowClient, run_id: str, model_id: str | None) -> Non
             ) from None
 
 
+def logged_run(record: EvaluationRecord) -> tuple[str, str]:
+    """(MLflow run id, model URI) of the evaluated model; :class:`PromotionError` without them."""
+    if not record.mlflow_run_id or not record.model_uri:
+        raise PromotionError(
+            f"the evaluation was not logged to MLflow ({record.source} has no mlflow_run_id), so there is no model "
+            "to register; re-run codec evaluate without --no-mlflow"
+        )
+    return record.mlflow_run_id, record.model_uri
+
+
 def promote(
     client: MlflowClient,
-    record: tp.Mapping[str, tp.Any],
+    record: EvaluationRecord,
     params: PromoteParams,
     out: Path,
     *,
@@ -403,128 +427,120 @@ def promote(
 ) -> Promotion:
     """Gate, compare, register and write ``out`` (``promotion.json``); see the module docstring.
     ``say`` hears what is done besides the decision (a wait for the lock, a repair)."""
-    from mlflow.entities import RunTag
     from mlflow.exceptions import MlflowException
 
-    run_id, source = record.get("mlflow_run_id"), record.get("model_uri")
-    if not run_id or not source:
-        raise PromotionError(
-            "the evaluation was not logged to MLflow (evaluation.json has no mlflow_run_id), so there is no model "
-            "to register; re-run codec evaluate without --no-mlflow"
-        )
-    k = gate_kbps(record["metrics"], params)
+    run_id, model_uri = logged_run(record)
+    kbps = gate_kbps(record.metrics, params)
     gates = check_set_gates(record, params)
-    worst = worst_of(record, params, k)
+    # Before the registry is touched: --out can be written, and the store has the run.
     check_writable(out)
-    check_logged(client, str(run_id), record.get("model_id"))
+    check_logged(client, run_id, record.model_id)
     uri = registry_uri(client)
-    result: list[Promotion] = []
+    tell = say or (lambda line: None)
     try:
-        log_registry_metrics(client, record, params, k)
+        log_registry_metrics(client, record, params, kbps)
         with registry_lock(uri, say=say) as exclusive:
             repairs = repair(client, params.model_name, exclusive)
             for line in repairs:
-                if say is not None:
-                    say(line)
+                tell(line)
             # The champion is read inside the lock: the comparison is against the real current one.
             passed = all(g.passed for g in gates)
-            cmp = (
-                compare(client, record, params, k, re_evaluate)
-                if passed
-                else Comparison(
-                    params.primary_metric,
-                    params.primary_direction,
-                    candidate_value(record, params, k),
-                    source="not compared (a gate failed)",
-                    beats=False,
-                )
-            )
+            cmp = compare(client, record, params, kbps, re_evaluate) if passed else not_compared(record, params, kbps)
             decision, reasons = decide(gates, cmp, params.gate_profile)
-            tags = version_tags(record, gates, decision, params.gate_profile, k, provenance or {})
-
-            def finish(version: str | None) -> None:
-                p = Promotion(
-                    params.model_name,
-                    version,
-                    decision,
-                    reasons,
-                    gates,
-                    cmp,
-                    k,
-                    str(run_id),
-                    str(source),
-                    str(record["eval_set_fingerprint"]),
-                    tags,
-                    repairs,
-                    worst,
-                    params.gate_profile,
-                )
-                write_text_atomic(out, json.dumps(p.to_dict(), indent=2) + "\n")
-                result.append(p)
-
-            # The candidate's run says what became of it (its decision at this promotion; a version's
-            # own tag follows its alias later, e.g. former-champion).
-            run_tags = [RunTag(key, value) for key, value in tags.items()]
+            promotion = Promotion(
+                model_name=params.model_name,
+                version=None,
+                decision=decision,
+                reasons=reasons,
+                gates=gates,
+                comparison=cmp,
+                kbps=kbps,
+                mlflow_run_id=run_id,
+                model_uri=model_uri,
+                eval_set_fingerprint=record.eval_set_fingerprint,
+                tags=version_tags(record, gates, decision, params.gate_profile, kbps, provenance or {}),
+                repairs=repairs,
+                worst=worst_of(record, params, kbps),
+                gate_profile=params.gate_profile,
+            )
             if decision == "rejected":
                 # No version: the registry holds candidates that passed, the run keeps the rest.
-                client.log_batch(str(run_id), tags=run_tags)
-                finish(None)
+                tag_run(client, promotion)
+                write_promotion(out, promotion)
             else:
-                # Compare-and-set: the champion must still be the one compared against when the alias moves.
-                model_id = record.get("model_id") or None
-                version = register(
-                    client,
-                    params.model_name,
-                    # A logged model is registered by its own URI (MLflow 3): the version page then
-                    # shows its metrics; the run's path otherwise.
-                    f"models:/{model_id}" if model_id else str(source),
-                    str(run_id),
-                    tags,
-                    decision,
-                    finish,
-                    model_id,
-                    {CHAMPION: cmp.champion_version},
-                    description=f"{decision} on {time.strftime('%Y-%m-%d', time.gmtime())}: " + "; ".join(reasons),
-                )
-                # After the commit: the registry's decision stands whatever happens to these tags.
-                try:
-                    client.log_batch(str(run_id), tags=run_tags)
-                    if model_id:
-                        link_logged_model(client, model_id, params.model_name, version)
-                except MlflowException as e:
-                    if say is not None:
-                        say(f"run {run_id} was not tagged with the decision ({e.error_code}); the registry holds it")
+                promotion = register_version(client, promotion, record.model_id, out, tell)
     except MlflowException as e:
         raise PromotionError(
             f"the MLflow store at {uri} refused a registry call ({e.error_code}: {e.message}); this promotion's "
             "changes were undone; check the store (codec models) and re-run codec promote"
         ) from e
-    return result[0]
+    return promotion
+
+
+def tag_run(client: MlflowClient, promotion: Promotion) -> None:
+    """The candidate's run says what became of it (its decision at this promotion; a version's own
+    tag follows its alias later, e.g. former-champion)."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(promotion.mlflow_run_id, tags=[RunTag(k, v) for k, v in promotion.tags.items()])
+
+
+def register_version(
+    client: MlflowClient, promotion: Promotion, model_id: str | None, out: Path, say: tp.Callable[[str], None]
+) -> Promotion:
+    """A version for ``promotion`` with its alias (compare-and-set: the champion must still be the
+    one compared against when the alias moves), ``out`` written as its last step, then the run
+    tagged; returns the promotion with its version."""
+    from mlflow.exceptions import MlflowException
+
+    p = promotion
+    version = register(
+        client,
+        p.model_name,
+        # A logged model is registered by its own URI (MLflow 3): the version page then shows its
+        # metrics; the run's path otherwise.
+        source=f"models:/{model_id}" if model_id else p.model_uri,
+        run_id=p.mlflow_run_id,
+        tags=p.tags,
+        alias=p.decision,
+        finish=lambda v: write_promotion(out, dataclasses.replace(p, version=v)),
+        model_id=model_id,
+        expected={CHAMPION: p.comparison.champion_version},
+        description=f"{p.decision} on {time.strftime('%Y-%m-%d', time.gmtime())}: " + "; ".join(p.reasons),
+    )
+    # After the commit: the registry's decision stands whatever happens to these tags.
+    try:
+        tag_run(client, p)
+        if model_id:
+            link_logged_model(client, model_id, p.model_name, version)
+    except MlflowException as e:
+        say(f"run {p.mlflow_run_id} was not tagged with the decision ({e.error_code}); the registry holds it")
+    return dataclasses.replace(p, version=version)
 
 
 # --- re-evaluating the champion ---------------------------------------------------------------
 
 
-def champion_re_evaluator(record: tp.Mapping[str, tp.Any], raw: Path, direction: Direction = "lower") -> ReEvaluate:
+def champion_re_evaluator(record: EvaluationRecord, raw: Path, direction: Direction = "lower") -> ReEvaluate:
     """A :data:`ReEvaluate` that loads a version's weights-only checkpoint artifact (nothing the
     registry holds is unpickled) and measures it on every evaluation set of the record, rebuilt from its
     held-out clips; returns its value on its worst set (``direction``: which way is better)."""
 
-    def run(mv: ModelVersion, k: str, metric: str) -> float:
-        params = from_dict(EvaluateParams, record["params"], "evaluation.json: params")
-        levels = from_dict(LevelSettings, record["level_settings"], "evaluation.json: level_settings")
-        model = load_model(f"models:/{mv.name}/{mv.version}").model
+    def run(mv: ModelVersion, kbps: float, metric: str) -> float:
+        params = from_dict(EvaluateParams, dict(record.params), f"{record.source}: params")
+        # The champion at its own level settings (its checkpoint's), as codec encode runs it.
+        loaded = load_model(f"models:/{mv.name}/{mv.version}")
+        model, levels = loaded.model, loaded.levels
         rate = int(model.config.sample_rate)
-        clips = load_eval_clips(raw, record["clip_ids"], params.seconds, rate)
+        clips = load_eval_clips(raw, list(record.clip_ids), params.seconds, rate)
         user_sets = [
             load_user_set(name, folder, params, rate)
-            for name, folder in user_set_folders(Path(str(record.get("user_sets_dir") or "data/eval_sets"))).items()
-            if name in (record.get("sets") or {})
+            for name, folder in user_set_folders(Path(record.user_sets_dir or "data/eval_sets")).items()
+            if name in record.sets
         ]
         sets = build_sets(clips, params, user_sets)
-        if sets_fingerprint(sets, params, levels) != record["eval_set_fingerprint"]:
+        if sets_fingerprint(sets, params) != record.eval_set_fingerprint:
             raise PromotionError(f"the clips in {raw} changed since the evaluation; re-run codec evaluate")
-        kbps = float(k.removesuffix("kbps"))
         values = []
         for set_clips in sets.values():
             ev = evaluate_model(model, set_clips, params, levels, bitrates_kbps=[kbps], opus=False, sweep=False)
@@ -557,13 +573,7 @@ def run(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     params = load_section(PromoteParams, "promote", args.params)
-    path = Path(args.evaluation)
-    if not path.is_file():
-        raise UserError(f"{path} not found; run codec evaluate first (dvc repro evaluate)")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); re-run codec evaluate") from None
+    record = read_evaluation(args.evaluation)
     root = repo_root()
     provenance = {
         "git_commit": git_commit(root),

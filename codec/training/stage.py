@@ -4,8 +4,8 @@ Reads the ``train`` section of ``params.yaml`` into :class:`codec.training.param
 trains, and records the run in MLflow (tracking URI from ``MLFLOW_TRACKING_URI``, else
 ``sqlite:///mlflow.db`` at the repository root): every param, step metrics, system
 metrics, tags for the git commit, the DVC hash of the data and the device, validation
-audio (input and decoded) with a spectrogram comparison, and the model through
-``mlflow.pytorch.log_model``. It also writes the DVC metrics JSON and the curves CSVs.
+audio (input and decoded) with a spectrogram comparison, the checkpoint, and the served model
+(:func:`codec.inference.served.log_model`). It also writes the DVC metrics JSON and the curves CSVs.
 
 Under ``torchrun`` only rank 0 talks to MLflow and writes reports; the other ranks train.
 """
@@ -26,11 +26,12 @@ import pandas as pd
 import soundfile as sf
 import torch
 
+from codec.audio.level import LevelSettings
+from codec.data.normalize import load_params as load_normalize_params
 from codec.errors import UserError
 from codec.files import write_text_atomic
 from codec.model.checkpoint import atomic_torch_save, read_checkpoint
 from codec.model.codec import Codec
-from codec.model.serving import log_model
 from codec.params import PARAMS_FILE, load_section
 from codec.plots import spectrogram_panel
 from codec.provenance import data_version, flatten, git_commit, repo_root
@@ -100,18 +101,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"{data / 'manifest.csv'} not found; run the data stages first (dvc repro validate) or pass --data DIR"
         )
+    levels = data_levels(data, args.params)  # recorded in the checkpoint
     rank = int(os.environ.get("RANK", "0"))
     try:
         if rank != 0 or args.no_mlflow:
             result = train(params, data, out)
             if rank == 0:
                 if result.model_path.is_file():
-                    stamp_checkpoint(result.model_path, data)
-                write_reports(
-                    result, Path(args.metrics), Path(args.plots), Path(args.val_plots)
-                )
+                    stamp_checkpoint(result.model_path, levels)
+                write_reports(result, Path(args.metrics), Path(args.plots), Path(args.val_plots))
             return 0
-        result = train_tracked(params, data, out, args.experiment)
+        result = train_tracked(params, data, out, args.experiment, levels)
         write_reports(result, Path(args.metrics), Path(args.plots), Path(args.val_plots))
         v = result.val
         print(
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 # --- MLflow ------------------------------------------------------------------------------
 
 
-def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str) -> TrainResult:
+def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str, levels: LevelSettings) -> TrainResult:
     """:func:`codec.training.loop.train` inside one MLflow run."""
     import mlflow  # heavy: only a tracked run imports it
 
@@ -164,9 +164,11 @@ def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str) -
         log_samples(result.model, params, data, out)
         if result.model_path.is_file():
             # The checkpoint names its run, so evaluate and promote log to the same run.
-            stamp_checkpoint(result.model_path, data, mlflow_run_id=run.info.run_id)
+            stamp_checkpoint(result.model_path, levels, mlflow_run_id=run.info.run_id)
             mlflow.log_artifact(str(result.model_path), "checkpoint")
-        log_model(result.model)
+        from codec.inference.served import log_model  # imports mlflow.pyfunc: only a tracked run
+
+        log_model(result.model_path)  # the served model: codec encode + decode, from the checkpoint
         print(f"MLflow run {run.info.run_id} in {mlflow.get_tracking_uri()}")
     return result
 
@@ -190,14 +192,26 @@ def data_loudness(data: Path) -> float | None:
     return round(float(lufs.median()), 2) if len(lufs) else None
 
 
-def stamp_checkpoint(model_path: Path, data: Path, mlflow_run_id: str | None = None) -> None:
-    """Record in the final checkpoint the loudness its training data had (``target_lufs``:
-    ``codec encode`` brings inputs there) and the MLflow run it was logged to (so evaluate
-    and promote log to the same run)."""
-    ckpt = read_checkpoint(model_path)
+def data_levels(data: Path, params_path: str | Path) -> LevelSettings:
+    """The level settings of the training data: its median loudness (the normalize manifest's
+    ``lufs``; ``normalize.target_lufs`` if it has none) and the peak ceiling and limiter window
+    of ``normalize`` in the params file that made it."""
+    norm = load_normalize_params(params_path)
     lufs = data_loudness(data)
-    if lufs is not None:
-        ckpt["target_lufs"] = lufs
+    return LevelSettings(
+        target_lufs=norm.target_lufs if lufs is None else lufs,
+        peak_ceiling_db=norm.peak_ceiling_db,
+        limiter_window_ms=norm.limiter_window_ms,
+    )
+
+
+def stamp_checkpoint(model_path: Path, levels: LevelSettings, mlflow_run_id: str | None = None) -> None:
+    """Record in the final checkpoint the level settings of its training data (``level``:
+    ``codec encode``, evaluation and the served model bring inputs there) and the MLflow run it
+    was logged to (so evaluate and promote log to the same run)."""
+    ckpt = read_checkpoint(model_path)
+    ckpt["level"] = levels.to_checkpoint()
+    ckpt.pop("target_lufs", None)  # older checkpoints' single key, now in "level"
     if mlflow_run_id:
         ckpt["mlflow_run_id"] = mlflow_run_id
     atomic_torch_save(ckpt, model_path)
