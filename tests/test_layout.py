@@ -1,9 +1,11 @@
 """The package's shape, checked from the code: no import circles, imports run down the
-layers of DESIGN.md, and every DVC stage's code deps cover what the stage imports."""
+layers of docs/architecture.md, every DVC stage's code deps cover what the stage imports,
+and README's Layout section names every module there is (and no other)."""
 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("codec", "flows")
 
-# Top to bottom; a module may import its own layer or a lower one.
+# Top to bottom (docs/architecture.md); a module may import its own layer or a lower one.
 LAYERS = ("cli", "registry", "evaluation", "training", "inference", "model", "data", "audio", "shared")
 
 
@@ -121,7 +123,7 @@ def test_imports_run_down_the_layers() -> None:
 
 
 def test_the_training_core_imports_no_tracking_or_evaluation() -> None:
-    # DESIGN principle 4: the loop runs on a bare GPU box (torch, numpy, soundfile only).
+    # docs/architecture.md, rule 3: the loop runs on a bare GPU box (torch, numpy, soundfile only).
     graph = import_graph()
     closure = closure_of(graph, ["codec.training.loop"])
     assert not {m for m in closure if layer_of(m) in ("evaluation", "registry", "cli", "inference")}
@@ -199,3 +201,53 @@ def test_the_train_stage_depends_on_every_key_that_changes_results() -> None:
     # dvc repro refuses a listed key that params.yaml lacks ("Parameters ... are missing")
     params = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
     assert sorted(keys - set(params)) == []
+
+
+# --- README's Layout section against the tree ---------------------------------------------
+
+
+def readme_layout_modules() -> list[str]:
+    """The modules README's Layout section lists: the first column of its tables."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "\n## Layout\n" in text, "README.md has no '## Layout' section"
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([^`]+\.py)` \|", section, flags=re.MULTILINE)
+
+
+def modules_with_code() -> set[str]:
+    """Every .py file under codec/ and flows/, except a package __init__ that holds only its docstring."""
+    found = set()
+    for pkg in PACKAGES:
+        for path in (REPO / pkg).rglob("*.py"):
+            body = ast.parse(path.read_text(encoding="utf-8")).body
+            if path.name == "__init__.py" and all(isinstance(n, ast.Expr) for n in body):
+                continue
+            found.add(path.relative_to(REPO).as_posix())
+    return found
+
+
+def test_the_readme_layout_names_every_module_and_only_modules_that_exist() -> None:
+    listed = readme_layout_modules()
+    assert len(listed) == len(set(listed)), f"listed twice: {sorted({m for m in listed if listed.count(m) > 1})}"
+    tree = modules_with_code()
+    missing = sorted(tree - set(listed))
+    assert not missing, "README.md, ## Layout: add a row for " + ", ".join(missing)
+    gone = sorted(m for m in set(listed) - tree if not (REPO / m).is_file())
+    assert not gone, "README.md, ## Layout: no such module " + ", ".join(gone)
+
+
+def test_the_layout_check_sees_a_module_the_readme_leaves_out() -> None:
+    listed = set(readme_layout_modules())
+    assert "codec/data/normalize.py" in listed and "flows/pipeline.py" in listed
+    assert "codec/cli/__init__.py" not in modules_with_code()  # its docstring only
+    assert "codec/audio/__init__.py" in modules_with_code()  # defines Array
+    assert {"codec/params.py", "codec/cli/main.py", "flows/overrides.py"} <= modules_with_code()
+
+
+def test_the_version_is_the_one_in_pyproject() -> None:
+    import tomllib
+
+    import codec
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert codec.__version__ == pyproject["version"]
