@@ -1,9 +1,11 @@
 """Typed parameters, read once from ``params.yaml`` at a stage's entry point.
 
-Library code takes these dataclasses; only :func:`load_section` reads YAML.
-Every stage section of ``params.yaml`` maps to one dataclass here (or, for the
-model stages, in the module that owns them) and unknown keys are an error, so a
-typo in ``params.yaml`` never silently falls back to a default.
+Library code takes these dataclasses; only :func:`read_params` reads a params file: the
+stages' entry points through it or :func:`load_section`, the flow's overrides
+(:mod:`flows.overrides`) through it with :func:`flatten`. Every stage section of
+``params.yaml`` maps to one dataclass here (or, for the model stages, in the module that owns
+them) and unknown keys are an error, so a typo in ``params.yaml`` never silently falls back
+to a default.
 """
 
 from __future__ import annotations
@@ -34,6 +36,19 @@ def read_params(path: str | Path = PARAMS_FILE) -> dict[str, tp.Any]:
     if not isinstance(data, dict):
         raise UserError(f"{p} must hold a mapping of stage sections, got {type(data).__name__}")
     return data
+
+
+def flatten(section: tp.Mapping[str, tp.Any], prefix: str = "") -> dict[str, tp.Any]:
+    """``{"normalize": {"mode": "peak"}}`` -> ``{"normalize.mode": "peak"}``: the dotted keys of
+    ``dvc exp run -S`` (lists and empty mappings are values)."""
+    out: dict[str, tp.Any] = {}
+    for key, value in section.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, tp.Mapping) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
 
 
 def from_dict(cls: type[T], data: tp.Mapping[str, tp.Any] | None, where: str) -> T:

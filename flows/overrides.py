@@ -27,19 +27,7 @@ from pathlib import Path
 
 import yaml
 
-PARAMS_FILE = "params.yaml"
-
-
-def flatten(section: tp.Mapping[str, tp.Any], prefix: str = "") -> dict[str, tp.Any]:
-    """``{"normalize": {"mode": "peak"}}`` -> ``{"normalize.mode": "peak"}`` (lists are values)."""
-    out: dict[str, tp.Any] = {}
-    for key, value in section.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, tp.Mapping) and value:
-            out.update(flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
+from codec.params import PARAMS_FILE, flatten, read_params
 
 
 def hydra_value(value: tp.Any) -> str:
@@ -70,10 +58,7 @@ def collect_overrides(params_file: Path | None, set_params: tp.Mapping[str, tp.A
     """The dotted overrides of a run: a (partial) params file first, then ``set_params`` on top."""
     overrides: dict[str, tp.Any] = {}
     if params_file is not None:
-        data = yaml.safe_load(Path(params_file).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{params_file}: expected a mapping of params.yaml sections")
-        overrides.update(flatten(data))
+        overrides.update(flatten(read_params(params_file)))
     overrides.update(dict(set_params or {}))
     return overrides
 
@@ -104,7 +89,7 @@ def apply_overrides(repo: Path, overrides: tp.Mapping[str, tp.Any]) -> dict[str,
     from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
 
     path = repo / PARAMS_FILE
-    before = flatten(yaml.safe_load(path.read_text()) or {})
+    before = flatten(read_params(path))
     unknown = sorted(k for k in overrides if k not in before)
     if unknown:
         raise ValueError(f"{path}: no such param(s): {', '.join(unknown)} (known: {', '.join(sorted(before))})")
@@ -121,7 +106,7 @@ def apply_overrides(repo: Path, overrides: tp.Mapping[str, tp.Any]) -> dict[str,
             raise ValueError(f"{label}: refused: {e}") from None
         check_params(trial, label=label)
         shutil.copyfile(trial, path)
-    after = flatten(yaml.safe_load(path.read_text()) or {})
+    after = flatten(read_params(path))
     return {k: (before.get(k), after.get(k)) for k in overrides if before.get(k) != after.get(k)}
 
 
@@ -145,7 +130,7 @@ def compose_profile(repo: Path, choices: tp.Sequence[str]) -> dict[str, tuple[tp
         raise ValueError(f"{repo}: Hydra composition is off in .dvc/config, so there are no profiles to choose")
     config_dir = (repo / hydra.get("config_dir", "conf")).resolve()
     path = repo / PARAMS_FILE
-    before = flatten(yaml.safe_load(path.read_text()) or {})
+    before = flatten(read_params(path))
     with tempfile.TemporaryDirectory() as tmp:
         trial = Path(tmp) / PARAMS_FILE
         label = f"params composed from {config_dir} with {', '.join(choices)}"
@@ -157,6 +142,5 @@ def compose_profile(repo: Path, choices: tp.Sequence[str]) -> dict[str, tuple[tp
             raise ValueError(f"{label}: refused: {said}") from None
         check_params(trial, label=label)
         shutil.copyfile(trial, path)
-    after = flatten(yaml.safe_load(path.read_text()) or {})
+    after = flatten(read_params(path))
     return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
-
