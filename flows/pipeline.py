@@ -105,6 +105,42 @@ def _by_name(stages: list[StageInfo], name: str) -> StageInfo | None:
     return next((s for s in stages if s.name.rsplit(":", 1)[-1] == name), None)
 
 
+def _summary_path(vstage: StageInfo | None) -> str | None:
+    """The validate stage's ``summary.json`` among what it declares (or its first JSON metric)."""
+    if vstage is None:
+        return None
+    declared = [*vstage.outs, *vstage.metrics]
+    return next((m for m in declared if m.endswith("summary.json")), None) or next(
+        (m for m in vstage.metrics if m.endswith(".json")), None
+    )
+
+
+def _report_artifact(
+    repo: Path,
+    what: str,
+    stage: str,
+    key: str,
+    report: str | None,
+    *,
+    not_in_run: bool,
+    hint: str,
+    publish: tp.Callable[[Path, str], None],
+) -> None:
+    """One report's artifact: ``publish(repo / report, report)`` when the report is there; else
+    a note that ``stage`` was not part of this run (``not_in_run``), or that the report is not
+    there yet and ``hint`` says what makes it."""
+    if not_in_run:
+        create_markdown_artifact(
+            f"# {what}\n\n`{stage}` was not part of this run (see the run summary); its last report is "
+            "in the repository, from an earlier run.",
+            key=key,
+        )
+    elif report and (repo / report).is_file():
+        publish(repo / report, report)
+    else:
+        create_markdown_artifact(art.missing_markdown(what, report, hint), key=key)
+
+
 def publish_artifacts(
     repo: Path,
     stages: list[StageInfo],
@@ -117,71 +153,68 @@ def publish_artifacts(
 
     ``in_run``: the stages this run chose; a stage outside it gets an artifact saying so, not
     the report an earlier run left (a ``--until validate`` run does not republish an old
-    promotion as its own)."""
+    promotion as its own), unless its report's path was given."""
 
-    def skipped(stage: str) -> bool:
-        return in_run is not None and stage not in in_run
-
-    def not_run(what: str, stage: str, key: str) -> None:
-        create_markdown_artifact(
-            f"# {what}\n\n`{stage}` was not part of this run (see the run summary); its last report is "
-            "in the repository, from an earlier run.",
-            key=key,
-        )
+    def not_in_run(given: str | None, stage: str) -> bool:
+        return given is None and in_run is not None and stage not in in_run
 
     summary: dict[str, tp.Any] = {}
-    vstage = _by_name(stages, DATA_QUALITY_STAGE)
-    spath = validate_summary
-    if spath is None and vstage is not None:
-        declared = [*vstage.outs, *vstage.metrics]
-        spath = next((m for m in declared if m.endswith("summary.json")), None) or next(
-            (m for m in vstage.metrics if m.endswith(".json")), None
-        )
-    if validate_summary is None and skipped(DATA_QUALITY_STAGE):
-        not_run("Data quality", DATA_QUALITY_STAGE, art.KEY_DATA_QUALITY)
-    elif spath and (repo / spath).is_file():
-        summary = art.read_json(repo / spath)
+
+    def data_quality(path: Path, shown: str) -> None:
+        summary.update(art.read_json(path))
         verdict = "passed" if summary.get("success") else "FAILED"
         create_table_artifact(
             art.data_quality_rows(summary),
             key=art.KEY_DATA_QUALITY,
             description=f"Data-quality gate {verdict} on {summary.get('files')} files: levels before (raw) and "
-            f"after normalization, and every expectation (from {spath})",
-        )
-    else:
-        create_markdown_artifact(
-            art.missing_markdown("Data quality", spath, "Run the data stages (up to `validate`)."),
-            key=art.KEY_DATA_QUALITY,
+            f"after normalization, and every expectation (from {shown})",
         )
 
-    epath = evaluation_table or art.evaluation_table_path(_by_name(stages, EVALUATION_STAGE))
-    if evaluation_table is None and skipped(EVALUATION_STAGE):
-        not_run("Evaluation (ours vs Opus per bitrate)", EVALUATION_STAGE, art.KEY_EVALUATION)
-    elif epath and (repo / epath).is_file():
+    def evaluation(path: Path, shown: str) -> None:
         create_table_artifact(
-            art.evaluation_rows(repo / epath),
-            key=art.KEY_EVALUATION,
-            description=f"Ours vs Opus per bitrate (from {epath})",
-        )
-    else:
-        create_markdown_artifact(
-            art.missing_markdown("Evaluation (ours vs Opus per bitrate)", epath, "It appears once `evaluate` has run."),
-            key=art.KEY_EVALUATION,
+            art.evaluation_rows(path), key=art.KEY_EVALUATION, description=f"Ours vs Opus per bitrate (from {shown})"
         )
 
-    ppath = promotion_file or art.promotion_path(_by_name(stages, PROMOTION_STAGE))
-    if promotion_file is None and skipped(PROMOTION_STAGE):
-        not_run("Promotion", PROMOTION_STAGE, art.KEY_PROMOTION)
-    elif ppath and (repo / ppath).is_file():
+    def promotion(path: Path, shown: str) -> None:
         create_markdown_artifact(
-            art.promotion_markdown(read_promotion(repo / ppath), ppath),
+            art.promotion_markdown(read_promotion(path), shown),
             key=art.KEY_PROMOTION,
             description="Promotion decision, gates and the MLflow run / model version",
         )
-    else:
-        create_markdown_artifact(
-            art.missing_markdown("Promotion", ppath, "It appears once `promote` has run."), key=art.KEY_PROMOTION
-        )
+
+    spath = validate_summary if validate_summary is not None else _summary_path(_by_name(stages, DATA_QUALITY_STAGE))
+    epath = evaluation_table or art.evaluation_table_path(_by_name(stages, EVALUATION_STAGE))
+    ppath = promotion_file or art.promotion_path(_by_name(stages, PROMOTION_STAGE))
+    _report_artifact(
+        repo,
+        "Data quality",
+        DATA_QUALITY_STAGE,
+        art.KEY_DATA_QUALITY,
+        spath,
+        not_in_run=not_in_run(validate_summary, DATA_QUALITY_STAGE),
+        hint="Run the data stages (up to `validate`).",
+        publish=data_quality,
+    )
+    _report_artifact(
+        repo,
+        "Evaluation (ours vs Opus per bitrate)",
+        EVALUATION_STAGE,
+        art.KEY_EVALUATION,
+        epath,
+        not_in_run=not_in_run(evaluation_table, EVALUATION_STAGE),
+        hint="It appears once `evaluate` has run.",
+        publish=evaluation,
+    )
+    _report_artifact(
+        repo,
+        "Promotion",
+        PROMOTION_STAGE,
+        art.KEY_PROMOTION,
+        ppath,
+        not_in_run=not_in_run(promotion_file, PROMOTION_STAGE),
+        hint="It appears once `promote` has run.",
+        publish=promotion,
+    )
     return summary
 
 
