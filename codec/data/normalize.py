@@ -107,9 +107,9 @@ class _Job:
 def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict[str, tp.Any]]:
     """Normalize mono ``x`` (``[T]`` at ``rate``, already at ``p.sample_rate``).
 
-    Returns the output and its manifest fields (levels before and after). One function on
-    purpose (~85 lines): the meter, energy and magnitude computed once at the top are shared
-    by the make-up loop and the fields, on the per-file hot path that benchmarks/ times.
+    Returns the output and its manifest fields (levels before and after). The meter, energy
+    and magnitude are computed once here, on the per-file hot path that benchmarks/ times,
+    and shared by the limiter's make-up loop (:func:`_limit_and_make_up`) and the fields.
     """
     x = np.asarray(x, np.float32)
     meter = LoudnessMeter(x, rate)
@@ -129,46 +129,12 @@ def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict
     else:
         gain_db = 20 * np.log10(p.peak_target) - in_peak
     ceiling = 10 ** (p.peak_ceiling_db / 20)
-    window = max(1, round(p.limiter_window_ms * 1e-3 * rate))
     out_lufs = in_lufs + gain_db  # exact: loudness is linear in gain
     spans = LimiterSpans.none()
     lost = 0.0  # energy of x the limiter removes, before gain
     if 10 ** ((in_peak + gain_db) / 20) > ceiling:
-        # Limit, then make up the loudness the limiter took, until the level is within
-        # LEVEL_TOLERANCE_DB of the target. The start is the gain that an estimate of the
-        # shortfall (no re-metering) calls for, so one exact round usually suffices, at
-        # most three on speech: the limiter touches only milliseconds around each peak.
-        # Each round re-meters only the limited spans, and only samples within 12 dB of
-        # the ceiling are looked at.
-        first_gain_db = gain_db
-        candidates = np.flatnonzero(magnitude > ceiling / (10 ** ((first_gain_db + 12.0) / 20)))
-        slope = 0.87  # level gained per dB of gain: < 1, as more is limited at a higher gain
-        previous: tuple[float, float] | None = None
-        if p.mode != "peak":
-            shortfall = _predicted_shortfall(x, magnitude, meter, energy, p.mode, ceiling, window, gain_db, candidates)
-            gain_db = min(gain_db + shortfall / slope, first_gain_db + 12.0)
-        for round_ in range(8):
-            g = float(10 ** (gain_db / 20))
-            spans = limit_spans(x, ceiling, window, gain=g, magnitude=magnitude, candidates=candidates)
-            part = x[spans.index]
-            removed = part * np.float32(g) * (1 - spans.gain)
-            out_lufs = meter.lufs_minus(g, spans.starts, spans.lengths, removed)
-            lost = float(np.sum(np.square(part, dtype=np.float64) * (1 - np.square(spans.gain, dtype=np.float64))))
-            if p.mode == "peak":
-                break
-            if p.mode == "lufs":
-                level, target = out_lufs, p.target_lufs
-            else:
-                level, target = 10 * np.log10(g * g * (energy - lost) / x.size), p.target_rms_dbfs
-            if abs(target - level) < LEVEL_TOLERANCE_DB or round_ == 7:
-                break
-            if previous is not None and gain_db != previous[0]:  # secant step
-                slope = float(np.clip((level - previous[1]) / (gain_db - previous[0]), 0.3, 1.0))
-            previous = (gain_db, level)
-            step = (target - level) / slope
-            if gain_db + step > first_gain_db + 12.0:
-                break  # more than 12 dB of make-up: keep this round's result
-            gain_db += step
+        window = max(1, round(p.limiter_window_ms * 1e-3 * rate))
+        gain_db, spans, out_lufs, lost = _limit_and_make_up(x, magnitude, meter, energy, p, ceiling, window, gain_db)
     g = float(10 ** (gain_db / 20))
     y = x * np.float32(g)
     y[spans.index] *= spans.gain
@@ -190,6 +156,58 @@ def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict
         "ceiling_samples_fraction": touched / max(1, y.size),
     }
     return y, fields
+
+
+def _limit_and_make_up(
+    x: Array,
+    magnitude: Array,
+    meter: LoudnessMeter,
+    energy: float,
+    p: NormalizeParams,
+    ceiling: float,
+    window: int,
+    gain_db: float,
+) -> tuple[float, LimiterSpans, float, float]:
+    """Limit ``x`` at ``gain_db`` to ``ceiling``, then make up the loudness the limiter took,
+    until the level is within LEVEL_TOLERANCE_DB of the target (``peak`` mode: limit once).
+    Returns the gain (dB), the limiter's spans, the output loudness (LUFS) and the energy of
+    ``x`` the limiter removes (before gain).
+
+    The start is the gain that an estimate of the shortfall (no re-metering) calls for, so
+    one exact round usually suffices, at most three on speech: the limiter touches only
+    milliseconds around each peak. Each round re-meters only the limited spans, and only
+    samples within 12 dB of the ceiling are looked at.
+    """
+    first_gain_db = gain_db
+    candidates = np.flatnonzero(magnitude > ceiling / (10 ** ((first_gain_db + 12.0) / 20)))
+    slope = 0.87  # level gained per dB of gain: < 1, as more is limited at a higher gain
+    previous: tuple[float, float] | None = None
+    if p.mode != "peak":
+        shortfall = _predicted_shortfall(x, magnitude, meter, energy, p.mode, ceiling, window, gain_db, candidates)
+        gain_db = min(gain_db + shortfall / slope, first_gain_db + 12.0)
+    for round_ in range(8):
+        g = float(10 ** (gain_db / 20))
+        spans = limit_spans(x, ceiling, window, gain=g, magnitude=magnitude, candidates=candidates)
+        part = x[spans.index]
+        removed = part * np.float32(g) * (1 - spans.gain)
+        out_lufs = meter.lufs_minus(g, spans.starts, spans.lengths, removed)
+        lost = float(np.sum(np.square(part, dtype=np.float64) * (1 - np.square(spans.gain, dtype=np.float64))))
+        if p.mode == "peak":
+            break
+        if p.mode == "lufs":
+            level, target = out_lufs, p.target_lufs
+        else:
+            level, target = 10 * np.log10(g * g * (energy - lost) / x.size), p.target_rms_dbfs
+        if abs(target - level) < LEVEL_TOLERANCE_DB or round_ == 7:
+            break
+        if previous is not None and gain_db != previous[0]:  # secant step
+            slope = float(np.clip((level - previous[1]) / (gain_db - previous[0]), 0.3, 1.0))
+        previous = (gain_db, level)
+        step = (target - level) / slope
+        if gain_db + step > first_gain_db + 12.0:
+            break  # more than 12 dB of make-up: keep this round's result
+        gain_db += step
+    return gain_db, spans, out_lufs, lost
 
 
 def _predicted_shortfall(
