@@ -19,6 +19,7 @@ from codec.errors import GateError
 from codec.evaluation import evaluate as ev
 from codec.evaluation import params as ep
 from codec.evaluation import report, sets, suite
+from codec.evaluation.record import evaluation_from_json
 from codec.model.checkpoint import save_checkpoint
 from codec.model.codec import build_codec
 from codec.model.serving import for_inference
@@ -60,7 +61,7 @@ def evaluated(model: nn.Module, clips: list[sets.EvalClip], params: ep.EvaluateP
         logged = mlflow.initialize_logged_model(name="codec", source_run_id=run.info.run_id)
     return report.evaluation_record(
         result,
-        eval_set_fingerprint=suite.sets_fingerprint(suite.build_sets(clips, params), params, NO_LIMITER),
+        eval_set_fingerprint=suite.sets_fingerprint(suite.build_sets(clips, params), params),
         mlflow_run_id=run.info.run_id,
         model_uri=f"runs:/{run.info.run_id}/codec",
         model_id=logged.model_id,
@@ -68,6 +69,13 @@ def evaluated(model: nn.Module, clips: list[sets.EvalClip], params: ep.EvaluateP
         params=dataclasses.asdict(params),
         level_settings=dataclasses.asdict(NO_LIMITER),
     )
+
+
+def promote(
+    client: tp.Any, record: dict[str, tp.Any], params: pr.PromoteParams, out: Path, **kw: tp.Any
+) -> pr.Promotion:
+    """:func:`pr.promote` on ``record`` (evaluation.json as a dict), read as codec promote reads the file."""
+    return pr.promote(client, evaluation_from_json(record), params, out, **kw)
 
 
 def registry(uri: str, name: str = MODEL_NAME) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
@@ -93,7 +101,7 @@ def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
 
     # The seed's collapse: output at 47% of the input. The amplitude gate names it.
     seed = evaluated(Collapsed(PcmCodec()), clips)
-    collapsed = pr.promote(client, seed, GATES, tmp_path / "p1.json")
+    collapsed = promote(client, seed, GATES, tmp_path / "p1.json")
     doc = json.loads((tmp_path / "p1.json").read_text())
     assert collapsed.decision == doc["decision"] == "rejected" and doc["alias"] is None
     amp = next(g for g in doc["gates"] if g["name"] == "amplitude_ratio")
@@ -114,13 +122,13 @@ def test_collapse_is_rejected_good_becomes_champion_worse_stays_challenger(
     assert "amplitude_ratio 0.47 (required within [0.9, 1.1])" in run_tags["gates"]
 
     # A good model: every gate passes and there is no champion.
-    good = pr.promote(client, evaluated(PcmCodec(), clips), GATES, tmp_path / "p2.json")
+    good = promote(client, evaluated(PcmCodec(), clips), GATES, tmp_path / "p2.json")
     assert good.decision == "champion" and good.all_gates_passed and good.version == "1"
     assert registry(mlflow_uri)[0] == {"champion": good.version}
 
     # A later, worse model (5% quieter: inside the amplitude band, mel distance 0.022 instead
     # of ~0): passes the gates, loses on the primary metric, so it is challenger.
-    worse = pr.promote(client, evaluated(PcmCodec(gain=0.95), clips), GATES, tmp_path / "p3.json")
+    worse = promote(client, evaluated(PcmCodec(gain=0.95), clips), GATES, tmp_path / "p3.json")
     doc = json.loads((tmp_path / "p3.json").read_text())
     assert worse.decision == doc["decision"] == "challenger" and doc["all_gates_passed"]
     assert doc["comparison"]["champion_version"] == good.version
@@ -189,16 +197,16 @@ def test_a_failure_halfway_leaves_the_registry_as_it_was(
 
     # No registered model before: none after.
     with pytest.raises(OSError):
-        pr.promote(client, good, GATES, blocked)
+        promote(client, good, GATES, blocked)
     assert registry(mlflow_uri) == ({}, {})
 
     # A champion and a challenger before; a better candidate fails halfway: both aliases stay.
-    pr.promote(client, evaluated(PcmCodec(gain=0.95), clips), GATES, tmp_path / "a.json")
-    pr.promote(client, evaluated(PcmCodec(gain=0.93), clips), GATES, tmp_path / "b.json")
+    promote(client, evaluated(PcmCodec(gain=0.95), clips), GATES, tmp_path / "a.json")
+    promote(client, evaluated(PcmCodec(gain=0.93), clips), GATES, tmp_path / "b.json")
     before = registry(mlflow_uri)
     assert before[0] == {"champion": "1", "challenger": "2"}
     with pytest.raises(OSError):
-        pr.promote(client, good, GATES, blocked)
+        promote(client, good, GATES, blocked)
     assert registry(mlflow_uri) == before
 
 
@@ -259,7 +267,7 @@ def test_a_champion_from_another_evaluation_set_is_re_evaluated_on_this_one(
     champion = for_inference(trained)
     old = evaluated(champion, clips, dataclasses.replace(EVAL, seconds=1.0))
     registered_checkpoint(trained, old, tmp_path / "old")
-    assert pr.promote(client, old, OPEN_GATES, tmp_path / "a.json").decision == "champion"
+    assert promote(client, old, OPEN_GATES, tmp_path / "a.json").decision == "champion"
 
     # The candidate is measured on the full 1.5 s: the champion's tags don't apply, so the stage
     # loads the champion's weights-only checkpoint and measures it on the candidate's clips.
@@ -267,7 +275,13 @@ def test_a_champion_from_another_evaluation_set_is_re_evaluated_on_this_one(
     new = evaluated(for_inference(candidate), clips)
     registered_checkpoint(candidate, new, tmp_path / "new")
     assert new["eval_set_fingerprint"] != old["eval_set_fingerprint"]
-    p = pr.promote(client, new, OPEN_GATES, tmp_path / "b.json", re_evaluate=pr.champion_re_evaluator(new, raw))
+    p = promote(
+        client,
+        new,
+        OPEN_GATES,
+        tmp_path / "b.json",
+        re_evaluate=pr.champion_re_evaluator(evaluation_from_json(new), raw),
+    )
     assert p.comparison.source == "re-evaluated on this evaluation set", p.comparison.note
     kbps = max(champion.config.bitrates_kbps)
     expected = ev.evaluate_model(champion, clips, EVAL, NO_LIMITER, bitrates_kbps=[kbps], sweep=False, opus=False)
@@ -300,10 +314,16 @@ def test_a_tampered_champion_artifact_is_never_executed(
     old = evaluated(champion, clips, dataclasses.replace(EVAL, seconds=1.0))
     marker = tmp_path / "pwned"
     registered_checkpoint(champion, old, tmp_path / "old", payload=pickle.dumps({"model": _Payload(marker)}))
-    assert pr.promote(client, old, OPEN_GATES, tmp_path / "a.json").decision == "champion"
+    assert promote(client, old, OPEN_GATES, tmp_path / "a.json").decision == "champion"
 
     new = evaluated(for_inference(build_codec(tiny_config(), seed=4).eval()), clips)
-    p = pr.promote(client, new, OPEN_GATES, tmp_path / "b.json", re_evaluate=pr.champion_re_evaluator(new, raw))
+    p = promote(
+        client,
+        new,
+        OPEN_GATES,
+        tmp_path / "b.json",
+        re_evaluate=pr.champion_re_evaluator(evaluation_from_json(new), raw),
+    )
     assert not marker.exists()
     # Not loadable, so not compared: the candidate cannot be shown to beat it.
     assert p.comparison.source == "not compared" and "not a readable codec checkpoint" in p.comparison.note
@@ -327,7 +347,7 @@ def test_a_gate_failing_on_one_set_only_fails_the_promotion_and_names_that_set(
         OPEN_GATES, min_pesq=1.2, amplitude_ratio_band=[0.8, 1.25], amplitude_band_at_every_level=True
     )
     assert held["ours"][k]["pesq"] >= 1.2  # the held-out set alone would pass
-    p = pr.promote(MlflowClient(mlflow_uri), record, gates, tmp_path / "p.json")
+    p = promote(MlflowClient(mlflow_uri), record, gates, tmp_path / "p.json")
     assert p.decision == "rejected"
     failed = sorted(g.name for g in p.gates if not g.passed)
     assert failed == ["telephone:amplitude_ratio_at_-6dBFS", "telephone:min_pesq"]
@@ -352,7 +372,7 @@ def test_with_side_information_a_collapsed_decoder_is_still_rejected_on_its_own_
 
     with_side = dataclasses.replace(EVAL, side_info=True)
     record = evaluated(Collapsed(PcmCodec()), clips, with_side)
-    pr.promote(MlflowClient(mlflow_uri), record, GATES, tmp_path / "p.json")
+    promote(MlflowClient(mlflow_uri), record, GATES, tmp_path / "p.json")
     doc = json.loads((tmp_path / "p.json").read_text())
     gates = {g["name"]: g for g in doc["gates"]}
     assert doc["decision"] == "rejected"
@@ -378,17 +398,17 @@ def test_the_gates_are_named_in_the_decision_and_pesq_can_be_held_to_opus(
     demo = dataclasses.replace(OPEN_GATES, gate_profile="cpu-demo")
 
     strict = dataclasses.replace(demo, max_pesq_below_opus=0.0)
-    p = pr.promote(client, record, strict, tmp_path / "none.json")
+    p = promote(client, record, strict, tmp_path / "none.json")
     gate = next(g for g in p.gates if g.name == "pesq_vs_opus")
     assert p.decision == "rejected" and not gate.passed and "Opus not scored" in gate.rule
 
     record["metrics"]["opus"] = {k: {"pesq": ours + 0.3}}
-    p = pr.promote(client, record, dataclasses.replace(demo, max_pesq_below_opus=0.2), tmp_path / "behind.json")
+    p = promote(client, record, dataclasses.replace(demo, max_pesq_below_opus=0.2), tmp_path / "behind.json")
     gate = next(g for g in p.gates if g.name == "pesq_vs_opus")
     assert p.decision == "rejected" and gate.value == pytest.approx(-0.3) and gate.limit == -0.2
     assert p.to_dict()["failed_gates"] == ["pesq_vs_opus"]
 
-    p = pr.promote(client, record, dataclasses.replace(demo, max_pesq_below_opus=0.5), tmp_path / "ok.json")
+    p = promote(client, record, dataclasses.replace(demo, max_pesq_below_opus=0.5), tmp_path / "ok.json")
     saved = read_promotion(tmp_path / "ok.json")
     assert p.decision == saved["decision"] == "champion" and saved["gate_profile"] == "cpu-demo"
     assert saved["reasons"] == ["every cpu-demo gate passed; there was no champion"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
 import shutil
@@ -24,13 +25,12 @@ from codec.cli import main as cli
 from codec.cli import models
 from codec.evaluation import evaluate as ev
 from codec.evaluation import report, sets
-from codec.registry import promote as pr
 from codec.registry import transaction
 from codec.registry.consistency import problems, repair
 from codec.tracking import MODEL_NAME
 from tests import test_evaluate as te
 from tests.test_evaluate import NO_LIMITER, PcmCodec, make_clips
-from tests.test_promote import EVAL, GATES, registry
+from tests.test_promote import EVAL, GATES, promote, registry
 
 mlflow_template = te.mlflow_template
 mlflow_uri = te.mlflow_uri
@@ -58,7 +58,7 @@ def record(uri: str, result: tp.Any, clips: list[sets.EvalClip]) -> dict[str, tp
         mlflow.log_metrics(report.flat_metrics(result))
     return report.evaluation_record(
         result,
-        eval_set_fingerprint=sets.eval_set_fingerprint(clips, EVAL, NO_LIMITER),
+        eval_set_fingerprint=sets.eval_set_fingerprint(clips, EVAL),
         mlflow_run_id=run.info.run_id,
         model_uri=f"runs:/{run.info.run_id}/codec",
         model_fingerprint="PcmCodec",
@@ -88,10 +88,58 @@ def invariant(uri: str) -> tuple[str, dict[str, dict[str, str]]]:
     return champions[0], versions
 
 
+# The steps of a registry transaction (codec.registry.transaction.register) a test stops a
+# promotion at: right after one MlflowClient call (method, and an argument that picks the call;
+# None: any call). The tests patch the client in the process under test; the code is as shipped.
+STEPS: dict[str, tuple[str, str | None]] = {
+    "version-created": ("create_model_version", None),
+    "alias-set": ("set_registered_model_alias", None),
+    "previous-retagged": ("set_model_version_tag", "replaced_by"),
+}
+
+
+def after_call(step: str, then: tp.Callable[[str], None]) -> tuple[str, tp.Callable[..., tp.Any]]:
+    """(the MlflowClient method of ``step``, a stand-in that makes the real call and then calls
+    ``then(step)``): to patch in with ``setattr(MlflowClient, *after_call(...))``."""
+    from mlflow import MlflowClient
+
+    method, arg = STEPS[step]
+    real = getattr(MlflowClient, method)
+
+    def call_then(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        out = real(self, *args, **kwargs)
+        if arg is None or arg in args:
+            then(step)
+        return out
+
+    return method, call_then
+
+
+def pausing_at(step: str, seconds: float) -> str:
+    """Python source that patches MlflowClient to pause ``seconds`` at ``step`` of this process's
+    promotion, saying so on stderr: the start of a ``python -c`` program a test can ``kill -9``."""
+    return "\n".join(
+        [
+            "import sys, time, typing as tp",
+            f"STEPS = {STEPS!r}",
+            inspect.getsource(after_call),
+            "def pause(step):",
+            "    print(f'codec promote: paused at {step}', file=sys.stderr, flush=True)",
+            f"    time.sleep({seconds!r})",
+            "from mlflow import MlflowClient",
+            f"setattr(MlflowClient, *after_call({step!r}, pause))",
+            "",
+        ]
+    )
+
+
 # Each worker runs one promotion per store, starting together with the other worker (a file
-# barrier), and stays inside the registry's critical section a while (CODEC_TEST_PAUSE_AT) so the
-# two overlap: the race the lock must close, three times for one interpreter start-up each.
-WORKER = """
+# barrier), and stays inside the registry's critical section a while (paused a second after it
+# created its version) so the two overlap: the race the lock must close, three times for one
+# interpreter start-up each.
+WORKER = (
+    pausing_at("version-created", 1.0)
+    + """
 import os, sys, time
 from pathlib import Path
 from codec.cli.main import main
@@ -109,6 +157,7 @@ for store in map(Path, sys.argv[1:]):
                "--params", "params.yaml"])
     print(f"{store.name}: exit {rc}", flush=True)
 """
+)
 
 
 def test_two_promotions_at_once_leave_one_champion_holding_the_alias(
@@ -127,7 +176,7 @@ def test_two_promotions_at_once_leave_one_champion_holding_the_alias(
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, *map(str, stores)],
-            env={**os.environ, "WORKER": me, transaction.PAUSE_ENV: "version-created:1"},
+            env={**os.environ, "WORKER": me},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -159,16 +208,16 @@ def test_kill_9_after_the_alias_moved_is_reported_and_repaired(
     from mlflow import MlflowClient
 
     client = MlflowClient(mlflow_uri)
-    first = pr.promote(client, record(mlflow_uri, measured[0.95], clips), GATES, tmp_path / "p1.json")
+    first = promote(client, record(mlflow_uri, measured[0.95], clips), GATES, tmp_path / "p1.json")
     assert first.decision == "champion"
     before = registry(mlflow_uri)
     (tmp_path / "evaluation.json").write_text(json.dumps(record(mlflow_uri, measured[1.0], clips)))
     write_params(tmp_path)
 
     # A better model's promotion, killed right after @champion moved to its (still pending) version.
+    program = pausing_at("alias-set", 3600.0) + "from codec.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "codec.cli.main", *promote_args("evaluation.json", "promotion.json")],
-        env={**os.environ, transaction.PAUSE_ENV: "alias-set"},
+        [sys.executable, "-c", program, *promote_args("evaluation.json", "promotion.json")],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -221,21 +270,20 @@ def test_a_promotion_that_dies_at_any_step_is_undone_by_the_next_repair(
     from mlflow import MlflowClient
 
     client = MlflowClient(mlflow_uri)
-    pr.promote(client, record(mlflow_uri, measured[0.95], clips), GATES, tmp_path / "p1.json")
+    promote(client, record(mlflow_uri, measured[0.95], clips), GATES, tmp_path / "p1.json")
     before = registry(mlflow_uri)
 
     class Killed(BaseException):
         pass
 
     def die(at: str) -> None:
-        if at == step:
-            raise Killed
+        raise Killed(at)
 
     with monkeypatch.context() as m:
-        m.setattr(transaction, "_pause", die)
+        m.setattr(MlflowClient, *after_call(step, die))
         m.setattr(transaction, "rollback", lambda *a: [])  # a killed process undoes nothing
         with pytest.raises(Killed):
-            pr.promote(client, record(mlflow_uri, measured[1.0], clips), GATES, tmp_path / "p2.json")
+            promote(client, record(mlflow_uri, measured[1.0], clips), GATES, tmp_path / "p2.json")
     versions = registry(mlflow_uri)[1]
     assert versions["2"]["decision"] == "pending"  # never champion without the alias
     assert "pending" in [p.kind for p in problems(client, MODEL_NAME)]
@@ -259,19 +307,22 @@ def test_a_rollback_undoes_only_what_its_own_process_did(tmp_path: Path, mlflow_
         client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
         raise OSError(28, "No space left on device")
 
+    register_args: dict[str, tp.Any] = dict(
+        source=src,
+        run_id=rid,
+        tags={"decision": "champion"},
+        alias="champion",
+        finish=other_process_registers_then_we_fail,
+    )
     # This process creates the registered model, then fails after another one registered in it.
     with pytest.raises(OSError):
-        transaction.register(
-            client, MODEL_NAME, src, rid, {"decision": "champion"}, "champion", other_process_registers_then_we_fail
-        )
+        transaction.register(client, MODEL_NAME, **register_args)
     aliases, versions = registry(mlflow_uri)
     assert list(versions) == ["2"] and aliases == {"champion": "2"}  # the other's version and alias stay
 
     # An alias that moved on since this process set it stays where the other process put it.
     with pytest.raises(OSError):
-        transaction.register(
-            client, MODEL_NAME, src, rid, {"decision": "champion"}, "champion", other_process_registers_then_we_fail
-        )
+        transaction.register(client, MODEL_NAME, **register_args)
     aliases, versions = registry(mlflow_uri)
     assert sorted(versions) == ["2", "4"] and aliases == {"champion": "4"}
     assert versions["2"]["decision"] == "former-champion"  # replaced (by ours, undone; then by 4's process)

@@ -7,13 +7,21 @@ import math
 import typing as tp
 
 from codec.errors import UserError
+from codec.evaluation.params import HELD_OUT
+from codec.evaluation.record import (
+    METRICS,
+    OPUS,
+    OURS,
+    OURS_NO_SIDE,
+    EvaluationRecord,
+    SetMetrics,
+    kbps_key,
+    metric_path,
+    worst_amplitude,
+)
 from codec.tracking import MODEL_NAME
 
 Direction = tp.Literal["lower", "higher"]
-
-
-OURS_NO_SIDE = "ours_no_side_info"  # = codec.evaluation.evaluate.OURS_NO_SIDE, without importing torch
-METRICS = ("snr_db", "si_sdr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")
 
 
 class PromotionError(UserError):
@@ -70,7 +78,8 @@ class PromoteParams:
 
 @dataclasses.dataclass(frozen=True)
 class Gate:
-    """One gate: ``metric`` (a key of the metrics JSON), its ``value``, the ``limit`` and the rule."""
+    """One gate: ``metric`` (where its value is in the metrics JSON), its ``value``, the ``limit``
+    and the rule."""
 
     name: str
     metric: str
@@ -78,127 +87,90 @@ class Gate:
     limit: float | list[float]
     rule: str
     passed: bool
-    eval_set: str = "held_out"  # the evaluation set it was checked on
+    eval_set: str = HELD_OUT  # the evaluation set it was checked on
 
 
-def gate_kbps(metrics: tp.Mapping[str, tp.Any], params: PromoteParams) -> str:
-    """The metrics-JSON key of the gate bitrate (``"6kbps"``)."""
-    kbps = params.bitrate_kbps if params.bitrate_kbps is not None else float(metrics["kbps"])
-    key = f"{kbps:g}kbps"
-    if key not in metrics.get("ours", {}):
-        served = ", ".join(metrics.get("ours", {}))
+def _gate(name: str, metric: str, value: float, limit: float | list[float], rule: str, ok: bool) -> Gate:
+    """A gate; a NaN value (not measured) fails it whatever the rule says."""
+    return Gate(name=name, metric=metric, value=value, limit=limit, rule=rule, passed=ok and math.isfinite(value))
+
+
+def _band(name: str, metric: str, value: float, band: tp.Sequence[float], why: str = "") -> Gate:
+    lo, hi = band
+    return _gate(name, metric, value, [lo, hi], f"within [{lo:g}, {hi:g}]{why}", lo <= value <= hi)
+
+
+def gate_kbps(metrics: SetMetrics, params: PromoteParams) -> float:
+    """The gate bitrate: ``promote.bitrate_kbps``, else the evaluation's top one."""
+    kbps = params.bitrate_kbps if params.bitrate_kbps is not None else metrics.kbps
+    if kbps_key(kbps) not in metrics.ours:
+        served = ", ".join(metrics.ours)
         raise PromotionError(f"promote.bitrate_kbps {kbps:g} was not evaluated (evaluated: {served}); change it")
-    return key
+    return kbps
 
 
-def _value(v: tp.Any) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
+def _at_least(name: str, metric: str, value: float, limit: float, unit: str = "") -> Gate:
+    return _gate(name, metric, value, limit, f">= {limit:g}{unit}", value >= limit)
 
 
-def check_gates(metrics: tp.Mapping[str, tp.Any], params: PromoteParams) -> list[Gate]:
-    """The gates on ``metrics`` (the evaluate stage's metrics JSON); a missing or NaN value fails."""
-    k = gate_kbps(metrics, params)
-    ours = metrics["ours"][k]
-    lo, hi = params.amplitude_ratio_band
-    gates: list[Gate] = []
+def _at_most(name: str, metric: str, value: float, limit: float) -> Gate:
+    return _gate(name, metric, value, limit, f"<= {limit:g}", value <= limit)
 
-    def add(name: str, metric: str, value: float, limit: float | list[float], rule: str, ok: bool) -> None:
-        gates.append(Gate(name, metric, value, limit, rule, bool(ok) and math.isfinite(value)))
 
-    snr = _value(ours.get("snr_db"))
-    add(
-        "min_snr_db",
-        f"ours.{k}.snr_db",
-        snr,
-        params.min_snr_db,
-        f">= {params.min_snr_db:g} dB",
-        snr >= params.min_snr_db,
-    )
-    amp = _value(ours.get("amplitude_ratio"))
-    add("amplitude_ratio", f"ours.{k}.amplitude_ratio", amp, [lo, hi], f"within [{lo:g}, {hi:g}]", lo <= amp <= hi)
+def check_gates(metrics: SetMetrics, params: PromoteParams) -> list[Gate]:
+    """The gates on one evaluation set's metrics; a missing or NaN value fails."""
+    kbps = gate_kbps(metrics, params)
+    ours = metrics.ours_at(kbps)
+    band = params.amplitude_ratio_band
+    gates = [
+        _at_least("min_snr_db", metric_path(OURS, kbps, "snr_db"), ours.snr_db, params.min_snr_db, " dB"),
+        _band("amplitude_ratio", metric_path(OURS, kbps, "amplitude_ratio"), ours.amplitude_ratio, band),
+    ]
     if params.amplitude_band_at_every_level:
         # At every bitrate the sweep covers (the gate bitrate's keep their plain names).
-        for rate, by_level in (metrics.get("levels") or {}).items():
-            for level, entry in (by_level or {}).items():
-                a = _value(entry.get("amplitude_ratio"))
-                add(
-                    f"amplitude_ratio_at_{level}" + ("" if rate == k else f"_{rate}"),
-                    f"levels.{rate}.{level}.amplitude_ratio",
-                    a,
-                    [lo, hi],
-                    f"within [{lo:g}, {hi:g}]",
-                    lo <= a <= hi,
-                )
-    if params.max_clip_level_error_db is not None and metrics.get("levels"):
-        limit = params.max_clip_level_error_db
-        worst, where = -math.inf, ""
-        for rate, by_level in metrics["levels"].items():
-            for level, entry in (by_level or {}).items():
-                e = _value(entry.get("worst_clip_level_error_db"))
-                if not math.isfinite(e) or e > worst:  # NaN (not measured) is the worst there is
-                    worst, where = (e if math.isfinite(e) else math.inf), f"levels.{rate}.{level}"
-        add(
-            "clip_level_error_db",
-            f"{where}.worst_clip_level_error_db",
-            worst,
-            limit,
-            f"<= {limit:g} dB for every clip at every bitrate and input level",
-            worst <= limit,
-        )
-    plain = (metrics.get(OURS_NO_SIDE) or {}).get(k)
+        for lv in metrics.levels:
+            name = f"amplitude_ratio_at_{lv.level}" + ("" if lv.bitrate == kbps_key(kbps) else f"_{lv.bitrate}")
+            gates.append(_band(name, lv.path("amplitude_ratio"), lv.amplitude_ratio, band))
+    if params.max_clip_level_error_db is not None and metrics.levels:
+        gates.append(_clip_level_gate(metrics, params.max_clip_level_error_db))
+    plain = metrics.no_side_at(kbps)
     if params.model_amplitude_ratio_band is not None and plain is not None:
-        mlo, mhi = params.model_amplitude_ratio_band
-        a = _value(plain.get("amplitude_ratio"))
-        add(
-            "model_amplitude_ratio",
-            f"{OURS_NO_SIDE}.{k}.amplitude_ratio",
-            a,
-            [mlo, mhi],
-            f"within [{mlo:g}, {mhi:g}] without side information",
-            mlo <= a <= mhi,
+        where, model_band = metric_path(OURS_NO_SIDE, kbps, "amplitude_ratio"), params.model_amplitude_ratio_band
+        gates.append(
+            _band("model_amplitude_ratio", where, plain.amplitude_ratio, model_band, " without side information")
         )
-    pesq = _value(ours.get("pesq"))
-    add("min_pesq", f"ours.{k}.pesq", pesq, params.min_pesq, f">= {params.min_pesq:g}", pesq >= params.min_pesq)
+    gates.append(_at_least("min_pesq", metric_path(OURS, kbps, "pesq"), ours.pesq, params.min_pesq))
     if params.max_pesq_below_opus is not None:
-        opus = _value(((metrics.get("opus") or {}).get(k) or {}).get("pesq"))
-        margin = params.max_pesq_below_opus
-        add(
-            "pesq_vs_opus",
-            f"ours.{k}.pesq - opus.{k}.pesq",
-            pesq - opus,
-            -margin,
-            f">= Opus {opus:.3g} - {margin:g}" if math.isfinite(opus) else f">= Opus - {margin:g} (Opus not scored)",
-            pesq - opus >= -margin,
-        )
-    mel = _value(ours.get("mel_distance"))
-    add(
-        "max_mel_distance",
-        f"ours.{k}.mel_distance",
-        mel,
-        params.max_mel_distance,
-        f"<= {params.max_mel_distance:g}",
-        mel <= params.max_mel_distance,
-    )
+        gates.append(_pesq_vs_opus_gate(metrics, kbps, params.max_pesq_below_opus))
+    where = metric_path(OURS, kbps, "mel_distance")
+    gates.append(_at_most("max_mel_distance", where, ours.mel_distance, params.max_mel_distance))
     return gates
 
 
-HELD_OUT = "held_out"
+def _clip_level_gate(metrics: SetMetrics, limit: float) -> Gate:
+    """The clip farthest from its input level, over every bitrate and input level of the sweep."""
+    worst, where = -math.inf, ""
+    for lv in metrics.levels:
+        e = lv.worst_clip_level_error_db
+        if not math.isfinite(e) or e > worst:  # NaN (not measured) is the worst there is
+            worst, where = (e if math.isfinite(e) else math.inf), lv.path("worst_clip_level_error_db")
+    rule = f"<= {limit:g} dB for every clip at every bitrate and input level"
+    return _gate("clip_level_error_db", where, worst, limit, rule, worst <= limit)
 
 
-def set_metrics(record: tp.Mapping[str, tp.Any]) -> dict[str, tp.Mapping[str, tp.Any]]:
-    """Evaluation set -> its metrics JSON, from ``evaluation.json`` (one set, ``held_out``, for a
-    record written before the evaluation had several)."""
-    sets = record.get("sets")
-    if not sets:
-        return {HELD_OUT: record["metrics"]}
-    return {str(name): entry["metrics"] for name, entry in sets.items()}
+def _pesq_vs_opus_gate(metrics: SetMetrics, kbps: float, margin: float) -> Gate:
+    """Ours' PESQ at most ``margin`` below Opus' at the same bitrate (fails where Opus was not scored)."""
+    pesq, opus = metrics.ours_at(kbps).pesq, metrics.opus_at(kbps).pesq
+    rule = f">= Opus {opus:.3g} - {margin:g}" if math.isfinite(opus) else f">= Opus - {margin:g} (Opus not scored)"
+    where = f"{metric_path(OURS, kbps, 'pesq')} - {metric_path(OPUS, kbps, 'pesq')}"
+    return _gate("pesq_vs_opus", where, pesq - opus, -margin, rule, pesq - opus >= -margin)
 
 
-def check_set_gates(record: tp.Mapping[str, tp.Any], params: PromoteParams) -> list[Gate]:
+def check_set_gates(record: EvaluationRecord, params: PromoteParams) -> list[Gate]:
     """:func:`check_gates` on every evaluation set of ``record``: a gate failing on one set fails the
     promotion. Gates of the held-out set keep their plain names; the others are ``<set>:<gate>``."""
     gates: list[Gate] = []
-    for name, metrics in set_metrics(record).items():
+    for name, metrics in record.sets.items():
         for g in check_gates(metrics, params):
             if name == HELD_OUT:
                 gates.append(g)
@@ -209,34 +181,33 @@ def check_set_gates(record: tp.Mapping[str, tp.Any], params: PromoteParams) -> l
     return gates
 
 
-def worst_of(record: tp.Mapping[str, tp.Any], params: PromoteParams, k: str) -> dict[str, tp.Any]:
+# What the decision record names as worst (``promotion.json: worst``): "primary_metric" (metric,
+# set, value: the worst set on it) and "amplitude_ratio" (set, level, value: the farthest from 1.0).
+Worst = dict[str, dict[str, tp.Any]]
+
+
+def worst_of(record: EvaluationRecord, params: PromoteParams, kbps: float) -> Worst:
     """Which set was worst on the primary metric, and which set and input level on amplitude
-    (farthest from 1.0), at bitrate key ``k``: what the decision record names."""
+    (farthest from 1.0), at bitrate ``kbps``: what the decision record names."""
     lower = params.primary_direction == "lower"
     primary: tuple[str, float] | None = None
-    amplitude: tuple[str, str, float] | None = None
-    for name, metrics in set_metrics(record).items():
-        ours = (metrics.get("ours") or {}).get(k) or {}
-        v = _value(ours.get(params.primary_metric))
+    amplitudes: list[tuple[str, str, float]] = []
+    for name, metrics in record.sets.items():
+        ours = metrics.ours_at(kbps)
+        v = ours.metric(params.primary_metric)
         # NaN is the worst value there is; among finite values, the far side of the direction.
         if primary is None or (
             math.isfinite(primary[1]) and (not math.isfinite(v) or (v > primary[1] if lower else v < primary[1]))
         ):
             primary = (name, v)
-        candidates = [("all levels", _value(ours.get("amplitude_ratio")))]
-        for level, entry in ((metrics.get("levels") or {}).get(k) or {}).items():
-            candidates.append((str(level), _value(entry.get("amplitude_ratio"))))
-        for level, a in candidates:
-            err = abs(math.log(a)) if a > 0 and math.isfinite(a) else math.inf
-            if amplitude is None or err > (
-                abs(math.log(amplitude[2])) if amplitude[2] > 0 and math.isfinite(amplitude[2]) else math.inf
-            ):
-                amplitude = (name, level, a)
-    out: dict[str, tp.Any] = {}
+        amplitudes.append((name, "all levels", ours.amplitude_ratio))
+        amplitudes += [(name, lv.level, lv.amplitude_ratio) for lv in metrics.levels_at(kbps)]
+    out: Worst = {}
     if primary is not None:
         out["primary_metric"] = {"metric": params.primary_metric, "set": primary[0], "value": primary[1]}
-    if amplitude is not None:
-        out["amplitude_ratio"] = {"set": amplitude[0], "level": amplitude[1], "value": amplitude[2]}
+    if amplitudes:
+        name, level, a = worst_amplitude(amplitudes, lambda c: c[2])
+        out["amplitude_ratio"] = {"set": name, "level": level, "value": a}
     return out
 
 

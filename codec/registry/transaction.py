@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import socket
-import sys
 import time
 import typing as tp
 
@@ -39,7 +38,6 @@ if tp.TYPE_CHECKING:
 
 PENDING = "pending"  # the decision tag of a version whose promotion has not committed
 PROMOTION = "promotion"  # a pending version's tag: what its promotion is about to do (JSON)
-PAUSE_ENV = "CODEC_TEST_PAUSE_AT"  # test hook: "<step>" or "<step>:<seconds>", see _pause
 
 
 class RegistryChanged(UserError):
@@ -85,15 +83,6 @@ class Undo:
     retagged: str | None = None  # ``previous``, once tagged former-<alias>
 
 
-def _pause(step: str) -> None:
-    """Test hook: with ``CODEC_TEST_PAUSE_AT=<step>[:<seconds>]`` the process says so on stderr and
-    sleeps here (an hour unless told), so a test can ``kill -9`` it between two registry calls."""
-    at, _, seconds = os.environ.get(PAUSE_ENV, "").partition(":")
-    if at == step:
-        print(f"codec promote: paused at {step} ({PAUSE_ENV})", file=sys.stderr, flush=True)
-        time.sleep(float(seconds) if seconds else 3600.0)
-
-
 def _ensure_model(client: MlflowClient, name: str) -> bool:
     """Create the registered model if it is missing; whether this call created it."""
     from mlflow.exceptions import MlflowException
@@ -127,6 +116,7 @@ def _check_unchanged(client: MlflowClient, name: str, *expected: tp.Mapping[str,
 def register(
     client: MlflowClient,
     name: str,
+    *,
     source: str,
     run_id: str,
     tags: tp.Mapping[str, str],
@@ -161,20 +151,16 @@ def register(
             name, source=source, run_id=run_id, tags=pending, model_id=model_id, description=description
         )
         undo.version = str(mv.version)
-        _pause("version-created")
         if alias is not None:
             _check_unchanged(client, name, expected or {}, {alias: previous})
             undo.alias, undo.previous = alias, previous
             client.set_registered_model_alias(name, alias, undo.version)
-            _pause("alias-set")
             _check_unchanged(client, name, {alias: undo.version})
             if previous is not None and client.get_model_version(name, previous).tags.get("decision") == alias:
                 undo.retagged = previous
                 client.set_model_version_tag(name, previous, "decision", former(alias))
                 client.set_model_version_tag(name, previous, "replaced_by", undo.version)
-                _pause("previous-retagged")
         client.set_model_version_tag(name, undo.version, "decision", decision)
-        _pause("committed")
         client.delete_model_version_tag(name, undo.version, PROMOTION)
         finish(undo.version)
         return undo.version
