@@ -365,23 +365,29 @@ def test_held_out_clips_are_spread_over_the_held_out_speakers() -> None:
     assert sets.spread_over_speakers(ids, speakers, 100) == sorted(ids)
 
 
-def test_the_logged_model_serves_any_length_and_needs_no_private_package(mlflow_uri: str, tmp_path: Path) -> None:
+def test_the_logged_model_serves_any_length_and_needs_no_private_package(
+    mlflow_uri: str, tmp_path: Path, ckpt: Path
+) -> None:
     import mlflow
+    import pandas as pd
 
-    from codec.model.serving import log_model
+    from codec.inference.served import log_model
 
-    model = build_codec(tiny_config(), seed=0).eval()
     mlflow.set_experiment("serving")
     with mlflow.start_run() as run:
-        log_model(model)
+        log_model(ckpt)
     uri = f"runs:/{run.info.run_id}/codec"
     served = mlflow.pyfunc.load_model(uri)
-    for seconds in (2.0, 0.37):  # not the example's 1 s
-        x = np.zeros((1, 1, int(seconds * 16000)), np.float32)
-        x[0, 0, ::50] = 0.1
-        y = np.asarray(served.predict(x))
+    for seconds in (2.0, 0.37):  # not the example's 0.25 s
+        x = np.zeros(int(seconds * 16000), np.float32)
+        x[::50] = 0.1
+        (y,) = served.predict(pd.DataFrame({"audio": [x.tolist()]}))["audio"]
         assert y.shape == x.shape and np.isfinite(y).all()
     local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "dl")))
     requirements = (local / "requirements.txt").read_text()
-    assert "telugu-speech-codec" not in requirements and "torch==" in requirements
-    assert (local / "code" / "codec" / "model" / "codec.py").is_file()  # the code travels with it
+    assert "telugu-speech-codec" not in requirements and "torch==" in requirements and "soxr==" in requirements
+    assert (local / "code" / "codec" / "inference" / "served.py").is_file()  # the code travels with it
+    assert not (local / "code" / "codec" / "model" / "reference").exists()  # not the shipped 14 MB model
+    assert not (local / "uv.lock").exists()  # nor the repository's lock file (the whole project's environment)
+    # The model is code and the plain checkpoint: nothing pickled.
+    assert (local / "artifacts" / "codec.pt").is_file() and not list(local.rglob("*.pkl"))

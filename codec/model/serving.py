@@ -1,86 +1,26 @@
 """The copy of a codec that serves: weight norm folded, channels-last 2-D convolutions (fast on
-a CPU), the same codes, audio and fingerprint as the trained model; and its MLflow model.
+a CPU), the same codes, audio and fingerprint as the trained model. ``codec encode``/``decode``,
+evaluation and the MLflow model (:mod:`codec.inference.served`, which runs the whole inference
+path) build it from a checkpoint with :func:`inference_codec`.
 
 Audio ``[B, 1, T]`` float32 at the model's sample rate."""
 
 from __future__ import annotations
 
 import typing as tp
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from codec.model.checkpoint import model_fingerprint, state_fingerprint, unwrap
 from codec.model.codec import Codec, CodecConfig
 from codec.model.layers import ChannelsLastConv, plain_convolutions
-from codec.tracking import MODEL_ARTIFACT
-
-
-def log_model(model: Codec) -> None:
-    """Log the codec with ``mlflow.pytorch.log_model``, servable as it is:
-
-    - signature: audio ``[batch, 1, samples]`` float32 of any length in, the reconstruction of
-      the same shape out (the input example is one second);
-    - the model's own code travels with it (``code_paths``: the ``codec`` package, which is on
-      no package index), and its requirements are torch and numpy at the versions that
-      logged it, so ``mlflow models serve`` can build its environment.
-    """
-    import mlflow  # heavy: only the stages that log import it
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    serving = ServingCodec(fold_weight_norm(model.to("cpu")))
-    rate = model.config.sample_rate
-    example = np.zeros((1, 1, rate), dtype=np.float32)
-    example[0, 0] = 0.1 * np.sin(2 * np.pi * 220 * np.arange(rate) / rate)
-    audio = Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1))])
-    signature = ModelSignature(inputs=audio, outputs=audio)
-    package = Path(__file__).resolve().parents[1]  # codec/
-    # Pickle, not MLflow 3's default pt2 (torch.export): the number of quantizers run is
-    # data-dependent, which export refuses, and pickle keeps encode/decode callable.
-    mlflow.pytorch.log_model(
-        serving,
-        name=MODEL_ARTIFACT,
-        signature=signature,
-        input_example=example,
-        serialization_format="pickle",
-        code_paths=[str(package)],
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
-    )
-
-
-class ServingCodec(nn.Module):
-    """The codec as MLflow serves it: ``forward(audio [B, 1, T]) -> audio [B, 1, T]``
-    (encode and decode at the top bitrate; ``mlflow.pytorch`` needs a tensor output).
-
-    ``.codec`` is the :class:`Codec`; ``encode``, ``decode`` and ``config`` pass through.
-    """
-
-    def __init__(self, codec: Codec) -> None:
-        super().__init__()
-        self.codec = codec
-
-    @property
-    def config(self) -> CodecConfig:
-        return self.codec.config
-
-    def encode(self, audio: Tensor, n_quantizers: int | None = None) -> Tensor:
-        return self.codec.encode(audio, n_quantizers)
-
-    def decode(self, codes: Tensor) -> Tensor:
-        return self.codec.decode(codes)
-
-    def forward(self, audio: Tensor) -> Tensor:
-        return self.codec(audio, self.config.n_codebooks).audio
 
 
 def fold_weight_norm(model: nn.Module) -> Codec:
     """A copy of the codec with weight normalization folded into plain weights.
 
-    Same outputs; parametrized modules can't be pickled (``mlflow.pytorch`` pickles),
-    and folded weights skip the norm computation at inference. Its ``state_dict``
+    Same outputs; folded weights skip the norm computation at inference. Its ``state_dict``
     keys differ from a training checkpoint's (``weight`` instead of
     ``parametrizations.weight.original0/1``).
     """
