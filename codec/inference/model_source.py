@@ -14,11 +14,10 @@ fresh clone codes speech before any training.
 
 Checkpoints are untrusted (a registry or a file can come from anywhere):
 
-- never unpickled: the train stage logs the model twice, through
-  ``mlflow.pytorch.log_model`` (a pickled module, for serving) and as the plain
-  checkpoint ``checkpoint/codec.pt`` beside it (``state_dict`` + config). A registry
-  URI is resolved to the version's run and that checkpoint is read with
-  ``torch.load(weights_only=True)``; the pickled model is never loaded;
+- never unpickled: the train stage logs the plain checkpoint ``checkpoint/codec.pt``
+  (``state_dict`` + config) and, beside it, the served model (:mod:`codec.inference.served`:
+  code plus a copy of that checkpoint). A registry URI is resolved to the version's run and
+  that checkpoint is read with ``torch.load(weights_only=True)``;
 - built without allocating from the config: the inference module is created on the
   ``meta`` device and takes its tensors (weight norm folded) from the checkpoint
   (``load_state_dict(assign=True)``, which also refuses shapes that do not match the
