@@ -109,6 +109,34 @@ def level_entry(snr_db: float, amplitude_ratio: float, min_ratio: float, max_rat
     }
 
 
+class EvaluationJSON(tp.TypedDict):
+    """``evaluation.json`` as written (:func:`codec.evaluation.report.evaluation_record`): what was
+    measured, then what the evaluate stage adds (``NotRequired``: absent in a record written by a
+    caller that had none, e.g. ``--no-mlflow`` leaves the run ``null``)."""
+
+    version: int
+    clip_ids: list[str]
+    bitrates_kbps: list[float]
+    metrics: dict[str, tp.Any]  # the held-out set's metrics JSON (module docstring)
+    rows: list[dict[str, tp.Any]]  # codec.evaluation.evaluate.Row fields
+    levels: list[dict[str, tp.Any]]  # codec.evaluation.evaluate.LevelRow fields
+    per_clip: list[dict[str, tp.Any]]
+    eval_set_fingerprint: tp.NotRequired[str]  # codec.evaluation.suite.sets_fingerprint
+    mlflow_run_id: tp.NotRequired[str | None]
+    model_id: tp.NotRequired[str | None]
+    model_uri: tp.NotRequired[str | None]
+    model_path: tp.NotRequired[str]
+    model_fingerprint: tp.NotRequired[str]
+    git_commit: tp.NotRequired[str]
+    params: tp.NotRequired[dict[str, tp.Any]]  # params.yaml: evaluate
+    level_settings: tp.NotRequired[dict[str, tp.Any]]
+    val_fraction: tp.NotRequired[float]
+    # Every evaluation set: {"clip_ids": [...], "metrics": {...}} (a user's folder: and what it held).
+    sets: tp.NotRequired[dict[str, dict[str, tp.Any]]]
+    user_sets_dir: tp.NotRequired[str]
+    set_summary: tp.NotRequired[dict[str, dict[str, float | None]]]
+
+
 # --- the reader's record ------------------------------------------------------------------------
 
 

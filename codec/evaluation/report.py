@@ -14,19 +14,24 @@ import numpy as np
 
 from codec.audio import Array
 from codec.audio.io import write_wav
-from codec.evaluation.evaluate import CLIP_METRICS, OURS, Evaluation, LevelRow, kbps_key
+from codec.evaluation.evaluate import CLIP_METRICS, OURS, Evaluation, LevelRow
+from codec.evaluation.record import (
+    EvaluationJSON,
+    clip_level_error_db,
+    kbps_key,
+    level_entry,
+    level_key,
+    worst_amplitude,
+)
+from codec.evaluation.record import json_number as _num
 from codec.evaluation.sets import EVALUATION_VERSION
 from codec.plots import spectrogram_panel
 from codec.provenance import flatten
 
 
-def _num(v: float, digits: int = 5) -> float | None:
-    """JSON-safe rounded number (``None`` for NaN/inf, which JSON can't hold)."""
-    return round(float(v), digits) if math.isfinite(v) else None
-
-
 def metrics_dict(ev: Evaluation) -> dict[str, tp.Any]:
-    """The DVC metrics JSON: summary at the top bitrate, then codec → kbps → metric, and levels."""
+    """The DVC metrics JSON: summary at the top bitrate, then codec → kbps → metric, and levels
+    (the layout :class:`codec.evaluation.record.SetMetrics` reads)."""
     top = ev.top_kbps
     ours = ev.row(OURS, top)
     out: dict[str, tp.Any] = {"kbps": top, "n_clips": len(ev.clip_ids)}
@@ -35,33 +40,29 @@ def metrics_dict(ev: Evaluation) -> dict[str, tp.Any]:
         if r.codec != OURS and math.isclose(r.kbps, top):
             out.update({f"{r.codec}_{k}": _num(r.metrics[k]) for k in ("mel_distance", "pesq", "snr_db")})
             out[f"{r.codec}_effective_kbps"] = _num(r.effective_kbps, 3)
-    worst = [lv for lv in ev.levels if math.isclose(lv.kbps, top)]
-    if worst:
-        out["worst_level_amplitude_ratio"] = _num(
-            max((lv.amplitude_ratio for lv in worst), key=lambda a: abs(math.log(a)) if a > 0 else math.inf)
-        )
+    worst = _worst_level(ev, top)
+    if worst is not None:
+        out["worst_level_amplitude_ratio"] = _num(worst.amplitude_ratio)
     for r in [*ev.rows, *ev.without_side]:
         entry = {k: _num(v) for k, v in r.metrics.items()}
         entry["effective_kbps"] = _num(r.effective_kbps, 3)
         out.setdefault(r.codec, {})[kbps_key(r.kbps)] = entry
     for lv in ev.levels:
-        out.setdefault("levels", {}).setdefault(kbps_key(lv.kbps), {})[f"{lv.level_dbfs:g}dBFS"] = {
-            "snr_db": _num(lv.snr_db),
-            "amplitude_ratio": _num(lv.amplitude_ratio),
-            "min_amplitude_ratio": _num(lv.min_amplitude_ratio),
-            "max_amplitude_ratio": _num(lv.max_amplitude_ratio),
-            # The clip farthest from its input level, in dB (the per-clip level error gate reads it).
-            "worst_clip_level_error_db": _num(clip_level_error_db(lv), 4),
-        }
+        out.setdefault("levels", {}).setdefault(kbps_key(lv.kbps), {})[level_key(lv.level_dbfs)] = level_entry(
+            lv.snr_db, lv.amplitude_ratio, lv.min_amplitude_ratio, lv.max_amplitude_ratio
+        )
     return out
 
 
-def clip_level_error_db(lv: LevelRow) -> float:
+def _clip_error(lv: LevelRow) -> float:
     """How far (dB) the clip farthest from its input level came out, at one bitrate and level."""
-    ratios = [lv.min_amplitude_ratio, lv.max_amplitude_ratio]
-    if not all(math.isfinite(r) and r > 0 for r in ratios):
-        return math.inf
-    return max(abs(20.0 * math.log10(r)) for r in ratios)
+    return clip_level_error_db(lv.min_amplitude_ratio, lv.max_amplitude_ratio)
+
+
+def _worst_level(ev: Evaluation, kbps: float) -> LevelRow | None:
+    """The input level whose amplitude ratio is farthest from 1.0 at ``kbps`` (``None``: no sweep there)."""
+    rows = [lv for lv in ev.levels if math.isclose(lv.kbps, kbps)]
+    return worst_amplitude(rows, lambda lv: lv.amplitude_ratio) if rows else None
 
 
 def flat_metrics(ev: Evaluation) -> dict[str, float]:
@@ -101,6 +102,11 @@ def plot_csv(ev: Evaluation, metrics: tp.Sequence[str] = ("mel_distance", "pesq"
 
 def _fmt(v: float, digits: int = 2) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _pair(ours: tp.Mapping[str, float], other: tp.Mapping[str, float] | None, key: str, digits: int = 2) -> str:
+    """``ours / other`` of metric ``key`` for a report cell (``n/a`` where there is no other)."""
+    return f"{_fmt(ours[key], digits)} / {_fmt(other[key], digits) if other is not None else 'n/a'}"
 
 
 def report_markdown(ev: Evaluation, context: tp.Mapping[str, str]) -> str:
@@ -161,9 +167,7 @@ def report_markdown(ev: Evaluation, context: tp.Mapping[str, str]) -> str:
             cells = []
             for level in levels:
                 lv = next(x for x in ev.levels if math.isclose(x.kbps, kbps) and x.level_dbfs == level)
-                cells.append(
-                    f"{_fmt(lv.amplitude_ratio, 3)} / {_fmt(lv.snr_db, 1)} / {_fmt(clip_level_error_db(lv), 2)}"
-                )
+                cells.append(f"{_fmt(lv.amplitude_ratio, 3)} / {_fmt(lv.snr_db, 1)} / {_fmt(_clip_error(lv), 2)}")
             lines.append(f"| {kbps:g} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
@@ -177,15 +181,6 @@ SET_DESCRIPTIONS = {
     "noise": "the same clips with background noise",
     "unseen_voice": "speech from a synthesizer the corpus never used (espeak-ng Klatt voices)",
 }
-
-
-def _worst_amplitude(ev: Evaluation, kbps: float) -> tuple[float, float]:
-    """(amplitude ratio, level dBFS) of the level farthest from 1.0 at ``kbps`` (NaN, NaN if none)."""
-    rows = [lv for lv in ev.levels if math.isclose(lv.kbps, kbps)]
-    if not rows:
-        return math.nan, math.nan
-    worst = max(rows, key=lambda lv: abs(math.log(lv.amplitude_ratio)) if lv.amplitude_ratio > 0 else math.inf)
-    return worst.amplitude_ratio, worst.level_dbfs
 
 
 def sets_summary(evs: tp.Mapping[str, Evaluation]) -> dict[str, dict[str, float | None]]:
@@ -203,9 +198,9 @@ def sets_summary(evs: tp.Mapping[str, Evaluation]) -> dict[str, dict[str, float 
         plain = next((r.metrics for r in ev.without_side if math.isclose(r.kbps, top)), None)
         if plain is not None:
             entry.update({f"no_side_{k}": _num(plain[k]) for k in ("snr_db", "amplitude_ratio", "pesq", "stoi")})
-        amp, level = _worst_amplitude(ev, top)
-        entry["worst_level_amplitude_ratio"] = _num(amp)
-        entry["worst_level_dbfs"] = _num(level)
+        worst = _worst_level(ev, top)
+        entry["worst_level_amplitude_ratio"] = _num(worst.amplitude_ratio if worst else math.nan)
+        entry["worst_level_dbfs"] = _num(worst.level_dbfs if worst else math.nan)
         out[name] = entry
     return out
 
@@ -237,9 +232,7 @@ def headline(evs: tp.Mapping[str, Evaluation]) -> dict[str, float | None]:
         amps += [lv.amplitude_ratio for lv in ev.levels if math.isclose(lv.kbps, ev.top_kbps)]
         pesqs.append(m["pesq"])
     finite = [a for a in amps if math.isfinite(a) and a > 0]
-    out["worst_amp"] = (
-        _num(max(finite, key=lambda a: abs(math.log(a))), 4) if len(finite) == len(amps) and finite else None
-    )
+    out["worst_amp"] = _num(worst_amplitude(finite, float), 4) if len(finite) == len(amps) and finite else None
     out["worst_pesq"] = _num(min(pesqs), 3) if all(math.isfinite(p) for p in pesqs) else None
     return out
 
@@ -307,21 +300,16 @@ def sets_markdown(evs: tp.Mapping[str, Evaluation]) -> str:
         for kbps in ev.bitrates_kbps:
             m = ev.row(OURS, kbps).metrics
             opus = next((r.metrics for r in ev.rows if r.codec != OURS and math.isclose(r.kbps, kbps)), None)
-
-            def pair(key: str, digits: int = 2, m: dict[str, float] = m, opus: dict[str, float] | None = opus) -> str:
-                return f"{_fmt(m[key], digits)} / {_fmt(opus[key], digits) if opus else 'n/a'}"
-
             lines.append(
                 f"| {name} | {SET_DESCRIPTIONS.get(name, name)} ({len(ev.clip_ids)} clips) | {kbps:g} | "
-                f"{_fmt(m['snr_db'])} | {_fmt(m['amplitude_ratio'], 3)} | {pair('mel_distance', 3)} | "
-                f"{pair('pesq')} | {pair('stoi', 3)} |"
+                f"{_fmt(m['snr_db'])} | {_fmt(m['amplitude_ratio'], 3)} | {_pair(m, opus, 'mel_distance', 3)} | "
+                f"{_pair(m, opus, 'pesq')} | {_pair(m, opus, 'stoi', 3)} |"
             )
     levels = sorted({lv.level_dbfs for ev in evs.values() for lv in ev.levels})
     if levels:
         lines += [
             "",
-            "Amplitude ratio / the worst clip's level error (dB) per input level (RMS dBFS), ours at each "
-            "bitrate:",
+            "Amplitude ratio / the worst clip's level error (dB) per input level (RMS dBFS), ours at each bitrate:",
             "",
             "| set | kbps | " + " | ".join(f"{lv:g} dBFS" for lv in levels) + " |",
             "| --- | ---: |" + " ---: |" * len(levels),
@@ -331,7 +319,7 @@ def sets_markdown(evs: tp.Mapping[str, Evaluation]) -> str:
                 cells = []
                 for level in levels:
                     lv = next((x for x in ev.levels if math.isclose(x.kbps, kbps) and x.level_dbfs == level), None)
-                    cells.append(f"{_fmt(lv.amplitude_ratio, 3)} / {_fmt(clip_level_error_db(lv), 2)}" if lv else "n/a")
+                    cells.append(f"{_fmt(lv.amplitude_ratio, 3)} / {_fmt(_clip_error(lv), 2)}" if lv else "n/a")
                 lines.append(f"| {name} | {kbps:g} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
@@ -357,15 +345,10 @@ def side_info_markdown(evs: tp.Mapping[str, Evaluation]) -> str:
             row = ev.row(OURS, plain.kbps)
             m, p = row.metrics, plain.metrics
             side_bps = (row.effective_kbps - row.kbps) * 1000.0
-
-            def pair(key: str, digits: int = 2, m: dict[str, float] = m, p: dict[str, float] = p) -> str:
-                return f"{_fmt(m[key], digits)} / {_fmt(p[key], digits)}"
-
-            lines.append(
-                f"| {name} | {row.kbps:g} | {side_bps:.0f} ({100 * side_bps / (row.kbps * 1000):.2f} %) | "
-                f"{pair('amplitude_ratio', 3)} | {pair('snr_db')} | {pair('pesq')} | {pair('stoi', 3)} | "
-                f"{pair('mel_distance', 3)} |"
-            )
+            cells = [_pair(m, p, "amplitude_ratio", 3), _pair(m, p, "snr_db"), _pair(m, p, "pesq")]
+            cells += [_pair(m, p, "stoi", 3), _pair(m, p, "mel_distance", 3)]
+            side = f"{side_bps:.0f} ({100 * side_bps / (row.kbps * 1000):.2f} %)"
+            lines.append(f"| {name} | {row.kbps:g} | {side} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
 
@@ -398,8 +381,9 @@ def write_media(ev: Evaluation, folder: Path) -> None:
             write_wav(folder / f"{clip_id}_{name}.wav", np.clip(x, -1.0, 1.0), ev.sample_rate, subtype="FLOAT")
 
 
-def evaluation_record(ev: Evaluation, **extra: tp.Any) -> dict[str, tp.Any]:
-    """``evaluation.json``: everything measured, JSON-safe, with ``extra`` (run, fingerprints, params)."""
+def evaluation_record(ev: Evaluation, **extra: tp.Any) -> EvaluationJSON:
+    """``evaluation.json``: everything measured, JSON-safe, with ``extra`` (run, fingerprints, params;
+    the keys of :class:`codec.evaluation.record.EvaluationJSON`)."""
 
     def clean(v: tp.Any) -> tp.Any:
         if isinstance(v, float):
@@ -410,15 +394,18 @@ def evaluation_record(ev: Evaluation, **extra: tp.Any) -> dict[str, tp.Any]:
             return [clean(x) for x in v]
         return v
 
-    return clean(
-        {
-            "version": EVALUATION_VERSION,
-            **extra,
-            "clip_ids": ev.clip_ids,
-            "bitrates_kbps": ev.bitrates_kbps,
-            "metrics": metrics_dict(ev),
-            "rows": [dataclasses.asdict(r) for r in ev.rows],
-            "levels": [dataclasses.asdict(lv) for lv in ev.levels],
-            "per_clip": ev.per_clip,
-        }
+    return tp.cast(
+        EvaluationJSON,
+        clean(
+            {
+                "version": EVALUATION_VERSION,
+                **extra,
+                "clip_ids": ev.clip_ids,
+                "bitrates_kbps": ev.bitrates_kbps,
+                "metrics": metrics_dict(ev),
+                "rows": [dataclasses.asdict(r) for r in ev.rows],
+                "levels": [dataclasses.asdict(lv) for lv in ev.levels],
+                "per_clip": ev.per_clip,
+            }
+        ),
     )

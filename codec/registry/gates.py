@@ -15,6 +15,7 @@ from codec.evaluation.record import (
     OURS_NO_SIDE,
     EvaluationRecord,
     SetMetrics,
+    json_number,
     kbps_key,
     metric_path,
     worst_amplitude,
@@ -181,9 +182,32 @@ def check_set_gates(record: EvaluationRecord, params: PromoteParams) -> list[Gat
     return gates
 
 
-# What the decision record names as worst (``promotion.json: worst``): "primary_metric" (metric,
-# set, value: the worst set on it) and "amplitude_ratio" (set, level, value: the farthest from 1.0).
-Worst = dict[str, dict[str, tp.Any]]
+@dataclasses.dataclass(frozen=True)
+class Worst:
+    """What the decision record names as worst, at the gate bitrate: the evaluation set worst on
+    the primary metric, and the set and input level whose amplitude ratio is farthest from 1.0."""
+
+    metric: str  # promote.primary_metric
+    metric_set: str
+    metric_value: float
+    amplitude_set: str
+    amplitude_level: str  # an input level ("-40dBFS"), or "all levels" (the set's mean)
+    amplitude_ratio: float
+
+    def to_json(self) -> dict[str, dict[str, tp.Any]]:
+        """``promotion.json: worst``."""
+        return {
+            "primary_metric": {
+                "metric": self.metric,
+                "set": self.metric_set,
+                "value": json_number(self.metric_value, 6),
+            },
+            "amplitude_ratio": {
+                "set": self.amplitude_set,
+                "level": self.amplitude_level,
+                "value": json_number(self.amplitude_ratio, 6),
+            },
+        }
 
 
 def worst_of(record: EvaluationRecord, params: PromoteParams, kbps: float) -> Worst:
@@ -202,13 +226,16 @@ def worst_of(record: EvaluationRecord, params: PromoteParams, kbps: float) -> Wo
             primary = (name, v)
         amplitudes.append((name, "all levels", ours.amplitude_ratio))
         amplitudes += [(name, lv.level, lv.amplitude_ratio) for lv in metrics.levels_at(kbps)]
-    out: Worst = {}
-    if primary is not None:
-        out["primary_metric"] = {"metric": params.primary_metric, "set": primary[0], "value": primary[1]}
-    if amplitudes:
-        name, level, a = worst_amplitude(amplitudes, lambda c: c[2])
-        out["amplitude_ratio"] = {"set": name, "level": level, "value": a}
-    return out
+    assert primary is not None  # a record has at least one set (held_out)
+    amplitude_set, level, ratio = worst_amplitude(amplitudes, lambda c: c[2])
+    return Worst(
+        metric=params.primary_metric,
+        metric_set=primary[0],
+        metric_value=primary[1],
+        amplitude_set=amplitude_set,
+        amplitude_level=level,
+        amplitude_ratio=ratio,
+    )
 
 
 def beats(candidate: float, champion: float, direction: Direction) -> bool:

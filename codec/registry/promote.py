@@ -55,7 +55,7 @@ from pathlib import Path
 from codec.errors import GateError, UserError
 from codec.evaluation.evaluate import evaluate_model
 from codec.evaluation.params import EvaluateParams
-from codec.evaluation.record import EvaluationRecord, kbps_key, number, read_evaluation
+from codec.evaluation.record import EvaluationRecord, json_number, kbps_key, read_evaluation
 from codec.evaluation.sets import load_eval_clips
 from codec.evaluation.suite import build_sets, load_user_set, sets_fingerprint, user_set_folders
 from codec.files import write_text_atomic
@@ -82,6 +82,7 @@ from codec.tracking import CHAMPION, model_id_of, tracking_uri
 if tp.TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
+    from mlflow.exceptions import MlflowException
 
 
 @dataclasses.dataclass
@@ -170,11 +171,7 @@ def registry_metrics(record: EvaluationRecord, params: PromoteParams, kbps: floa
         values["opus_pesq"] = metrics.opus_at(kbps).pesq
         out += [(metric_key(name, m, kbps), v, name) for m, v in values.items() if math.isfinite(v)]
     worst = worst_of(record, params, kbps)
-    for m, entry in (
-        (params.primary_metric, worst.get("primary_metric")),
-        ("amplitude_ratio", worst.get("amplitude_ratio")),
-    ):
-        v = number(entry["value"]) if entry else math.nan
+    for m, v in ((params.primary_metric, worst.metric_value), ("amplitude_ratio", worst.amplitude_ratio)):
         if math.isfinite(v):
             out.append((metric_key(WORST, m, kbps), v, WORST))
     return out
@@ -228,8 +225,7 @@ def logged_value(client: MlflowClient, mv: ModelVersion, key: str, digest: str) 
 
 def candidate_value(record: EvaluationRecord, params: PromoteParams, kbps: float) -> float:
     """The candidate's primary metric for the comparison: its value on its worst evaluation set."""
-    worst = worst_of(record, params, kbps).get("primary_metric")
-    return number(worst["value"]) if worst else math.nan
+    return worst_of(record, params, kbps).metric_value
 
 
 def decide(gates: tp.Sequence[Gate], cmp: Comparison, profile: str = "") -> tuple[Decision, list[str]]:
@@ -313,7 +309,7 @@ class Promotion:
     eval_set_fingerprint: str
     tags: dict[str, str]
     repairs: list[str] = dataclasses.field(default_factory=list)  # what repair() fixed first
-    worst: Worst = dataclasses.field(default_factory=dict)  # gates.worst_of: set and level
+    worst: Worst | None = None  # gates.worst_of: set and level
     gate_profile: str = "default"  # promote.gate_profile: which gates these were
 
     @property
@@ -321,9 +317,8 @@ class Promotion:
         return all(g.passed for g in self.gates)
 
     def to_dict(self) -> PromotionRecord:
-        def num(v: object) -> float | None:
-            x = number(v)
-            return round(x, 6) if math.isfinite(x) else None
+        def num(v: float | None) -> float | None:
+            return None if v is None else json_number(v, 6)
 
         return {
             "model_name": self.model_name,
@@ -344,7 +339,7 @@ class Promotion:
             "mlflow_run_id": self.mlflow_run_id,
             "model_uri": self.model_uri,
             "eval_set_fingerprint": self.eval_set_fingerprint,
-            "worst": {key: {**entry, "value": num(entry.get("value"))} for key, entry in self.worst.items()},
+            "worst": self.worst.to_json() if self.worst is not None else {},
             "git_commit": self.tags.get("git_commit"),
             "data_version": self.tags.get("data_version"),
         }
@@ -423,7 +418,7 @@ def promote(
     *,
     provenance: tp.Mapping[str, str] | None = None,
     re_evaluate: ReEvaluate | None = None,
-    say: tp.Callable[[str], None] | None = None,
+    say: tp.Callable[[str], None] = lambda line: None,
 ) -> Promotion:
     """Gate, compare, register and write ``out`` (``promotion.json``); see the module docstring.
     ``say`` hears what is done besides the decision (a wait for the lock, a repair)."""
@@ -436,13 +431,12 @@ def promote(
     check_writable(out)
     check_logged(client, run_id, record.model_id)
     uri = registry_uri(client)
-    tell = say or (lambda line: None)
     try:
         log_registry_metrics(client, record, params, kbps)
         with registry_lock(uri, say=say) as exclusive:
             repairs = repair(client, params.model_name, exclusive)
             for line in repairs:
-                tell(line)
+                say(line)
             # The champion is read inside the lock: the comparison is against the real current one.
             passed = all(g.passed for g in gates)
             cmp = compare(client, record, params, kbps, re_evaluate) if passed else not_compared(record, params, kbps)
@@ -468,13 +462,17 @@ def promote(
                 tag_run(client, promotion)
                 write_promotion(out, promotion)
             else:
-                promotion = register_version(client, promotion, record.model_id, out, tell)
+                promotion = register_version(client, promotion, record.model_id, out, say)
     except MlflowException as e:
-        raise PromotionError(
-            f"the MLflow store at {uri} refused a registry call ({e.error_code}: {e.message}); this promotion's "
-            "changes were undone; check the store (codec models) and re-run codec promote"
-        ) from e
+        raise store_refused(uri, e) from e
     return promotion
+
+
+def store_refused(uri: str, e: MlflowException) -> PromotionError:
+    return PromotionError(
+        f"the MLflow store at {uri} refused a registry call ({e.error_code}: {e.message}); this promotion's "
+        "changes were undone; check the store (codec models) and re-run codec promote"
+    )
 
 
 def tag_run(client: MlflowClient, promotion: Promotion) -> None:
