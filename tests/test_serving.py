@@ -188,6 +188,12 @@ def test_a_batch_of_recordings_of_different_lengths(server: Server) -> None:
     status, single = post(server, {"inputs": {"audio": b.tolist()}})
     assert status == 200
     np.testing.assert_array_equal(np.float32(rows[1]["audio"]), np.float32(single["predictions"][0]["audio"]))
+    # A bad row is named; digital silence is coded when the request allows it (--allow-silence).
+    split["data"][1] = [[0.0] * 4000]
+    status, body = post(server, {"dataframe_split": split})
+    assert status == 400 and "recording 2: holds only digital silence" in body["message"], body
+    status, body = post(server, {"dataframe_split": split, "params": {"allow_silence": True}})
+    assert status == 200 and len(body["predictions"][1]["audio"]) == 4000, body
 
 
 @pytest.mark.parametrize(

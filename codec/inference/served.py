@@ -6,10 +6,11 @@ the plain checkpoint as its one artifact. Loading it reads that checkpoint as ``
 does (:func:`codec.inference.model_source.codec_from_checkpoint`: ``weights_only``, nothing
 unpickled from it) with the level settings it was trained for
 (:meth:`codec.audio.level.LevelSettings.from_checkpoint`); each request is coded through the
-user's path: :func:`codec.inference.pipeline.encode_to_stream` (loudness to the model's target,
-peak limiter, codes at the requested bitrate, energy side information) into a bitstream in
-memory, then :func:`codec.inference.pipeline.decode_from_stream` (decode, energy correction, the
-level given back, the input's rate and length).
+user's path: :func:`codec.inference.prepare.prepare` and
+:func:`codec.inference.pipeline.encode_prepared`, what ``encode_to_stream`` and ``codec encode``
+run (loudness to the model's target, peak limiter, codes at the requested bitrate, energy side
+information), into a bitstream in memory, then :func:`codec.inference.pipeline.decode_from_stream`
+(decode, energy correction, the level given back, the input's rate and length).
 
 Requests (MLflow's scoring protocol, ``POST /invocations`` with JSON): one column ``audio``,
 each row one mono recording as float samples (what a FLOAT WAV holds; they are coded as
@@ -54,7 +55,8 @@ from codec.audio.level import LevelSettings
 from codec.errors import UserError
 from codec.inference import bitstream
 from codec.inference.model_source import codec_from_checkpoint
-from codec.inference.pipeline import InferenceError, decode_from_stream, encode_to_stream, n_quantizers_for
+from codec.inference.pipeline import decode_from_stream, encode_prepared, n_quantizers_for
+from codec.inference.prepare import InferenceError, prepare
 from codec.model.checkpoint import model_fingerprint
 from codec.tracking import MODEL_ARTIFACT
 
@@ -98,7 +100,9 @@ class ServedCodec(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
 
         try:
             options = self.options(params)
-            rows = [self.code(clip, options) for clip in recordings(model_input)]
+            clips = recordings(model_input)
+            names = ["the input"] if len(clips) == 1 else [f"recording {i + 1}" for i in range(len(clips))]
+            rows = [self.code(clip, options, name) for clip, name in zip(clips, names, strict=True)]
         except UserError as e:  # InferenceError, BitstreamError: one line saying what to change
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
         return pd.DataFrame(rows, columns=[AUDIO, BITSTREAM])
@@ -107,9 +111,9 @@ class ServedCodec(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
         """The request's params with the model's defaults; :class:`UserError` for a bad one."""
         return check_options(self.model, params or {})
 
-    def code(self, audio: Array, options: Options) -> tuple[Array, str | None]:
+    def code(self, audio: Array, options: Options, name: str = "the input") -> tuple[Array, str | None]:
         """One recording coded and decoded: (decoded audio, the bitstream in base64 if asked for)."""
-        decoded, stream = roundtrip(self.model, self.levels, self.fingerprint, audio, options)
+        decoded, stream = roundtrip(self.model, self.levels, self.fingerprint, audio, options, name)
         return decoded, base64.b64encode(stream).decode("ascii") if options.return_bitstream else None
 
 
@@ -170,17 +174,22 @@ def as_samples(row: tp.Any) -> Array:
 
 
 def roundtrip(
-    model: Codec, levels: LevelSettings, fingerprint: bytes, audio: Array, options: Options
+    model: Codec, levels: LevelSettings, fingerprint: bytes, audio: Array, options: Options, name: str = "the input"
 ) -> tuple[Array, bytes]:
     """``codec decode(codec encode(audio))``: the decoded audio (float32, ``audio``'s rate and
-    length) and the bitstream's bytes. :class:`UserError` for an input ``codec encode`` refuses."""
-    if audio.size and np.isfinite(audio).all() and not np.any(audio) and not options.allow_silence:
+    length) and the bitstream's bytes. :class:`UserError` for an input ``codec encode`` refuses.
+
+    The steps of :func:`codec.inference.pipeline.encode_to_stream` (prepare, then
+    :func:`~codec.inference.pipeline.encode_prepared`), with ``codec encode``'s refusal of
+    digital silence between them, as :func:`codec.inference.compress.encode_file` does."""
+    prepared = prepare(audio, options.sample_rate, int(model.config.sample_rate), levels, name=name)
+    if prepared.silent and not options.allow_silence:
         raise InferenceError(
-            f"the input holds only digital silence ({audio.size / options.sample_rate:.2f} s of zeros); nothing to "
-            'encode (pass params {"allow_silence": true} to code it anyway)'
+            f"{name}: holds only digital silence ({prepared.length / prepared.sample_rate:.2f} s of zeros); "
+            'nothing to encode (pass params {"allow_silence": true} to code it anyway)'
         )
     buffer = io.BytesIO()
-    encode_to_stream(model, audio, options.sample_rate, options.kbps, buffer, levels, fingerprint=fingerprint)
+    encode_prepared(model, prepared, options.kbps, buffer, fingerprint=fingerprint, name=name)
     stream = buffer.getvalue()
     _, blocks = decode_from_stream(model, io.BytesIO(stream), fingerprint=fingerprint, size=len(stream))
     decoded = [np.asarray(b, np.float32) for b in blocks]
