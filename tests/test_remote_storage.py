@@ -392,6 +392,6 @@ def test_an_mlflow_server_with_artifacts_in_s3_tracks_registers_and_serves_the_m
         assert in_run + name in objects, (name, sorted(objects)[:20])
     stored = s3.get_object(Bucket=bucket, Key=in_run + "checkpoint/codec.pt")["Body"].read()
     assert hashlib.sha256(stored).hexdigest() == sha256(local_ckpt)
-    assert f"{prefix}models/{record['model_id']}/artifacts/MLmodel" in objects  # the logged mlflow.pytorch model
+    assert f"{prefix}models/{record['model_id']}/artifacts/MLmodel" in objects  # the logged served model
     for folder in (work, server_dir):
         assert not (folder / "mlruns").exists() and not (folder / "mlartifacts").exists()

@@ -196,7 +196,7 @@ def _load_registered(uri: str) -> LoadedModel:
         except Exception as e:
             raise UserError(
                 f"{uri} (version {mv.version}, run {run_id}) has no {CHECKPOINT_ARTIFACT} artifact "
-                f"({type(e).__name__}); this tool never unpickles the logged mlflow.pytorch model: "
+                f"({type(e).__name__}); this tool reads that plain checkpoint, never a logged model: "
                 "retrain with codec train (it logs the checkpoint) or pass --model PATH"
             ) from None
         model, ckpt = codec_from_checkpoint(local)
