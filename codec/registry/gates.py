@@ -1,4 +1,5 @@
-"""The promotion gates: pure functions of the evaluate stage's metrics and ``params.yaml: promote``."""
+"""The promotion gates: pure functions of the evaluation record (:mod:`codec.evaluation.record`,
+read by field) and ``params.yaml: promote``."""
 
 from __future__ import annotations
 
