@@ -33,6 +33,7 @@ from codec.errors import UserError
 from codec.evaluation import metrics as m
 from codec.evaluation.opus import opus_roundtrip
 from codec.evaluation.params import EvaluateParams
+from codec.evaluation.record import OURS, OURS_NO_SIDE, kbps_key
 from codec.evaluation.sets import EvalClip
 from codec.inference.energy import Energy
 from codec.inference.pipeline import RoundTrip, roundtrip_with_codes
@@ -42,8 +43,6 @@ if tp.TYPE_CHECKING:
 
 Measured = tuple[dict[str, float], dict[str, str]]  # metric values, reasons for NaNs
 
-OURS = "ours"
-OURS_NO_SIDE = "ours_no_side_info"  # ours with the energy side information turned off
 OPUS_NAMES: dict[str, str] = {"cbr": "opus", "vbr": "opus_vbr"}
 # Metrics of a row of the per-bitrate table, in column order; lower is better only for mel_distance.
 CLIP_METRICS = ("snr_db", "si_sdr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")
@@ -96,11 +95,6 @@ class Evaluation:
     @property
     def top_kbps(self) -> float:
         return max(self.bitrates_kbps)
-
-
-def kbps_key(kbps: float) -> str:
-    """``6.0`` → ``"6kbps"``, ``1.5`` → ``"1.5kbps"`` (the key in the metrics JSON)."""
-    return f"{kbps:g}kbps"
 
 
 def measure(ref: Array, est: Array, sample_rate: int) -> tuple[dict[str, float], dict[str, str]]:

@@ -14,8 +14,9 @@ import numpy as np
 
 from codec.audio import Array
 from codec.audio.io import write_wav
-from codec.evaluation.evaluate import CLIP_METRICS, OURS, Evaluation, LevelRow
+from codec.evaluation.evaluate import CLIP_METRICS, Evaluation, LevelRow
 from codec.evaluation.record import (
+    OURS,
     EvaluationJSON,
     clip_level_error_db,
     kbps_key,
