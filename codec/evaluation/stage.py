@@ -41,8 +41,7 @@ from codec.evaluation.sets import EvalClip, held_out_ids, load_eval_clips, speak
 from codec.evaluation.suite import UserSet, build_sets, load_user_set, sets_fingerprint, user_set_folders
 from codec.files import write_text_atomic
 from codec.inference.model_source import load_model
-from codec.model.checkpoint import load_codec, model_fingerprint, read_checkpoint
-from codec.model.codec import Codec
+from codec.model.checkpoint import model_fingerprint, read_checkpoint
 from codec.params import PARAMS_FILE, from_dict, read_params
 from codec.provenance import data_version, git_commit, repo_root
 from codec.tracking import EXPERIMENT, find_model_run, logged_model_id, tracking_uri
@@ -145,7 +144,6 @@ def log_evaluation(
     report: str,
     ckpt: tp.Mapping[str, tp.Any],
     tags: dict[str, str],
-    trained: Codec,
 ) -> tuple[str, str]:
     """Stage the report, tables and media and log them to the model's MLflow run: (run id, model id)."""
     import mlflow  # heavy: only when logging
@@ -212,7 +210,6 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(params.threads)
     model_path = Path(args.model)
     ckpt = read_checkpoint(model_path)
-    trained = load_codec(model_path)
     # The model and level settings as codec encode loads them (model_source), so what is
     # evaluated is what ships.
     loaded = load_model(str(model_path))
@@ -249,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     model_id: str | None = None
     if not args.no_mlflow:
         tags = {"eval_set_fingerprint": fingerprint, "model_fingerprint": context["model fingerprint"]}
-        run_id, model_id = log_evaluation(args, ev, report, ckpt, tags, trained)
+        run_id, model_id = log_evaluation(args, ev, report, ckpt, tags)
     record = evaluation_record(
         ev,
         model_path=str(model_path),
