@@ -20,8 +20,8 @@ same blocks, resampling, loudness meter and gain as ``codec encode``'s ``prepare
 :func:`codec.inference.pipeline.encode_prepared`, the encoder ``codec encode`` calls: limiter,
 chunked encode with context, energy side information, bit packing) into memory, then
 :func:`codec.inference.pipeline.decode_from_stream` (what ``codec decode`` calls: unpacking,
-chunked decode with context, energy shaping, level restore). EnCodec runs ``encode`` then ``decode`` on the same duration at
-24 kHz. Weights are random: speed does not depend on them.
+chunked decode with context, energy shaping, level restore). EnCodec runs ``encode`` then
+``decode`` on the same duration at 24 kHz. Weights are random: speed does not depend on them.
 
     python benchmarks/codec_speed.py [--seconds 10] [--rounds 3] [--threads 2]
 

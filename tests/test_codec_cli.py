@@ -200,6 +200,44 @@ def test_round_trip_keeps_the_level(tmp_path: Path, ckpt: Path, level: float) ->
     assert rms_dbfs(out) == pytest.approx(rms_dbfs(ref[:, 0]), abs=1.0)
 
 
+def decoded(tmp_path: Path, src: Path, ckpt: Path, *extra: str) -> np.ndarray:
+    assert encode(src, tmp_path / "x.tscb", ckpt, *extra) == 0
+    assert cli("decode", tmp_path / "x.tscb", tmp_path / "out.wav", "--model", ckpt, "-q") == 0
+    return sf.read(str(tmp_path / "out.wav"), dtype="float32")[0]
+
+
+@pytest.mark.parametrize("offset", [0.02, 0.05])
+def test_a_dc_offset_does_not_inflate_the_decoded_level(tmp_path: Path, ckpt: Path, offset: float) -> None:
+    """Issue 23 row 6: -30 dBFS speech with a 0.05 offset came back at -26.2 dBFS (the energy
+    side information counted the offset, which the codec does not code, as speech). The offset
+    is removed before coding: the speech keeps its level, the output has no offset."""
+    x = telugu_speech() * np.float32(10 ** (-30 / 20))
+    sf.write(str(tmp_path / "in.wav"), x + np.float32(offset), SR, subtype="FLOAT")
+    y = decoded(tmp_path, tmp_path / "in.wav", ckpt)
+    assert rms_dbfs(y) == pytest.approx(-30.0, abs=1.0)
+    assert abs(float(np.mean(y[SR:]))) < 1e-3  # past the blocker's first second
+
+
+@pytest.mark.parametrize("subtype", ["FLOAT", "PCM_16"])
+def test_anti_phase_stereo_is_refused_not_coded_as_silence(
+    tmp_path: Path, ckpt: Path, subtype: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23 row 9: left = -right cancels in the mono mix-down; float input was called
+    "digital silence", PCM_16 input was coded as silence with exit 0. Now one line, exit 2,
+    no output file."""
+    x = telugu_speech() * np.float32(0.1)
+    src = tmp_path / "in.wav"
+    sf.write(str(src), np.stack([x, -x], axis=1), SR, subtype=subtype)
+    capsys.readouterr()
+    assert encode(src, tmp_path / "x.tscb", ckpt) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "channels cancel when mixed down to mono" in err and "anti-phase" in err
+    assert not (tmp_path / "x.tscb").exists()
+    # Stereo that does not cancel (one channel quieter, or silent) is coded as before.
+    sf.write(str(src), np.stack([x, np.zeros_like(x)], axis=1), SR, subtype=subtype)
+    assert encode(src, tmp_path / "x.tscb", ckpt) == 0
+
+
 def test_size_is_the_nominal_bitrate(tmp_path: Path, ckpt: Path) -> None:
     x = np.tile(telugu_speech(), 4)[: 22 * SR] * np.float32(0.05)  # 22 s: three chunks
     sf.write(str(tmp_path / "in.wav"), x, SR, subtype="PCM_16")

@@ -186,6 +186,8 @@ def test_links_loops_and_lying_headers_are_rejected_rows_and_the_rest_is_ingeste
     (src / "linked_folder").symlink_to(linked)
     _flac_claiming(src / "days.flac", (1 << 36) - 1)
     sf.write(src / "dc.wav", np.full(2 * RATE, 0.3, np.float32), RATE, subtype="FLOAT")
+    voice = speechlike(1.0, np.random.default_rng(4))
+    sf.write(src / "anti.wav", np.stack([voice, -voice], axis=1), RATE, subtype="PCM_16")  # cancels in mono
     res = ingest(src, tmp_path / "raw", IngestParams(workers=1))
     reasons = dict(zip(res.rejected["source_path"], res.rejected["reason"], strict=True))
     assert reasons["loop_a.wav"] == reasons["loop_b.wav"] == "symlink_loop"
@@ -193,6 +195,7 @@ def test_links_loops_and_lying_headers_are_rejected_rows_and_the_rest_is_ingeste
     assert reasons["dangling.wav"] == "not_a_file"
     assert reasons["days.flac"] == "too_long"
     assert reasons["dc.wav"] == "dc_only"
+    assert reasons["anti.wav"] == "channels_cancel"  # not dc_only or silent (issue 23 row 9)
     assert reasons["linked_folder/notes.txt"] == "unsupported_format"
     assert reasons["take_0.wav"] == "duplicate"  # same samples as linked_folder/take_0.wav, listed first
     assert res.inputs == len(res.accepted) + len(res.rejected)

@@ -192,4 +192,3 @@ def test_manifest_problems_are_user_errors(tmp_path: Path) -> None:
         read_clips(data)
     with pytest.raises(UserError, match=r"manifest\.csv not found"):
         read_clips(tmp_path / "nowhere")
-

@@ -161,6 +161,28 @@ def to_mono(x: Array) -> Array:
     return x.mean(axis=1, dtype=np.float32)
 
 
+CANCEL_DB = 30.0  # a mono mix this far below its channels has cancelled
+SOUND_POWER = 1e-7  # -70 dBFS RMS: below it the channels hold no sound to lose
+
+
+def mixdown_drop_db(mix_energy: float, channel_energy: float, length: int) -> float | None:
+    """How far (dB) a mono mix fell below its channels, when it fell more than :data:`CANCEL_DB`
+    while the channels hold sound: channels in anti-phase cancel in :func:`to_mono`. ``None``
+    when the mix is fine. ``mix_energy``: the mix's sum of squares; ``channel_energy``: the
+    channels' mean sum of squares; ``length``: frames."""
+    if length <= 0 or channel_energy / length < SOUND_POWER:
+        return None
+    drop_db = 10.0 * math.log10(channel_energy / max(mix_energy, 1e-30))
+    return min(drop_db, 200.0) if drop_db > CANCEL_DB else None
+
+
+def mixdown_energies(x: Array) -> tuple[float, float]:
+    """(the mono mix's sum of squares, the channels' mean sum of squares) of ``[T, C]`` audio."""
+    mono = to_mono(x).astype(np.float64)
+    channels = float(np.einsum("ij,ij->", x, x, dtype=np.float64)) / max(1, x.shape[1])
+    return float(np.dot(mono, mono)), channels
+
+
 def write_wav(path: str | Path, x: Array, rate: int, subtype: str = "FLOAT", atomic: bool = True) -> None:
     """Write mono ``[T]`` audio as a WAV file, atomically unless ``atomic=False``.
 

@@ -23,6 +23,8 @@ too_short/too_long  outside [ingest.min_duration_s, ingest.max_duration_s]; too_
                     ``segment_long: false`` (decided from the header when it says, before
                     anything is decoded) or for a corpus's own segment
 silent              peak below ingest.silence_peak_dbfs
+channels_cancel     the channels cancel when mixed down to mono (one in anti-phase: the mix is
+                    more than 30 dB below them)
 dc_only             a constant offset and nothing else (peak below silence once it is removed)
 too_quiet_to_meter  no 400 ms block above BS.1770's -70 LUFS gate
 duplicate           same audio content as an accepted clip (hash of the samples), or a link
@@ -64,6 +66,8 @@ from codec.audio.io import (
     AudioTooLongError,
     TruncatedAudioError,
     check_riff_data_size,
+    mixdown_drop_db,
+    mixdown_energies,
     read_audio,
     to_mono,
     write_wav,
@@ -409,6 +413,15 @@ def _clip(job: _Job, data: np.ndarray, rate: int, fmt: str, recording: str, piec
     peak = peak_dbfs(data)
     if peak < p.silence_peak_dbfs:
         return _reject(job, "silent", f"{lab}peak {peak:.1f} dBFS < silence_peak_dbfs {p.silence_peak_dbfs}")
+    if data.ndim == 2 and data.shape[1] > 1:
+        drop_db = mixdown_drop_db(*mixdown_energies(data), data.shape[0])
+        if drop_db is not None:
+            return _reject(
+                job,
+                "channels_cancel",
+                f"{lab}its {data.shape[1]} channels cancel when mixed down to mono ({drop_db:.0f} dB below them: "
+                "one is in anti-phase); re-export it with one channel or the phase fixed",
+            )
     mono_src = to_mono(data)
     dc = float(np.mean(mono_src, dtype=np.float64))
     ac_peak = peak_dbfs(mono_src - np.float32(dc))

@@ -32,6 +32,7 @@ import pandas as pd
 
 from codec.audio import Array
 from codec.audio.io import read_audio, to_mono, write_wav
+from codec.audio.level import LIMITER_WINDOW_MS, PEAK_CEILING_DB, TARGET_LUFS
 from codec.audio.levels import db
 from codec.audio.limiter import LimiterSpans, limit_spans
 from codec.audio.loudness import LoudnessMeter
@@ -74,11 +75,11 @@ class NormalizeParams:
     """``normalize`` in params.yaml."""
 
     mode: Mode = "lufs"
-    target_lufs: float = -16.0
+    target_lufs: float = TARGET_LUFS
     target_rms_dbfs: float = -16.0
     peak_target: float = 0.95
-    peak_ceiling_db: float = -1.0
-    limiter_window_ms: float = 5.0
+    peak_ceiling_db: float = PEAK_CEILING_DB
+    limiter_window_ms: float = LIMITER_WINDOW_MS
     sample_rate: int = 16000
     clip_threshold: float = 0.999
     subtype: tp.Literal["PCM_16", "PCM_24", "FLOAT"] = "PCM_16"

@@ -50,6 +50,7 @@ from torch import nn
 
 from codec.audio import Array
 from codec.audio.level import LevelSettings
+from codec.audio.loudness import DcBlocker
 from codec.inference import bitstream
 from codec.inference import energy as side
 from codec.inference.energy import Energy
@@ -192,6 +193,12 @@ def _as_int64(chunks: tp.Iterable[npt.NDArray[np.integer[tp.Any]]]) -> tp.Iterat
 def _with_sentinel(it: tp.Iterator[Codes]) -> tp.Iterator[Codes | None]:
     yield from it
     yield None
+
+
+def _dc_blocked(blocks: tp.Iterable[Array], rate: int) -> tp.Iterator[Array]:
+    dc = DcBlocker(rate)
+    for block in blocks:
+        yield dc.block(block)
 
 
 def _shaped(shaper: side.Shaper, blocks: tp.Iterable[Array]) -> tp.Iterator[Array]:
@@ -475,8 +482,12 @@ def decode_from_stream(
             f"{name}: header asks for {header.n_quantizers} quantizers ({header.bitrate_bps / 1000:g} kbps), "
             f"which this model does not serve"
         )
+    # What the model gives back loses any DC offset (it was removed from the input, and a
+    # decoder's offset is no signal): silence decodes to its noise floor, not to an offset.
     if header.energy is None:  # version 1
-        blocks: tp.Iterable[Array] = decode_codes(model, stream.chunks, context_frames=context_frames)
+        blocks: tp.Iterable[Array] = _dc_blocked(
+            decode_codes(model, stream.chunks, context_frames=context_frames), header.model_rate
+        )
     else:
         shaper = side.Shaper(header.energy, header.hop_length, header.model_rate, header.frame_count)
 
@@ -485,5 +496,6 @@ def decode_from_stream(
                 shaper.add_codes(record.levels)
                 yield record.codes
 
-        blocks = _shaped(shaper, decode_codes(model, codes_of(stream.records), context_frames=context_frames))
+        decoded = decode_codes(model, codes_of(stream.records), context_frames=context_frames)
+        blocks = _shaped(shaper, _dc_blocked(decoded, header.model_rate))
     return header, restore_stream(blocks, header.gain_db, header.model_rate, header.sample_rate, header.length)

@@ -1,5 +1,5 @@
 """Bringing an input to the level the model was trained at: one pass, the same for a file and
-for samples in memory (torch-free).
+for samples in memory (no torch import at module level).
 
 A model was trained on speech at one loudness under one peak ceiling
 (:class:`codec.audio.level.LevelSettings`, recorded in its checkpoint), so every input goes
@@ -9,7 +9,9 @@ the served model, the benchmarks):
 1. one pass over the input in blocks of :data:`READ_BLOCK` frames (``soundfile`` blocks of a
    file, or slices of an array): refuse non-finite samples (naming where), mix down to mono,
    resample to the model's rate (soxr HQ, streaming: the same samples as a whole-signal
-   resample), meter BS.1770 loudness as the samples go by
+   resample), remove any DC offset (:class:`codec.audio.loudness.DcBlocker`: the codec does not
+   code a constant, and counted as signal it would raise the decoded level), meter BS.1770
+   loudness as the samples go by
    (:class:`codec.audio.loudness.StreamingLoudness`), and keep the mono model-rate samples in a
    file (an unlinked temporary file for ``codec encode``: 64 kB per second at 16 kHz, so a long
    recording never sits in memory; a ``BytesIO`` for samples already in memory);
@@ -35,10 +37,10 @@ import numpy as np
 import numpy.typing as npt
 
 from codec.audio import Array
-from codec.audio.io import TruncatedAudioError, check_riff_data_size, to_mono
+from codec.audio.io import TruncatedAudioError, check_riff_data_size, mixdown_drop_db, mixdown_energies, to_mono
 from codec.audio.level import Level, LevelSettings, gain_for
 from codec.audio.limiter import limit
-from codec.audio.loudness import StreamingLoudness, loudness_lufs
+from codec.audio.loudness import DcBlocker, StreamingLoudness, loudness_lufs
 from codec.errors import UserError
 from codec.inference import bitstream
 from codec.inference.bitstream import MAX_SECONDS
@@ -172,14 +174,17 @@ def _ingest(
     import soxr
 
     meter = StreamingLoudness(model_rate)
+    dc = DcBlocker(model_rate)
     stream = soxr.ResampleStream(rate, model_rate, 1, dtype="float32", quality="HQ") if rate != model_rate else None
     length = 0
     nonzero = False
+    mix_energy = channel_energy = 0.0  # sums of squares: the mono mix's, the channels' mean
 
     def emit(y: Array) -> None:
         nonlocal nonzero
         if y.shape[0]:
             nonzero = nonzero or bool(np.any(y))
+            y = dc.block(y)
             meter.add(y)
             tmp.write(np.ascontiguousarray(y, dtype="<f4").tobytes())
 
@@ -192,11 +197,15 @@ def _ingest(
         if length > rate * MAX_SECONDS:
             raise UserError(f"{name}: longer than the {MAX_SECONDS // 3600} h limit")
         mono = to_mono(block)
+        if block.shape[1] > 1:
+            mix, channel = mixdown_energies(block)
+            mix_energy, channel_energy = mix_energy + mix, channel_energy + channel
         emit(stream.resample_chunk(mono, last=False) if stream is not None else mono)
     if stream is not None:
         emit(stream.resample_chunk(np.zeros(0, np.float32), last=True))
     if length == 0:
         raise InferenceError(f"{name}: holds no audio samples (an empty file?); pass a recording")
+    check_mixdown(mix_energy, channel_energy, length, name)
     n = meter.samples
     if n == 0:  # a few samples at a high rate resample to nothing: one zero
         tmp.write(np.zeros(1, "<f4").tobytes())
@@ -210,6 +219,19 @@ def _ingest(
     else:
         lufs = meter.integrated()
     return audio, length, lufs, not nonzero
+
+
+def check_mixdown(mix_energy: float, channel_energy: float, length: int, name: str) -> None:
+    """:class:`InferenceError` when the channels cancel in the mono mix (one in anti-phase,
+    :func:`codec.audio.io.mixdown_drop_db`): coding the near-silent mix would lose the
+    recording without a word."""
+    drop_db = mixdown_drop_db(mix_energy, channel_energy, length)
+    if drop_db is not None:
+        raise InferenceError(
+            f"{name}: its channels cancel when mixed down to mono (the mix is {drop_db:.0f} dB below the "
+            "channels: one is in anti-phase); re-export it with one channel, or with the phase fixed "
+            "(e.g. sox in.wav out.wav remix 1)"
+        )
 
 
 def _prepared(
