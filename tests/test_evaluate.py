@@ -15,6 +15,7 @@ import typing as tp
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 import soxr
@@ -337,6 +338,10 @@ def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_ru
         metrics["ours"]["3.6kbps"]["amplitude_ratio"], abs=1e-4
     )
     assert logged.data.tags["eval_set_fingerprint"] == record["eval_set_fingerprint"]
+    # The served model (codec encode + decode) is logged into the training run by evaluate.
+    served = mlflow.pyfunc.load_model(record["model_uri"])
+    tone = (0.1 * np.sin(np.arange(1600) / 5.0)).tolist()
+    assert np.asarray(served.predict(pd.DataFrame({"audio": [tone]}))["audio"][0]).shape == (1600,)
     names = {a.path for a in client.list_artifacts(train_run.info.run_id, "evaluation")}
     assert {"evaluation/report.md", "evaluation/bitrates.csv", f"evaluation/{held_out[0]}_spectrograms.png"} <= names
 

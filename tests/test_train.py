@@ -17,7 +17,6 @@ import torch
 import yaml
 
 from codec.model.checkpoint import load_codec
-from codec.tracking import MODEL_ARTIFACT
 from codec.training.loop import train
 from codec.training.params import MelParams, TrainParams
 from tests.presets import tiny_config
@@ -191,7 +190,6 @@ def _write_params(path: Path, params: TrainParams) -> None:
 
 
 def test_stage_logs_an_mlflow_run(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     from codec.training import stage as train_stage
@@ -231,9 +229,9 @@ def test_stage_logs_an_mlflow_run(data: Path, tmp_path: Path, monkeypatch: pytes
     assert run.data.tags["git_commit"]
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert "samples/spectrograms.png" in samples and any(p.endswith("_input.wav") for p in samples)
-    served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}")  # codec encode + decode
-    tone = (0.1 * torch.sin(torch.arange(640) / 5.0)).tolist()
-    assert served.predict(pd.DataFrame({"audio": [tone]}))["audio"][0].shape == (640,)
+    # The checkpoint is logged; the served model is logged into this run by codec evaluate
+    # (tests/test_evaluate.py), so the train stage does not depend on the inference code.
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/codec.pt"]
 
 
 def test_git_commit_is_dirty_for_source_changes_not_for_what_the_pipeline_writes(tmp_path: Path) -> None:

@@ -4,8 +4,10 @@ Reads the ``train`` section of ``params.yaml`` into :class:`codec.training.param
 trains, and records the run in MLflow (tracking URI from ``MLFLOW_TRACKING_URI``, else
 ``sqlite:///mlflow.db`` at the repository root): every param, step metrics, system
 metrics, tags for the git commit, the DVC hash of the data and the device, validation
-audio (input and decoded) with a spectrogram comparison, the checkpoint, and the served model
-(:func:`codec.inference.served.log_model`). It also writes the DVC metrics JSON and the curves CSVs.
+audio (input and decoded) with a spectrogram comparison, and the checkpoint. The served model
+(:func:`codec.inference.served.log_model`) is logged into the same run by ``codec evaluate``, so
+training does not depend on the inference code (an edit there re-runs evaluate, not train). It
+also writes the DVC metrics JSON and the curves CSVs.
 
 Under ``torchrun`` only rank 0 talks to MLflow and writes reports; the other ranks train.
 """
@@ -166,9 +168,6 @@ def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str, l
             # The checkpoint names its run, so evaluate and promote log to the same run.
             stamp_checkpoint(result.model_path, levels, mlflow_run_id=run.info.run_id)
             mlflow.log_artifact(str(result.model_path), "checkpoint")
-        from codec.inference.served import log_model  # imports mlflow.pyfunc: only a tracked run
-
-        log_model(result.model_path)  # the served model: codec encode + decode, from the checkpoint
         print(f"MLflow run {run.info.run_id} in {mlflow.get_tracking_uri()}")
     return result
 
