@@ -11,6 +11,7 @@ to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing as tp
 from pathlib import Path
@@ -24,13 +25,83 @@ T = tp.TypeVar("T")
 PARAMS_FILE = "params.yaml"
 
 
+# Bounds on what a params file may be, checked while it is read, before anything builds values
+# from it: params.yaml is a few kilobytes, a few levels deep, and has no anchors or aliases (an
+# alias bomb under a key nothing reads would otherwise pass here and take DVC's memory).
+MAX_PARAMS_BYTES = 1 << 20
+MAX_PARAMS_DEPTH = 32
+
+
+class _Refused(Exception):
+    """A params file the reader refuses for its shape (alias, duplicate key, depth)."""
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses anchors and aliases, duplicate keys and deep nesting
+    while composing, before any value is built."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: tp.Any, index: tp.Any) -> tp.Any:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(
+                f"line {line}: YAML anchors and aliases (&name, *name) are not allowed in a params file; "
+                "write each value out"
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_PARAMS_DEPTH:
+                raise _Refused(
+                    f"line {line}: values nested more than {MAX_PARAMS_DEPTH} levels deep; params.yaml needs a few"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[tp.Any, tp.Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            first: dict[tp.Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, tp.Hashable):
+                    continue  # the base class refuses it
+                line = key_node.start_mark.line + 1
+                if key in first:
+                    raise _Refused(f"line {line}: key {key!r} appears twice (first on line {first[key]}); keep one")
+                first[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_params(path: str | Path = PARAMS_FILE) -> dict[str, tp.Any]:
-    """Read the whole params file as a dict (stage entry points only)."""
+    """Read the whole params file as a dict (stage entry points only).
+
+    Refused with a :class:`UserError`: a file that is not UTF-8 YAML holding a mapping, larger
+    than :data:`MAX_PARAMS_BYTES`, nested deeper than :data:`MAX_PARAMS_DEPTH`, with YAML
+    anchors or aliases, or with a key twice in one mapping.
+    """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"params file not found: {p} (run from the repository root, or pass --params PATH)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        with p.open("rb") as f:
+            raw = f.read(MAX_PARAMS_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"cannot read params file {p}: {e.strerror or e}") from None
+    if len(raw) > MAX_PARAMS_BYTES:
+        raise UserError(f"{p} is larger than {MAX_PARAMS_BYTES >> 20} MiB; a params file is a few kilobytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_ParamsLoader) or {}  # a SafeLoader
+    except _Refused as e:
+        raise UserError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
         raise UserError(f"{p} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -112,10 +183,18 @@ def _convert(hint: tp.Any, value: tp.Any, where: str) -> tp.Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise UserError(f"{where}: expected a finite number, got {_short(value)}")
+        return number
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{where}: expected an integer, got {value!r}")
+        if not -MAX_INT <= value <= MAX_INT:
+            raise UserError(f"{where}: expected an integer within +-2**63, got {_short(value)}")
         return value
     if hint is bool:
         if not isinstance(value, bool):
@@ -124,8 +203,21 @@ def _convert(hint: tp.Any, value: tp.Any, where: str) -> tp.Any:
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise UserError(f"{where}: expected a string, got {value!r}")
+        if not str(value).strip():
+            raise UserError(f"{where}: expected a non-empty string, got {value!r}")
         return str(value)
     return value
+
+
+MAX_INT = 2**63 - 1
+
+
+def _short(value: tp.Any) -> str:
+    """``value`` for a message, at most 40 characters (a 400-digit integer is not repeated)."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"a {len(str(abs(value)))}-digit integer"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def load_section(cls: type[T], section: str, path: str | Path = PARAMS_FILE) -> T:

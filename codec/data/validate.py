@@ -67,6 +67,24 @@ class ValidateParams:
     sample_rate: int = 16000
     mode: str = "lufs"
 
+    def check(self, where: str) -> None:
+        """Raise :class:`UserError` naming a limit no data could meet or every data would."""
+        for name in ("lufs_tolerance", "max_rms_spread_db"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{where}.{name}: {getattr(self, name)} must be greater than 0")
+        for name in ("max_clipped_fraction", "max_input_clipped_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserError(f"{where}.{name}: {getattr(self, name)} must be within [0, 1]")
+        if self.peak_margin_db < 0:
+            raise UserError(f"{where}.peak_margin_db: {self.peak_margin_db} must not be negative")
+        if not 0.0 < self.min_duration_s < self.max_duration_s:
+            raise UserError(
+                f"{where}: need 0 < min_duration_s < max_duration_s, "
+                f"got {self.min_duration_s} and {self.max_duration_s}"
+            )
+        if self.min_files < 1:
+            raise UserError(f"{where}.min_files: {self.min_files} must be at least 1")
+
 
 @dataclasses.dataclass(frozen=True)
 class Check:

@@ -72,6 +72,8 @@ class PromoteParams:
             raise UserError(f"{where}.max_clip_level_error_db {self.max_clip_level_error_db} must be null or > 0")
         if self.max_pesq_below_opus is not None and self.max_pesq_below_opus < 0:
             raise UserError(f"{where}.max_pesq_below_opus {self.max_pesq_below_opus} must be null or >= 0")
+        if not self.max_mel_distance > 0:
+            raise UserError(f"{where}.max_mel_distance {self.max_mel_distance} must be > 0")
         if not self.gate_profile.strip():
             raise UserError(f"{where}.gate_profile must name the gates (e.g. cpu-demo, gpu)")
         if self.primary_metric not in METRICS:

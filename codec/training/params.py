@@ -100,10 +100,20 @@ class TrainParams:
             raise UserError(
                 f"{where}.segment_s: {self.segment_s} s is shorter than one frame ({self.model.hop_length} samples)"
             )
+        for name, rate in [
+            ("lr", self.lr),
+            ("disc_lr", self.disc_lr),
+            ("grad_clip", self.grad_clip),
+            ("disc_grad_clip", self.disc_grad_clip),
+        ]:
+            if not rate > 0:
+                raise UserError(f"{where}.{name}: {rate} must be greater than 0")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            raise UserError(f"{where}.lr_gamma: {self.lr_gamma} must be within (0, 1] (1: no decay)")
         if self.adv_start_step < 0 or self.time_limit_s < 0:
             raise UserError(f"{where}: adv_start_step and time_limit_s must not be negative")
-        if len(self.betas) != 2:
-            raise UserError(f"{where}.betas: {list(self.betas)} must be two numbers")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise UserError(f"{where}.betas: {list(self.betas)} must be two numbers within [0, 1)")
         self.augment.check(f"{where}.augment")
         self.model.check(f"{where}.model")
         if self.init_from is not None and not isinstance(self.init_from, str):
