@@ -19,6 +19,13 @@ class UserError(Exception):
             self.exit_code = exit_code
 
 
+def renamed(error: UserError, path: str | object, name: str) -> UserError:
+    """``error`` with ``path`` replaced by ``name`` in its message: a temporary copy's path
+    (standard input's, a downloaded checkpoint's) by what the user passed (``-``, a models:/ URI)."""
+    error.args = (str(error).replace(str(path), name), *error.args[1:])
+    return error
+
+
 class DataQualityError(UserError):
     """The data-quality gate refused the data (exit code 3)."""
 

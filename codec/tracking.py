@@ -10,7 +10,7 @@ import tempfile
 import typing as tp
 from pathlib import Path
 
-from codec.provenance import repo_root
+from codec.provenance import git_commit, repo_root
 
 if tp.TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -95,3 +95,98 @@ def model_id_of(mv: tp.Any) -> str | None:
     source = str(getattr(mv, "source", "") or "")
     rest = source.removeprefix("models:/") if source.startswith("models:/") else ""
     return rest if rest and "/" not in rest and "@" not in rest else None
+
+
+# --- what a run shows in the MLflow UI -------------------------------------------------------------
+
+HELD_OUT_SET = "held_out"  # codec.evaluation.params.HELD_OUT (not imported: training reads this module)
+WORST_SET = "worst_set"  # the "set" of the worst-set values that codec promote logs
+# The metrics a run and its logged model carry per evaluation set, at one bitrate (``metric_key``):
+# the held-out speakers in full (what ``codec models`` shows), every other set's amplitude ratio and
+# PESQ. Every bitrate, codec, input level and clip is in the run's ``evaluation/`` tables instead
+# (a run of the demo holds about 30 training curves, 8 system metrics and about 20 of these).
+HELD_OUT_METRICS = ("snr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi", "opus_pesq", "model_amplitude_ratio")
+OTHER_SET_METRICS = ("amplitude_ratio", "pesq")
+
+
+def set_metric_names(eval_set: str) -> tuple[str, ...]:
+    """The metrics logged for ``eval_set`` (:data:`HELD_OUT_METRICS` or :data:`OTHER_SET_METRICS`)."""
+    return HELD_OUT_METRICS if eval_set == HELD_OUT_SET else OTHER_SET_METRICS
+
+
+def metric_key(eval_set: str, metric: str, kbps: float) -> str:
+    """``held_out/pesq_6kbps``: an evaluation set's metric at ``kbps`` as logged to MLflow by
+    ``codec evaluate`` and ``codec promote`` (the UI groups metrics on the part before ``/``)."""
+    return f"{eval_set}/{metric}_{kbps:g}kbps"
+
+
+NOTE = "mlflow.note.content"  # the description MLflow shows for a run and for a logged model
+NOTE_SECTIONS = ("Training", "Evaluation", "Promotion")
+
+
+def note_with(note: str, section: str, text: str) -> str:
+    """``note`` (a description: one paragraph per section, ``**Training.** ...``) with the paragraph
+    of ``section`` replaced by ``text``, the paragraphs in :data:`NOTE_SECTIONS` order."""
+    paragraphs = [p for p in note.split("\n\n") if p.strip() and not p.startswith(f"**{section}.**")]
+    paragraphs.append(f"**{section}.** {text.strip()}")
+
+    def order(p: str) -> int:
+        found = [i for i, s in enumerate(NOTE_SECTIONS) if p.startswith(f"**{s}.**")]
+        return found[0] if found else len(NOTE_SECTIONS)
+
+    return "\n\n".join(sorted(paragraphs, key=order))
+
+
+def describe(client: MlflowClient, run_id: str, section: str, text: str, model_id: str | None = None) -> None:
+    """Set the ``section`` paragraph of the description of run ``run_id`` and of its logged model."""
+    run = client.get_run(run_id)
+    client.set_tag(run_id, NOTE, note_with(run.data.tags.get(NOTE, ""), section, text))
+    if model_id:
+        model = client.get_logged_model(model_id)
+        client.set_logged_model_tags(model_id, {NOTE: note_with((model.tags or {}).get(NOTE, ""), section, text)})
+
+
+def _git(root: Path, *args: str) -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def source_tags(root: Path, entry: str) -> dict[str, str]:
+    """MLflow's own source tags, so the UI shows where a run came from and links its commit
+    (``mlflow.source.git.commit``, ``.repoURL``, ``.branch``, ``mlflow.source.name``: ``entry``,
+    e.g. ``codec train``), and ``git_commit`` (with ``-dirty`` when the code differed; promotion
+    records it on versions)."""
+    commit = git_commit(root)
+    tags = {"git_commit": commit, "mlflow.source.name": entry, "mlflow.source.type": "LOCAL"}
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+        url = _git(root, "config", "--get", "remote.origin.url")
+        branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+        if url:
+            tags["mlflow.source.git.repoURL"] = url
+        if branch and branch != "HEAD":
+            tags["mlflow.source.git.branch"] = branch
+    return tags
+
+
+def last_step(client: MlflowClient, run_id: str) -> int:
+    """The highest step of any metric of run ``run_id`` (-1: none)."""
+    run = client.get_run(run_id)
+    steps = [m.step for key in run.data.metrics for m in client.get_metric_history(run_id, key)]
+    return max(steps, default=-1)
+
+
+def pandas_dataset(frame: tp.Any, folder: Path, name: str, digest: str) -> tp.Any:
+    """An MLflow dataset of ``frame`` (a DataFrame: one row per clip) from ``folder``, named
+    ``name``, with ``digest`` (a DVC hash or a fingerprint; MLflow keeps 36 characters)."""
+    import warnings
+
+    from mlflow.data.pandas_dataset import from_pandas
+
+    with warnings.catch_warnings():  # MLflow finds its local-file source registered twice and says so
+        warnings.simplefilter("ignore", UserWarning)
+        return from_pandas(frame, source=folder.as_posix(), name=name, digest=digest[:36] or None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import typing as tp
 from pathlib import Path
 
@@ -54,6 +55,20 @@ def _observed(value: tp.Any) -> tp.Any:
     return _num(value, 4)
 
 
+# Markdown that a table cell's text would otherwise start (the UI renders each text cell as
+# Markdown: ">= 20 files" became a block quote) or contain (emphasis, code, links).
+_BLOCK_START = re.compile(r"^(\s*)(\d+(?=[.)](?:\s|$))|)([>#+\-*=~|.)])")
+_INLINE = re.compile(r"([\\`*\[\]|])")
+
+
+def md_cell(value: tp.Any) -> tp.Any:
+    """A text cell escaped for the Prefect UI's Markdown table cells; numbers and None as they are."""
+    if not isinstance(value, str):
+        return value
+    text = _INLINE.sub(r"\\\1", value)
+    return _BLOCK_START.sub(lambda m: m.group(1) + m.group(2) + "\\" + m.group(3), text)
+
+
 def data_quality_rows(summary: dict[str, tp.Any]) -> list[Row]:
     """Rows of the data-quality table from the validate stage's ``summary.json``.
 
@@ -86,7 +101,7 @@ def data_quality_rows(summary: dict[str, tp.Any]) -> list[Row]:
                 "worst_files": ", ".join(check.get("worst_files") or []),
             }
         )
-    return rows
+    return [{k: md_cell(v) for k, v in row.items()} for row in rows]
 
 
 def failed_expectations(summary: dict[str, tp.Any]) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import typing as tp
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
+from prefect.states import Failed, State
 
 from codec.registry.record import read_promotion
 from flows import artifacts as art
@@ -33,6 +34,7 @@ from flows.dvc_stages import (
     DataQualityFailure,
     StageFailed,
     StageInfo,
+    StageRefused,
     StageResult,
     TransientStageError,
     pipeline_stages,
@@ -48,6 +50,9 @@ PROMOTION_STAGE = "promote"
 DEFAULT_RETRIES = 2
 DEFAULT_RETRY_DELAY_S = 30.0
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00: new recordings arrive weekly
+# What became of each stage in a run (the run summary's words; publish_artifacts reads them).
+RAN, UP_TO_DATE, FAILED, NOT_REACHED, NOT_IN_RUN = "ran", "up to date", "FAILED", "not reached", "not in run"
+OUTCOMES = (RAN, UP_TO_DATE, FAILED, NOT_REACHED, NOT_IN_RUN)
 
 
 def is_transient(task: tp.Any, task_run: TaskRun, state: State[tp.Any]) -> bool:
@@ -81,9 +86,19 @@ def dvc_stage(repo: str, stage: str, force: bool = False) -> StageResult:
     env = retry_env(attempt)
     if env:
         logger.info("stage %s: attempt %d, with %s", stage, attempt, env)
-    result = repro_stage(Path(repo), stage, force=force, log=logger.info, extra_env=env)
+    try:
+        result = repro_stage(Path(repo), stage, force=force, log=logger.info, extra_env=env)
+    except StageRefused as e:
+        # The stage judged its input and said why in its output (logged above): a failed state
+        # with a one-line message, not an exception with a traceback (and no retry).
+        return Failed(message=headline(e), data=e)  # type: ignore[return-value]
     logger.info("stage %s: %s in %.1f s", stage, "ran" if result.ran else "up to date", result.seconds)
     return result
+
+
+def headline(e: StageFailed) -> str:
+    """The first line of a stage failure: ``stage 'validate' data-quality gate failed (exit code 3)``."""
+    return str(e).split("\n", 1)[0].rstrip(":")
 
 
 def select_stages(
@@ -115,6 +130,41 @@ def _summary_path(vstage: StageInfo | None) -> str | None:
     )
 
 
+def last_published(key: str, is_report: tp.Callable[[tp.Any], bool]) -> str | None:
+    """Where the newest artifact under ``key`` that is a real report (``is_report``) came from:
+    ``flow run `<name>` (<id>), <created>``; None when there is none or the API cannot say."""
+    try:
+        from prefect import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+        from prefect.client.schemas.sorting import ArtifactSort
+
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=50,
+            )
+            hit = next((a for a in found if is_report(a)), None)
+            if hit is None:
+                return None
+            run_name = client.read_flow_run(hit.flow_run_id).name if hit.flow_run_id else "?"
+    except Exception:  # the note is a courtesy: never fail a run over it
+        return None
+    created = hit.created.strftime("%Y-%m-%d %H:%M UTC") if hit.created else "an earlier time"
+    return f"flow run `{run_name}` ({hit.flow_run_id}), {created}"
+
+
+def _stale_note(what: str, stage: str, why: str, key: str, is_report: tp.Callable[[tp.Any], bool]) -> str:
+    """The artifact of a report this run did not produce: why, and which run the last one is from."""
+    previous = last_published(key, is_report)
+    where = (
+        f"The last `{key}` report is from {previous}: **stale**, not this run's result."
+        if previous
+        else "Any report of it in the repository is from an earlier run: **stale**, not this run's result."
+    )
+    return f"# {what}: not from this run\n\n`{stage}` {why}.\n\n{where}\n"
+
+
 def _report_artifact(
     repo: Path,
     what: str,
@@ -122,21 +172,38 @@ def _report_artifact(
     key: str,
     report: str | None,
     *,
-    not_in_run: bool,
+    outcome: str | None,
+    started: float | None,
     hint: str,
     publish: tp.Callable[[Path, str], None],
+    is_report: tp.Callable[[tp.Any], bool],
 ) -> None:
-    """One report's artifact: ``publish(repo / report, report)`` when the report is there; else
-    a note that ``stage`` was not part of this run (``not_in_run``), or that the report is not
-    there yet and ``hint`` says what makes it."""
-    if not_in_run:
-        create_markdown_artifact(
-            f"# {what}\n\n`{stage}` was not part of this run (see the run summary); its last report is "
-            "in the repository, from an earlier run.",
-            key=key,
-        )
-    elif report and (repo / report).is_file():
-        publish(repo / report, report)
+    """One report's artifact: ``publish(repo / report, report)`` when this run produced the report
+    (its stage ran, or DVC found it up to date, or it failed after writing it); else a note that
+    says why not and marks the last published one stale, naming its flow run; or that the report
+    is not there yet and ``hint`` says what makes it.
+
+    ``outcome``: ``None`` (publish what is there: a path given by the caller), or one of
+    :data:`OUTCOMES`. ``started``: when the stage started (a failed stage's report must be newer).
+    """
+    path = repo / report if report else None
+    if outcome == NOT_IN_RUN:
+        why = "was not part of this run (see the run summary); its last report in the repository is from an earlier run"
+        create_markdown_artifact(_stale_note(what, stage, why, key, is_report), key=key)
+        return
+    if outcome == NOT_REACHED:
+        why = "was not reached: the run stopped at an earlier stage (see the run summary)"
+        create_markdown_artifact(_stale_note(what, stage, why, key, is_report), key=key)
+        return
+    fresh = path is not None and path.is_file()
+    if fresh and outcome == FAILED and path is not None:
+        fresh = started is None or path.stat().st_mtime >= started - 1.0
+        if not fresh:
+            why = "failed before writing its report"
+            create_markdown_artifact(_stale_note(what, stage, why, key, is_report), key=key)
+            return
+    if fresh and path is not None and report is not None:
+        publish(path, report)
     else:
         create_markdown_artifact(art.missing_markdown(what, report, hint), key=key)
 
@@ -148,17 +215,28 @@ def publish_artifacts(
     evaluation_table: str | None,
     promotion_file: str | None,
     in_run: tp.Collection[str] | None = None,
+    outcomes: tp.Mapping[str, str] | None = None,
+    started: tp.Mapping[str, float] | None = None,
 ) -> dict[str, tp.Any]:
     """Create the data-quality, evaluation and promotion artifacts; return the validate summary (or {}).
 
-    ``in_run``: the stages this run chose; a stage outside it gets an artifact saying so, not
-    the report an earlier run left (a ``--until validate`` run does not republish an old
-    promotion as its own), unless its report's path was given."""
+    Only what this run produced is published as its own. ``outcomes`` (stage name -> one of
+    :data:`OUTCOMES`): a stage that was not reached (the run failed before it) or not part
+    of the run, or that failed before writing its report, gets a note that names the flow
+    run the last published report came from, marked stale, never that report's content
+    (the reports in ``reports/`` are an earlier run's). ``in_run``: the stages this run
+    chose, for callers without ``outcomes``. A report whose path was given is published as
+    it is. ``started``: when each stage started (stage name -> ``time.time()``)."""
 
-    def not_in_run(given: str | None, stage: str) -> bool:
-        return given is None and in_run is not None and stage not in in_run
+    def outcome(given: str | None, stage: str) -> str | None:
+        if given is not None:
+            return None
+        if outcomes is not None:
+            return outcomes.get(stage, NOT_IN_RUN)
+        return NOT_IN_RUN if in_run is not None and stage not in in_run else None
 
     summary: dict[str, tp.Any] = {}
+    note = f"this run ({_this_run()})"
 
     def data_quality(path: Path, shown: str) -> None:
         summary.update(art.read_json(path))
@@ -167,55 +245,85 @@ def publish_artifacts(
             art.data_quality_rows(summary),
             key=art.KEY_DATA_QUALITY,
             description=f"Data-quality gate {verdict} on {summary.get('files')} files: levels before (raw) and "
-            f"after normalization, and every expectation (from {shown})",
+            f"after normalization, and every expectation (from {shown}, {note})",
         )
 
     def evaluation(path: Path, shown: str) -> None:
         create_table_artifact(
-            art.evaluation_rows(path), key=art.KEY_EVALUATION, description=f"Ours vs Opus per bitrate (from {shown})"
+            art.evaluation_rows(path),
+            key=art.KEY_EVALUATION,
+            description=f"Ours vs Opus per bitrate (from {shown}, {note})",
         )
 
     def promotion(path: Path, shown: str) -> None:
         create_markdown_artifact(
             art.promotion_markdown(read_promotion(path), shown),
             key=art.KEY_PROMOTION,
-            description="Promotion decision, gates and the MLflow run / model version",
+            description=f"Promotion decision, gates and the MLflow run / model version ({note})",
         )
+
+    def a_table(a: tp.Any) -> bool:
+        return getattr(a, "type", None) == "table"
+
+    def a_promotion(a: tp.Any) -> bool:
+        return (getattr(a, "description", None) or "").startswith("Promotion decision")
 
     spath = validate_summary if validate_summary is not None else _summary_path(_by_name(stages, DATA_QUALITY_STAGE))
     epath = evaluation_table or art.evaluation_table_path(_by_name(stages, EVALUATION_STAGE))
     ppath = promotion_file or art.promotion_path(_by_name(stages, PROMOTION_STAGE))
-    _report_artifact(
-        repo,
-        "Data quality",
-        DATA_QUALITY_STAGE,
-        art.KEY_DATA_QUALITY,
-        spath,
-        not_in_run=not_in_run(validate_summary, DATA_QUALITY_STAGE),
-        hint="Run the data stages (up to `validate`).",
-        publish=data_quality,
-    )
-    _report_artifact(
-        repo,
-        "Evaluation (ours vs Opus per bitrate)",
-        EVALUATION_STAGE,
-        art.KEY_EVALUATION,
-        epath,
-        not_in_run=not_in_run(evaluation_table, EVALUATION_STAGE),
-        hint="It appears once `evaluate` has run.",
-        publish=evaluation,
-    )
-    _report_artifact(
-        repo,
-        "Promotion",
-        PROMOTION_STAGE,
-        art.KEY_PROMOTION,
-        ppath,
-        not_in_run=not_in_run(promotion_file, PROMOTION_STAGE),
-        hint="It appears once `promote` has run.",
-        publish=promotion,
-    )
+    for what, stage, key, path, given, hint, publish, is_report in (
+        (
+            "Data quality",
+            DATA_QUALITY_STAGE,
+            art.KEY_DATA_QUALITY,
+            spath,
+            validate_summary,
+            "Run the data stages (up to `validate`).",
+            data_quality,
+            a_table,
+        ),
+        (
+            "Evaluation (ours vs Opus per bitrate)",
+            EVALUATION_STAGE,
+            art.KEY_EVALUATION,
+            epath,
+            evaluation_table,
+            "It appears once `evaluate` has run.",
+            evaluation,
+            a_table,
+        ),
+        (
+            "Promotion",
+            PROMOTION_STAGE,
+            art.KEY_PROMOTION,
+            ppath,
+            promotion_file,
+            "It appears once `promote` has run.",
+            promotion,
+            a_promotion,
+        ),
+    ):
+        full = _by_name(stages, stage)
+        name = full.name if full is not None else stage
+        _report_artifact(
+            repo,
+            what,
+            stage,
+            key,
+            path,
+            outcome=outcome(given, name) if full is not None else None,
+            started=(started or {}).get(name),
+            hint=hint,
+            publish=publish,
+            is_report=is_report,
+        )
     return summary
+
+
+def _this_run() -> str:
+    from prefect.runtime import flow_run
+
+    return f"flow run {flow_run.name or '?'}"
 
 
 @flow(name="codec-pipeline", log_prints=True)
@@ -262,32 +370,53 @@ def codec_pipeline(
 
     results: list[StageResult] = []
     failure: StageFailed | None = None
+    outcomes = {s.name: (NOT_IN_RUN if s not in chosen else NOT_REACHED) for s in all_stages}
+    started: dict[str, float] = {}
     try:
         for s in chosen:
             run = dvc_stage.with_options(
                 name=s.name, task_run_name=s.name, retries=retries, retry_delay_seconds=retry_delay_s
             )
-            results.append(run(str(root), s.name, force=s.name in force))
-    except StageFailed as e:
-        failure = e
+            started[s.name] = time.time()
+            st = run(str(root), s.name, force=s.name in force, return_state=True)
+            outcome = st.result(raise_on_failure=False) if st.is_final() else None
+            if st.is_completed() and isinstance(outcome, StageResult):
+                results.append(outcome)
+                outcomes[s.name] = RAN if outcome.ran else UP_TO_DATE
+                continue
+            outcomes[s.name] = FAILED
+            failure = (
+                outcome
+                if isinstance(outcome, StageFailed)
+                else StageFailed(s.name, None, st.message or repr(outcome), f"ended in state {st.name}")
+            )
+            break
     finally:
-        # Every run gets its artifacts, a failed one most of all (the gate's numbers).
+        # Every run gets its artifacts, a failed one most of all (the gate's numbers); a report
+        # this run did not produce is marked stale, with the flow run it is from.
         summary = publish_artifacts(
-            root, all_stages, validate_summary, evaluation_table, promotion_file, in_run={s.name for s in chosen}
+            root, all_stages, validate_summary, evaluation_table, promotion_file, outcomes=outcomes, started=started
         )
         create_markdown_artifact(
             art.run_summary_markdown(all_stages, results, str(failure) if failure else None, changed),
             key=art.KEY_RUN,
             description="Stages run, skipped as up to date, failed or not reached",
         )
-    if failure is not None:
+    if failure is None:
+        return results
+    if isinstance(failure, DataQualityFailure) and art.failed_expectations(summary):
+        names = "; ".join(art.failed_expectations(summary))
+        failure = DataQualityFailure(
+            failure.stage, failure.exit_code, f"failed expectations: {names}\n{failure.detail}", failure.kind
+        )
+    if isinstance(failure, StageRefused):
+        # A gate or a user error: said once, as the run's final state, without a traceback.
+        # The stage's own output above has the details; the run summary artifact has them too.
+        verdict = headline(failure)
         if isinstance(failure, DataQualityFailure) and art.failed_expectations(summary):
-            names = "; ".join(art.failed_expectations(summary))
-            raise DataQualityFailure(
-                failure.stage, failure.exit_code, f"failed expectations: {names}\n{failure.detail}", failure.kind
-            )
-        raise failure
-    return results
+            verdict += ": " + "; ".join(art.failed_expectations(summary))
+        return Failed(message=verdict, data=failure)  # type: ignore[return-value]
+    raise failure
 
 
 def _assignments(values: list[str] | None) -> dict[str, tp.Any]:
@@ -358,7 +487,11 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
     if state.is_completed():
         return 0
     exc = state.result(raise_on_failure=False)
-    print(f"codec-pipeline: {state.message}", file=sys.stderr)
+    if isinstance(exc, StageRefused):
+        # Prefect's log already ends with the verdict ("Finished in state Failed(...)"): no repeat.
+        print(f"codec-pipeline: stopped at stage '{exc.stage}' (exit code {exc.exit_code})", file=sys.stderr)
+    else:
+        print(f"codec-pipeline: {state.message}", file=sys.stderr)
     return exc.exit_code if isinstance(exc, StageFailed) and exc.exit_code in (2, 3, 4) else 1
 
 

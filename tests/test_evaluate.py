@@ -28,7 +28,7 @@ from codec.evaluation import params as ep
 from codec.evaluation import report, sets, stage
 from codec.model.checkpoint import save_checkpoint
 from codec.model.codec import build_codec
-from tests.presets import tiny_config
+from tests.presets import tiny_codec, tiny_config
 from tests.synth import RATE, speechlike
 
 # --- shared helpers (also used by test_promote.py) --------------------------------------------
@@ -186,8 +186,9 @@ def test_a_known_gain_reads_as_hand_computed_metrics_at_every_level(gain: float)
         assert lv.amplitude_ratio == pytest.approx(gain, abs=2e-4)
         assert lv.snr_db == pytest.approx(-20 * math.log10(1 - gain), abs=0.01)
     flat = report.flat_metrics(result)
-    assert flat["ours.320kbps.amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
-    assert flat["levels.320kbps.-40dBFS.amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
+    assert flat["held_out/amplitude_ratio_320kbps"] == pytest.approx(gain, abs=2e-4)
+    levels = stage.evaluation_tables({"held_out": result})["levels"]
+    assert levels.set_index("level_dbfs").loc[-40.0, "amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
     # With it (the default, what codec encode sends): the level comes back at every input
     # level, and the path without it is scored beside, not gated as ours.
     shaped = ev.evaluate_model(
@@ -198,7 +199,7 @@ def test_a_known_gain_reads_as_hand_computed_metrics_at_every_level(gain: float)
     assert [r.codec for r in shaped.without_side] == ["ours_no_side_info"]
     assert shaped.without_side[0].metrics["amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
     side_flat = report.flat_metrics(shaped)
-    assert side_flat["ours_no_side_info.320kbps.amplitude_ratio"] == pytest.approx(gain, abs=2e-4)
+    assert side_flat["held_out/model_amplitude_ratio_320kbps"] == pytest.approx(gain, abs=2e-4)
     # The side information is counted in ours' bitrate: a block of 500 samples here, 8 bits.
     assert shaped.row("ours", 320.0).effective_kbps == pytest.approx(320.0 + 16000 / 500 * 8 / 1000)
 
@@ -227,7 +228,7 @@ def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_ru
     raw, norm = write_data(tmp_path / "data", clips)
     cfg = tiny_config()
     ckpt = tmp_path / "models" / "codec.pt"
-    save_checkpoint(ckpt, build_codec(cfg, seed=0), {"params": {"val_fraction": 0.5}})
+    save_checkpoint(ckpt, tiny_codec([c.audio for c in clips]), {"params": {"val_fraction": 0.5}})
     # A training run that logged this checkpoint (as codec train does), and a newer one that did not.
     mlflow.set_experiment("telugu-speech-codec")
     with mlflow.start_run(tags={"stage": "train"}) as train_run:
@@ -334,9 +335,20 @@ def test_stage_writes_ours_and_opus_at_every_bitrate_and_logs_to_the_training_ru
 
     client = MlflowClient(mlflow_uri)
     logged = client.get_run(train_run.info.run_id)
-    assert logged.data.metrics["eval.ours.3.6kbps.amplitude_ratio"] == pytest.approx(
+    assert logged.data.metrics["held_out/amplitude_ratio_3.6kbps"] == pytest.approx(
         metrics["ours"]["3.6kbps"]["amplitude_ratio"], abs=1e-4
     )
+    assert logged.data.metrics["field_recordings/pesq_3.6kbps"] == pytest.approx(
+        record["sets"]["field_recordings"]["metrics"]["ours"]["3.6kbps"]["pesq"], abs=1e-4
+    )
+    # Every bitrate, level and clip as tables, not as metrics; the sets as the run's datasets.
+    assert not [k for k in logged.data.metrics if "." in k.split("/")[0] or "/" not in k]
+    tables = {a.path for a in client.list_artifacts(train_run.info.run_id, "evaluation")}
+    assert {"evaluation/bitrates.json", "evaluation/levels.json", "evaluation/clips.json"} <= tables
+    datasets = {d.dataset.name: d for d in logged.inputs.dataset_inputs}
+    assert set(datasets) == {*names, "field_recordings"}
+    assert datasets["telephone"].dataset.digest == record["eval_set_fingerprint"]
+    assert "Held-out speakers at 3.6 kbps" in logged.data.tags["mlflow.note.content"]
     assert logged.data.tags["eval_set_fingerprint"] == record["eval_set_fingerprint"]
     # The served model (codec encode + decode) is logged into the training run by evaluate.
     served = mlflow.pyfunc.load_model(record["model_uri"])
@@ -396,3 +408,51 @@ def test_the_logged_model_serves_any_length_and_needs_no_private_package(
     assert not (local / "uv.lock").exists()  # nor the repository's lock file (the whole project's environment)
     # The model is code and the plain checkpoint: nothing pickled.
     assert (local / "artifacts" / "codec.pt").is_file() and not list(local.rglob("*.pkl"))
+
+
+# --- what the stage prints -----------------------------------------------------------------------
+
+
+def test_the_stage_prints_a_few_lines_per_set_and_progress_only_on_a_terminal() -> None:
+    """By default codec evaluate prints ours beside Opus at the top bitrate and the amplitude per
+    set, then the worst set and where the report is (--verbose: the report); progress is one line
+    rewritten on a terminal, and nothing at all in a log."""
+    clips = make_clips(2)
+    params = ep.EvaluateParams(levels_dbfs=[-40.0, -6.0], opus_modes=["cbr"], side_info=True)
+    steps: list[str] = []
+    fine = ev.evaluate_model(PcmCodec(), clips, params, NO_LIMITER, bitrates_kbps=[160.0], progress=steps.append)
+    assert steps == [
+        "160 kbps (1/1): ours",
+        "160 kbps (1/1): ours without side information",
+        "160 kbps (1/1): input levels",
+        "160 kbps (1/1): opus cbr",
+    ]
+    coarse = ev.evaluate_model(PcmCodec(bits=3), clips, params, NO_LIMITER, bitrates_kbps=[96.0])
+    lines = stage.console_summary(report.sets_summary({"held_out": fine, "coarse": coarse}), "reports/report.md")
+    assert len(lines) == 1 + 2 * 2 + 2, lines  # a heading, two lines per set, the worst set and the report
+    assert lines[0].startswith("codec evaluate: 2 evaluation sets")
+    assert lines[1].startswith("  held_out (2 clips) at 160 kbps: ours PESQ 4.") and "; Opus PESQ " in lines[1]
+    assert lines[2].startswith("    amplitude ") and float(lines[2].split()[1]) == pytest.approx(1.0, abs=0.03)
+    assert "worst input level, -" in lines[2] and "; without side information " in lines[2]
+    assert lines[3].startswith("  coarse (2 clips) at 96 kbps: ours PESQ ")
+    assert lines[-2].startswith("  worst set: coarse (PESQ ") and "reports/report.md" in lines[-1]
+    assert max(map(len, lines)) <= 120
+
+    log = io.StringIO()  # not a terminal
+    quiet = stage.TerminalProgress(log)
+    quiet.at("held_out (1/2 sets, 2 clips)")("160 kbps (1/1): ours")
+    quiet.close()
+    assert log.getvalue() == ""
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    shown = stage.TerminalProgress(tty)
+    for step in steps:
+        shown.at("held_out (1/2 sets, 2 clips)")(step)
+    shown.close()
+    out = tty.getvalue()
+    assert out.count("\r") == len(steps) + 1 and "\n" not in out  # one line, rewritten, cleared at the end
+    assert "codec evaluate: held_out (1/2 sets, 2 clips), 160 kbps (1/1): opus cbr" in out

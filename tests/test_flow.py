@@ -273,7 +273,8 @@ def test_peak_mode_fails_at_validation_naming_rms_spread(data_run: Run, tmp_path
     runs = {r.name: r for r in task_runs(state)}
     assert runs["validate"].state_type is not None and runs["validate"].state_type.value == "FAILED"
     assert runs["validate"].run_count == 1  # a refused gate is not retried
-    assert runs["validate"].state is not None and "rms_spread" in (runs["validate"].state.message or "")
+    # The task's state says which gate stopped it; the run's (above) adds the failed expectations.
+    assert runs["validate"].state is not None and "data-quality gate failed" in (runs["validate"].state.message or "")
     dq = {row["check"]: row for row in artifacts(state)[art.KEY_DATA_QUALITY]}
     assert dq["expectation: rms_spread"]["result"] == "FAIL" and dq["expectation: rms_spread"]["normalized"] > 1.5
     assert dq["expectation: rms_spread"]["worst_files"]
@@ -281,6 +282,98 @@ def test_peak_mode_fails_at_validation_naming_rms_spread(data_run: Run, tmp_path
     assert yaml.safe_load((repo / "params.yaml").read_text())["normalize"]["mode"] == "peak"
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["normalize"]["params"]["params.yaml"]["normalize"]["mode"] == "peak"
+
+
+def flow_logs(fid: uuid.UUID) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return [e.message for e in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fid])))]
+
+
+@pytest.mark.slow
+def test_a_run_failing_at_validate_publishes_no_report_of_another_run(
+    data_run: Run, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The whole pipeline (not --until validate) with the peak bug: the run stops at validate, so
+    evaluate and promote are not reached. reports/ still holds an earlier run's evaluation table
+    and promotion.json (data_run's, published by it): this run's evaluation and promotion
+    artifacts carry none of their content, and name the flow run the last ones came from as
+    stale. The gate's verdict is said once, without a traceback (issue 26)."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from flows.pipeline import main
+
+    repo = tmp_path / "repo"
+    shutil.copytree(data_run.repo, repo, symlinks=True)
+    assert (repo / "reports/evaluate/bitrates.csv").is_file() and (repo / "reports/promote/promotion.json").is_file()
+    code = main(["run", "--repo", str(repo), "--set", "normalize.mode=peak", "--retry-delay", "1"])
+    assert code == 3
+    with get_client(sync_client=True) as client:
+        latest = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["codec-pipeline"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )[0]
+    assert latest.state is not None and latest.state.is_failed()
+    assert "rms_spread (observed" in (latest.state.message or "")
+    this = latest.id
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[this])))
+    arts = {a.key: a for a in found if a.key}
+    dq = arts[art.KEY_DATA_QUALITY]
+    assert dq.type == "table" and "rms_spread" in str(dq.data)  # validate's own report: this run's
+    for key in (art.KEY_EVALUATION, art.KEY_PROMOTION):
+        a = arts[key]
+        text = str(a.data)
+        assert a.type == "markdown", (key, a.type)  # a note, not the earlier run's table
+        assert "0f1e2d3c4b5a" not in text and "champion" not in text and "2.61" not in text, text
+        assert "was not reached" in text and "**stale**" in text, text
+        # The note names the flow run the last real report came from; that run is not this one
+        # and it did publish that report under this key.
+        import re
+
+        named = re.search(r"\(([0-9a-f-]{36})\)", text)
+        assert named is not None, text
+        other = uuid.UUID(named.group(1))
+        assert other != this
+        with get_client(sync_client=True) as client:
+            theirs = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[other]))
+            )
+        assert any(
+            (t.key == key and t.type != "markdown") or "Promotion decision" in (t.description or "") for t in theirs
+        )
+    summary = str(arts[art.KEY_RUN].data)
+    assert "| validate | **FAILED** |" in summary and "| evaluate | not run |" in summary
+
+    # Said once, no traceback: in the run's logs (what the UI shows) and on the terminal.
+    logs = flow_logs(this)
+    assert not [m for m in logs if "Traceback" in m or "Encountered exception" in m]
+    # At most once (the run's final state, above; Prefect may send that log line after the run ends).
+    assert len([m for m in logs if "rms_spread (observed" in m]) <= 1, [m for m in logs if "rms_spread" in m]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("rms_spread (observed") <= 1, err[-3000:]
+
+
+def test_data_quality_cells_do_not_render_as_markdown_blocks() -> None:
+    summary = {
+        "raw": {"files": 24},
+        "normalized": {"files": 24},
+        "expectations": {
+            "min_files": {"success": True, "observed": 24, "limit": ">= 20 files", "worst_files": ["a_b__c"]},
+            "rms_spread": {"success": True, "observed": 0.4, "limit": "std <= 1.5 dB", "worst_files": ["x*y.wav"]},
+        },
+    }
+    rows = {r["check"]: r for r in art.data_quality_rows(summary)}
+    assert rows["files"]["limit"] == "\\>= 20 files"  # renders ">= 20 files", not a block quote
+    assert rows["expectation: rms_spread"]["limit"] == "std <= 1.5 dB"
+    assert rows["expectation: rms_spread"]["worst_files"] == "x\\*y.wav"
+    assert rows["expectation: min_files"]["worst_files"] == "a_b__c"
+    assert art.md_cell("1. first") == "1\\. first" and art.md_cell("12.5 dB") == "12.5 dB"
+    assert art.md_cell(-16.5) == -16.5 and art.md_cell(None) is None
 
 
 # A short training of the demo model that writes a checkpoint every few steps (seconds on a CPU).

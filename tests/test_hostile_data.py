@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import pytest
 import soundfile as sf
 
 from codec.audio.io import AudioTooLongError, TruncatedAudioError, read_audio
+from codec.cli.main import main
 from codec.data.ingest import IngestParams, ingest
 from codec.data.normalize import NormalizeParams, normalize
 from codec.errors import UserError
@@ -231,6 +233,60 @@ def test_a_truncated_rf64_is_rejected(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-RATE])  # a cut-off copy
     with pytest.raises(TruncatedAudioError):
         read_audio(path)
+
+
+def _streamed(wav: bytes, size: int) -> bytes:
+    """``wav`` (a plain 44-byte-header WAV) with its RIFF and data sizes set to ``size``, as a
+    writer to a pipe leaves them."""
+    assert wav[36:40] == b"data"
+    return wav[:4] + size.to_bytes(4, "little") + wav[8:40] + size.to_bytes(4, "little") + wav[44:]
+
+
+def test_a_wav_with_a_streaming_size_placeholder_is_read(
+    tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23 row 14: 0 (some writers), 0xFFFFFFFF (ffmpeg), 0x7FFFFFFF (arecord) and sox's
+    0x7FFFF000 as the sizes of a WAV written to a pipe mean "to the end of the file": encode
+    and ingest read the 2.4 s that follow, the same samples as the plain file. A WAV whose data
+    size is a real size larger than what follows is still refused as truncated."""
+    src = tmp_path / "rec"
+    src.mkdir()
+    plain = src / "plain.wav"
+    sf.write(plain, speechlike(2.4, np.random.default_rng(14)), RATE, subtype="PCM_16")
+    wav = plain.read_bytes()
+    placeholders = {"zero": 0, "ffmpeg": 0xFFFFFFFF, "arecord": 0x7FFFFFFF, "sox": 0x7FFFF000}
+    for name, size in placeholders.items():
+        (src / f"{name}.wav").write_bytes(_streamed(wav, size))
+    (tmp_path / "cut.wav").write_bytes(wav[: len(wav) // 2])  # declares 2.4 s, holds 1.2 s
+    streams = tmp_path / "codes"
+    streams.mkdir()
+
+    def encode(path: Path) -> tuple[int, str]:
+        capsys.readouterr()
+        rc = main(["encode", str(path), str(streams / f"{path.stem}.tscb"), "--model", str(ckpt), "-q"])
+        return rc, capsys.readouterr().err
+
+    assert encode(plain) == (0, "")
+    for name in placeholders:
+        assert encode(src / f"{name}.wav") == (0, ""), name
+        assert (streams / f"{name}.tscb").read_bytes() == (streams / "plain.tscb").read_bytes(), name
+    rc, err = encode(tmp_path / "cut.wav")
+    assert rc == 2 and err.count("\n") == 1, err
+    declared, held = len(wav) - 44, len(wav) // 2 - 44
+    assert re.fullmatch(
+        rf"codec encode: error: \S*cut\.wav: truncated: the WAV data chunk declares {declared} bytes "
+        rf"but the file ends after {held}\n",
+        err,
+    ), err
+    assert not (streams / "cut.tscb").exists() and not list(streams.glob(".*partial*"))
+
+    (src / "cut.wav").write_bytes((tmp_path / "cut.wav").read_bytes())
+    res = ingest(src, tmp_path / "raw", IngestParams(workers=1))
+    reasons = dict(zip(res.rejected["source_path"], res.rejected["reason"], strict=True))
+    assert reasons.pop("cut.wav") == "truncated"
+    # one of the five is accepted, the other four are its duplicates: the same samples, none empty or cut
+    assert sorted(reasons.values()) == ["duplicate"] * 4 and len(res.accepted) == 1
+    assert abs(float(res.accepted["duration_s"].iloc[0]) - 2.4) < 1e-9
 
 
 def test_clipping_is_measured_on_the_input_and_a_clipped_square_wave_is_refused(tmp_path: Path) -> None:

@@ -342,3 +342,58 @@ def test_a_0_byte_input_is_an_empty_file(tmp_path: Path, ckpt: Path, capsys: pyt
     with pytest.raises(UserError, match="empty file"), (tmp_path / "tmp").open("wb") as tmp:
         prepare_file(tmp_path / "in.wav", SR, LevelSettings(), tmp)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav", "tmp"]
+
+
+def test_pipe_and_registry_errors_name_what_the_user_passed_not_a_temporary_copy(
+    tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23 row 16: ``codec encode -``/``codec decode -`` named ``/tmp/codec-stdin-…/stdin``
+    and a registered version's refusal ``/tmp/codec-model-…/codec.pt``: they name ``-`` and the
+    models:/ URI now, and leave no temporary copy behind."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    sf.write(str(tmp_path / "in.wav"), noise(1.0), SR, subtype="PCM_16")
+    cut_wav = (tmp_path / "in.wav").read_bytes()[:2000]
+    stream = tmp_path / "in.tscb"
+    assert main(["encode", str(tmp_path / "in.wav"), str(stream), "--model", str(ckpt), "-q"]) == 0
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the pipe's temporary copies, checked below
+    for args, data, code, message in [
+        (
+            ["encode", "-", "-"],
+            cut_wav,
+            2,
+            "truncated: the WAV data chunk declares 32000 bytes but the file ends after",
+        ),
+        (["decode", "-", "-"], stream.read_bytes()[:-100], EXIT_BAD_BITSTREAM, "truncated: the header declares"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "codec", *args, "--model", str(ckpt)], input=data, capture_output=True, env=env
+        )
+        err = proc.stderr.decode()
+        assert proc.returncode == code and proc.stdout == b"", err
+        assert err.startswith(f"codec {args[0]}: error: - (standard input): {message}") and err.count("\n") == 1, err
+        assert "codec-stdin-" not in err and "codec-stdout-" not in err
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("codec-")]  # no temporary copy left
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow's own bar, not the message
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("broken")  # not an experiment id an earlier test left active
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "codec.pt").write_bytes(b"")  # a run whose checkpoint was emptied
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(tmp_path / "checkpoint" / "codec.pt"), "checkpoint")
+    client = MlflowClient(uri, uri)
+    client.create_registered_model("broken")
+    client.create_model_version("broken", f"runs:/{run.info.run_id}/checkpoint", run_id=run.info.run_id)
+    capsys.readouterr()
+    assert main(["encode", str(tmp_path / "in.wav"), str(tmp_path / "x.tscb"), "--model", "models:/broken/1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"codec encode: error: models:/broken/1 (version 1, run {run.info.run_id}) checkpoint/codec.pt "
+        "is not a readable codec checkpoint (the file is empty); retrain or restore it\n"
+    ), err
+    assert not (tmp_path / "x.tscb").exists()

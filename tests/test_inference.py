@@ -20,7 +20,7 @@ from torch import nn
 from codec.audio.io import read_audio
 from codec.audio.level import LevelSettings
 from codec.audio.levels import rms_dbfs
-from codec.audio.loudness import DcBlocker, integrated_lufs, loudness_lufs
+from codec.audio.loudness import integrated_lufs, loudness_lufs
 from codec.audio.resample import resample
 from codec.data.corpus import Espeak, load_sentences
 from codec.evaluation.metrics import amplitude_ratio, snr_db
@@ -126,12 +126,12 @@ class BiasedPcm(TwoStagePcm):
 def test_digital_silence_decodes_to_silence_not_an_offset(energy: bool) -> None:
     """Issue 23 row 8: digital silence (``codec encode --allow-silence``) and input below the
     -70 LUFS gate decoded to the decoder's -47.5 dBFS offset. A decoder's offset is removed
-    (after the first few hundred milliseconds of the DC blocker's settling)."""
+    (the output's mean), from the first sample."""
     silence = np.zeros(3 * SR, np.float32)
     hiss = (np.random.default_rng(5).standard_normal(3 * SR) * 10 ** (-85 / 20)).astype(np.float32)
     for x in (silence, hiss):
         y = pipeline.roundtrip(BiasedPcm(), x, SR, 320.0, energy=energy)
-        assert rms_dbfs(y[SR // 2 :]) < -80.0
+        assert rms_dbfs(y) < -80.0
     # The shipped reference model: silence stays below -70 dBFS.
     reference = load_model(str(REFERENCE_CHECKPOINT))
     y = pipeline.roundtrip(reference.model, silence, SR, 6.0, reference.levels, energy=energy)
@@ -222,8 +222,9 @@ def test_real_codec_roundtrip_has_the_input_rate_length_and_bitrate() -> None:
     assert result.codes.shape == (3, 100)  # 0.9 kbps = 3 quantizers
     assert result.codes.min() >= 0 and result.codes.max() < 64
     # Untrained, so no quality to check; but the level restore undoes the normalization.
-    out_norm = np.concatenate(list(pipeline.decode_codes(model, [result.codes])))
-    restored = pipeline.restore(DcBlocker(SR).block(out_norm), result.prepared.gain_db, SR, 22050, x.shape[0])
+    blocks = pipeline.dc_removed(pipeline.decode_codes(model, [result.codes]), SR)  # less its mean
+    out_norm = np.concatenate(list(blocks))
+    restored = pipeline.restore(out_norm, result.prepared.gain_db, SR, 22050, x.shape[0])
     np.testing.assert_allclose(restored, result.audio, atol=1e-6)
 
 
@@ -281,3 +282,28 @@ def test_a_crafted_header_with_the_right_fingerprint_is_still_checked() -> None:
         with pytest.raises(bs.ModelMismatchError, match=message):
             decode_all(model, bytes(forged))
     assert header.n_quantizers == 3
+
+
+def test_the_decoded_offset_is_removed_per_segment_whatever_the_block_sizes() -> None:
+    """The decoder's offset is measured over 10 s segments (the last 10 to 20 s), not per
+    decoded block, so a short chunk's low frequencies are not taken for an offset; the same
+    samples whatever blocks the decoder yields, and no step where the offset changes."""
+    rng = np.random.default_rng(0)
+    n = 47 * SR
+    drift = np.where(np.arange(n) < 25 * SR, 0.2, -0.1).astype(np.float32)  # an offset that changes
+    x = (rng.standard_normal(n) * 0.1).astype(np.float32) + drift
+    outs = []
+    for size in (320, 7 * SR, n):
+        blocks = list(pipeline.dc_removed((x[i : i + size] for i in range(0, n, size)), SR))
+        assert [b.shape[0] / SR for b in blocks] == [10.0, 10.0, 10.0, 17.0]
+        outs.append(np.concatenate(blocks))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+    y = outs[0]
+    for lo, hi in ((0, 10), (10, 20), (20, 30), (30, 47)):
+        assert abs(float(np.mean(y[lo * SR : hi * SR], dtype=np.float64))) < 1e-3
+    # A 1.5 s recording is one segment: exactly its mean is removed, nothing else.
+    short = x[: 3 * SR // 2]
+    np.testing.assert_allclose(np.concatenate(list(pipeline.dc_removed([short], SR))), short - short.mean(), atol=1e-6)
+    # Where the offset changes (at 20 s, 0.2 -> ~0.06), it ramps: no jump above the signal's own.
+    assert float(np.max(np.abs(np.diff(y[20 * SR - 10 : 20 * SR + 10])))) < 0.6

@@ -21,14 +21,13 @@ from codec.evaluation import params as ep
 from codec.evaluation import report, sets, suite
 from codec.evaluation.record import evaluation_from_json
 from codec.model.checkpoint import save_checkpoint
-from codec.model.codec import build_codec
 from codec.model.serving import for_inference
 from codec.registry import promote as pr
 from codec.registry.record import read_promotion
 from codec.registry.versions import format_table, rejected_runs, table
 from codec.tracking import MODEL_NAME, model_id_of
 from tests import test_evaluate as te
-from tests.presets import tiny_config
+from tests.presets import tiny_codec
 from tests.test_evaluate import NO_LIMITER, Collapsed, PcmCodec, make_clips, write_data
 
 # The shared fixtures: a real MLflow store per test; one torch thread (conftest).
@@ -227,6 +226,11 @@ def test_fail_on_gate_exits_4_after_recording_the_decision(
     assert doc["decision"] == "rejected" and doc["version"] is None
 
 
+def real_codec(clips: list[sets.EvalClip], seed: int = 3) -> nn.Module:
+    """A real (untrained) codec that codes the clips into more than one code (see tiny_codec)."""
+    return tiny_codec([c.audio[: c.sample_rate] for c in clips], seed=seed)
+
+
 OPEN_GATES = pr.PromoteParams(
     min_snr_db=-100.0,
     amplitude_ratio_band=[1e-6, 1e6],
@@ -263,7 +267,7 @@ def test_a_champion_from_another_evaluation_set_is_re_evaluated_on_this_one(
     client = MlflowClient(mlflow_uri)
     raw, _ = write_data(tmp_path / "data", clips)
     # The champion: a real codec measured on 1.0 s of each clip, registered as codec train logs it.
-    trained = build_codec(tiny_config(), seed=3).eval()
+    trained = real_codec(clips)
     champion = for_inference(trained)
     old = evaluated(champion, clips, dataclasses.replace(EVAL, seconds=1.0))
     registered_checkpoint(trained, old, tmp_path / "old")
@@ -271,7 +275,7 @@ def test_a_champion_from_another_evaluation_set_is_re_evaluated_on_this_one(
 
     # The candidate is measured on the full 1.5 s: the champion's tags don't apply, so the stage
     # loads the champion's weights-only checkpoint and measures it on the candidate's clips.
-    candidate = build_codec(tiny_config(), seed=4).eval()
+    candidate = real_codec(clips, seed=4)
     new = evaluated(for_inference(candidate), clips)
     registered_checkpoint(candidate, new, tmp_path / "new")
     assert new["eval_set_fingerprint"] != old["eval_set_fingerprint"]
@@ -310,13 +314,13 @@ def test_a_tampered_champion_artifact_is_never_executed(
 
     client = MlflowClient(mlflow_uri)
     raw, _ = write_data(tmp_path / "data", clips)
-    champion = for_inference(build_codec(tiny_config(), seed=3).eval())
+    champion = for_inference(real_codec(clips))
     old = evaluated(champion, clips, dataclasses.replace(EVAL, seconds=1.0))
     marker = tmp_path / "pwned"
     registered_checkpoint(champion, old, tmp_path / "old", payload=pickle.dumps({"model": _Payload(marker)}))
     assert promote(client, old, OPEN_GATES, tmp_path / "a.json").decision == "champion"
 
-    new = evaluated(for_inference(build_codec(tiny_config(), seed=4).eval()), clips)
+    new = evaluated(for_inference(real_codec(clips, seed=4)), clips)
     p = promote(
         client,
         new,
@@ -414,3 +418,41 @@ def test_the_gates_are_named_in_the_decision_and_pesq_can_be_held_to_opus(
     assert saved["reasons"] == ["every cpu-demo gate passed; there was no champion"]
     _, tags = registry(mlflow_uri)
     assert tags[p.version]["gates"] == f"all {len(saved['gates'])} cpu-demo gates pass on 1 evaluation set at 320 kbps"
+
+
+def test_a_rejected_promotion_prints_the_decision_first_in_at_most_15_lines(
+    clips: list[sets.EvalClip], tmp_path: Path, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """codec promote as DVC runs it: the decision on the first line, the worst failing gates (at
+    most ten) and where the rest is, in at most 15 lines; --verbose prints every gate once (the
+    reasons of a rejection are its gates: not printed again)."""
+    record = evaluated(Collapsed(PcmCodec()), clips)
+    # The collapse on three evaluation sets: 21 of 27 gates fail.
+    record["sets"] = {name: {"metrics": record["metrics"]} for name in ("held_out", "telephone", "noise")}
+    (tmp_path / "evaluation.json").write_text(json.dumps(record))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"promote": dataclasses.asdict(GATES)}))
+    parser = argparse.ArgumentParser()
+    pr.add_arguments(parser)
+    argv = ["--evaluation", "evaluation.json", "--out", "promotion.json", "--params", "params.yaml"]
+
+    assert pr.run(parser.parse_args(argv)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    doc = json.loads((tmp_path / "promotion.json").read_text())
+    n_failed, n_gates = len(doc["failed_gates"]), len(doc["gates"])
+    assert n_gates == 27 and n_failed > pr.MAX_GATES
+    assert len(lines) <= 15, "\n".join(lines)
+    assert lines[0] == f"codec promote: rejected (default gates): {n_failed} of {n_gates} gates failed at 320 kbps"
+    fails = [line for line in lines if line.startswith("  FAIL  ")]
+    assert len(fails) <= 10 and not any(line.startswith("  pass ") or line.startswith("  gate ") for line in lines)
+    # The worst first: every clip 6.6 dB under its level, 6.6 times the 1 dB allowed.
+    assert "clip_level_error_db: 6.5" in fails[0]
+    assert f"... and {n_failed - len(fails)} more failing gates" in lines[-2]
+    assert "promotion.json" in lines[-1] and record["mlflow_run_id"] in lines[-1]
+
+    assert pr.run(parser.parse_args([*argv, "--verbose"])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("codec promote: rejected (default gates): ")
+    gate_lines = [line for line in lines if line.startswith(("  pass  ", "  FAIL  "))]
+    assert sorted(line.split()[1].rstrip(":") for line in gate_lines) == sorted(g["name"] for g in doc["gates"])
+    for g in doc["gates"]:  # each gate once, in no other line either
+        assert sum(f" {g['name']}:" in line for line in lines) == 1, g["name"]

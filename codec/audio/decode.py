@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from codec.audio.io import AUDIO_EXTENSIONS, AudioTooLongError
+from codec.audio.io import AUDIO_EXTENSIONS, AudioTooLongError, open_sound
 
 # What ingest reads: libsndfile's formats plus the containers only FFmpeg opens.
 FFMPEG_EXTENSIONS = (".m4a", ".aac", ".mp4", ".opus", ".webm", ".wma")
@@ -40,7 +40,7 @@ class StreamInfo:
 def stream_info(path: str | Path) -> StreamInfo:
     """Rate, channels, format and (declared) length, without decoding samples."""
     try:
-        with sf.SoundFile(str(path)) as f:
+        with open_sound(path) as f:
             exact = f.format not in ("MP3", "OGG")  # those headers estimate the length
             return StreamInfo(f.samplerate, f.channels, f.format, f.frames / f.samplerate if exact else None)
     except (sf.LibsndfileError, RuntimeError):
@@ -61,7 +61,7 @@ def stream_info(path: str | Path) -> StreamInfo:
 def iter_blocks(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> tp.Iterator[np.ndarray]:
     """float32 ``[T, C]`` blocks of about ``block_seconds`` each, at the file's rate (see :func:`stream_info`)."""
     try:
-        f = sf.SoundFile(str(path))
+        f = open_sound(path)
     except (sf.LibsndfileError, RuntimeError):
         yield from _ffmpeg_blocks(path, block_seconds)
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import typing as tp
 import wave
 from pathlib import Path
 
@@ -25,7 +26,10 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
 def read_mono(path: str | Path, start: int = 0, frames: int = -1) -> Array:
     """Mono float32 samples ``[T]`` (the first channel of a multi-channel file), ``frames``
     of them from ``start`` (-1: to the end)."""
-    x, _ = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+    with open_sound(path) as f:
+        if start:
+            f.seek(start)
+        x = f.read(frames, dtype="float32", always_2d=True)
     return np.ascontiguousarray(x[:, 0])
 
 
@@ -41,7 +45,7 @@ def read_audio(path: str | Path, max_seconds: float | None = None) -> tuple[Arra
     plain = _read_pcm16_wav(Path(path), max_seconds)
     if plain is not None:
         return plain
-    with sf.SoundFile(str(path)) as f:
+    with open_sound(path) as f:
         declared = f.frames
         rate = f.samplerate
         fmt = f.format
@@ -84,6 +88,13 @@ class AudioTooLongError(RuntimeError):
         self.from_header = from_header
 
 
+def _placeholder_frames(frames: int, channels: int) -> bool:
+    """``frames`` is what the ``wave`` module makes of a placeholder data size (rounded down to
+    whole frames) or of a data size past 4 GB: libsndfile reads those."""
+    size = frames * channels * 2
+    return size >= 0xFFFFFFFF - 3 or any(is_size_placeholder(size + k) for k in range(2 * channels))
+
+
 def _read_pcm16_wav(path: Path, max_seconds: float | None = None) -> tuple[Array, int] | None:
     """A plain 16-bit PCM WAV through the standard library's reader, or ``None`` for anything else.
 
@@ -98,7 +109,7 @@ def _read_pcm16_wav(path: Path, max_seconds: float | None = None) -> tuple[Array
     try:
         with open(path, "rb") as f, wave.open(f, "rb") as w:
             channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
-            if width != 2 or rate <= 0 or frames <= 0 or frames * channels * 2 >= 0xFFFFFFFF - 3:
+            if width != 2 or rate <= 0 or frames <= 0 or _placeholder_frames(frames, channels):
                 return None
             if max_seconds is not None and frames > math.floor(max_seconds * rate):
                 raise AudioTooLongError(frames / rate, from_header=True)
@@ -115,18 +126,21 @@ def _read_pcm16_wav(path: Path, max_seconds: float | None = None) -> tuple[Array
     return np.multiply(pcm, np.float32(1 / 32768), dtype=np.float32), rate
 
 
-def check_riff_data_size(path: Path) -> None:
-    """Raise ``TruncatedAudioError`` if a RIFF/WAVE (or RF64) 'data' chunk runs past the end of the file.
+def is_size_placeholder(size: int) -> bool:
+    """A WAV data size that a writer to a pipe leaves for "unknown, to the end of the file":
+    0, 0xFFFFFFFF (ffmpeg, libsndfile), 0x7FFFFFFF (arecord) or sox's 0x7FFFF000 (rounded down
+    to its block). Any other size is a size: a file shorter than it is truncated."""
+    return size in (0, 0x7FFFFFFF, 0xFFFFFFFF) or 0x7FFFF000 - 256 < size <= 0x7FFFF000
 
-    libsndfile quietly shortens such files to what is there, which would turn a
-    cut-off upload into a shorter, valid-looking clip. RF64 files (WAVs over 4 GB)
-    keep the real data size in their ``ds64`` chunk; the 'data' chunk says 0xFFFFFFFF.
-    """
-    size = path.stat().st_size
+
+def _riff_data_chunk(path: str | Path) -> tuple[int, int, int] | None:
+    """``(offset of the 'data' chunk, its declared size, file size)`` of a RIFF/WAVE or RF64
+    file (an RF64's size from its ``ds64`` chunk), or ``None`` for other files."""
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(12)
         if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
-            return
+            return None
         ds64_data: int | None = None
         pos = 12
         while pos + 8 <= size:
@@ -138,14 +152,99 @@ def check_riff_data_size(path: Path) -> None:
                 if len(body) == 16:
                     ds64_data = int.from_bytes(body[8:16], "little")
             if cid == b"data":
-                if clen == 0xFFFFFFFF and ds64_data is not None:
-                    clen = ds64_data
-                if clen not in (0, 0xFFFFFFFF) and pos + 8 + clen > size:
-                    raise TruncatedAudioError(
-                        f"the WAV data chunk declares {clen} bytes but the file ends after {size - pos - 8}"
-                    )
-                return
+                if clen == 0xFFFFFFFF and ds64_data is not None and head[:4] == b"RF64":
+                    return pos, ds64_data, size
+                return pos, clen, size
             pos += 8 + clen + (clen & 1)
+    return None
+
+
+def check_riff_data_size(path: Path) -> None:
+    """Raise ``TruncatedAudioError`` if a RIFF/WAVE (or RF64) 'data' chunk runs past the end of the file.
+
+    libsndfile quietly shortens such files to what is there, which would turn a
+    cut-off upload into a shorter, valid-looking clip. RF64 files (WAVs over 4 GB)
+    keep the real data size in their ``ds64`` chunk; the 'data' chunk says 0xFFFFFFFF.
+    A streaming placeholder (:func:`is_size_placeholder`) is not a size: such a file's
+    data runs to its end, and :func:`open_sound` reads it so.
+    """
+    found = _riff_data_chunk(path)
+    if found is None:
+        return
+    pos, clen, size = found
+    if not is_size_placeholder(clen) and pos + 8 + clen > size:
+        raise TruncatedAudioError(f"the WAV data chunk declares {clen} bytes but the file ends after {size - pos - 8}")
+
+
+class _StreamedWav(io.RawIOBase):
+    """A streaming WAV's bytes with the RIFF and data sizes of its header set to what the
+    file holds (libsndfile reads a data size of 0 as no samples)."""
+
+    def __init__(self, path: str | Path, data_pos: int, size: int) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115 (closed by close())
+        data_len = min(size - data_pos - 8, 0xFFFFFFFF - 1)
+        data_len -= data_len & 1
+        self._patches = {4: min(size - 8, 0xFFFFFFFF - 1).to_bytes(4, "little")}
+        self._patches[data_pos + 4] = data_len.to_bytes(4, "little")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readinto(self, buffer: tp.Any) -> int:
+        start = self._f.tell()
+        n = self._f.readinto(buffer)
+        view = memoryview(buffer).cast("B")
+        for at, value in self._patches.items():
+            lo, hi = max(at, start), min(at + len(value), start + n)
+            if lo < hi:
+                view[lo - start : hi - start] = value[lo - at : hi - at]
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+class _SoundFile(sf.SoundFile):
+    """``sf.SoundFile`` that closes the file object it was opened on."""
+
+    _owned: io.RawIOBase | None = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._owned is not None:
+                self._owned.close()
+
+
+def open_sound(path: str | Path) -> sf.SoundFile:
+    """``soundfile.SoundFile`` for reading ``path`` (a name that is not UTF-8 opens too); a WAV
+    whose data size is a streaming placeholder (:func:`is_size_placeholder`, as ``sox`` and
+    ``arecord`` write to a pipe) is read to the end of the file."""
+    try:
+        found = _riff_data_chunk(path)
+    except OSError:  # libsndfile says why
+        found = None
+    if found is None or not is_size_placeholder(found[1]) or found[0] + 8 >= found[2]:
+        return sf.SoundFile(os.fsencode(path))
+    raw = _StreamedWav(path, found[0], found[2])
+    try:
+        f = _SoundFile(raw)
+    except BaseException:
+        raw.close()
+        raise
+    f._owned = raw
+    return f
 
 
 class TruncatedAudioError(RuntimeError):

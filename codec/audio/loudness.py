@@ -114,9 +114,8 @@ def k_filter(sos: npt.NDArray[np.float32], x: Array) -> Array:
     return y[0]
 
 
-class StreamingSos:
-    """A cascade of biquads (``sos`` rows ``[b0, b1, b2, 1, a1, a2]``) over a signal fed in
-    pieces, in float64, the state carried over.
+class StreamingKFilter:
+    """The K-weighting cascade over a signal fed in pieces, in float64, the state carried over.
 
     Each biquad is run as its FIR part (``b`` over the input with the two previous input
     samples) and its all-pole part through ``torchaudio.functional.lfilter`` from rest, with the
@@ -125,8 +124,8 @@ class StreamingSos:
     over the whole signal).
     """
 
-    def __init__(self, sos: npt.NDArray[np.float64]) -> None:
-        self.sos = np.asarray(sos, np.float64)
+    def __init__(self, rate: int) -> None:
+        self.sos = k_weighting_sos(rate)
         self._x = np.zeros((self.sos.shape[0], 2))  # per section: x[n-1], x[n-2]
         self._y = np.zeros((self.sos.shape[0], 2))  # per section: y[n-1], y[n-2]
 
@@ -157,31 +156,6 @@ class StreamingSos:
             self._y[i] = (y[-1], y[-2] if n > 1 else y1)
             u = y
         return u
-
-
-class StreamingKFilter(StreamingSos):
-    """BS.1770's K-weighting at ``rate`` as a :class:`StreamingSos`."""
-
-    def __init__(self, rate: int) -> None:
-        super().__init__(k_weighting_sos(rate))
-
-
-DC_CUTOFF_HZ = 2.0
-
-
-class DcBlocker(StreamingSos):
-    """A first-order DC blocker (``(1 - z^-1) / (1 - R z^-1)``, -3 dB at ``cutoff_hz``: 2 Hz,
-    0.002 dB and 1.1 degrees at 100 Hz, settling in about 0.3 s) over a signal fed in pieces:
-    what a codec does not code (a constant offset) is removed before it is measured or coded,
-    and from what a decoder gives back."""
-
-    def __init__(self, rate: int, cutoff_hz: float = DC_CUTOFF_HZ) -> None:
-        r = math.exp(-2.0 * math.pi * cutoff_hz / rate)
-        super().__init__(np.array([[1.0, -1.0, 0.0, 1.0, -r, 0.0]]))
-
-    def block(self, x: Array) -> Array:
-        """The next piece, filtered, as float32."""
-        return np.asarray(self(x), np.float32)
 
 
 class LoudnessMeter:

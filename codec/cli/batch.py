@@ -35,10 +35,13 @@ import sys
 import typing as tp
 from pathlib import Path
 
-from codec.errors import UserError
+from codec.errors import UserError, renamed
 from codec.files import locked_dir, resolved
 
 PIPE = "-"
+# How messages name ``-``: what the user passed, not the temporary copy the command reads or writes.
+STDIN = "- (standard input)"
+STDOUT = "- (standard output)"
 
 
 def add_arguments(parser: argparse.ArgumentParser, paths_help: str, out_dir_help: str) -> None:
@@ -53,6 +56,20 @@ def add_arguments(parser: argparse.ArgumentParser, paths_help: str, out_dir_help
         "refuses to replace any file",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="each file's details (level, gain, sample rate, model) too"
+    )
+
+
+class Plan(list["Job"]):
+    """The jobs of a command line, and the files under its input folders that are none of the
+    command's inputs (another extension: notes, pictures), counted in the batch's summary."""
+
+    skipped: list[Path]
+
+    def __init__(self, jobs: tp.Iterable[Job] = (), skipped: tp.Iterable[Path] = ()) -> None:
+        super().__init__(jobs)
+        self.skipped = list(skipped)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,24 +89,25 @@ def plan(
     extensions: tp.Sequence[str],
     out_suffix: str,
     overwrite: bool = False,
-) -> list[Job]:
-    """The jobs of a command line (see the module docstring); :class:`UserError` for a bad one."""
+) -> Plan:
+    """The jobs of a command line (see the module docstring) and the files its folders hold that
+    are not inputs; :class:`UserError` for a bad one."""
     if out_dir is None:
         if len(paths) != 2:
             raise UserError(
                 f"expected IN OUT (got {len(paths)} path{'s' if len(paths) != 1 else ''}); "
                 "for several inputs pass --out-dir DIR"
             )
-        return [Job(paths[0], paths[1])]
+        return Plan([Job(paths[0], paths[1])])
     if PIPE in paths:
         raise UserError("'-' (a pipe) is for one IN OUT pair, not with --out-dir")
     root = Path(out_dir)
-    jobs: list[Job] = []
+    jobs = Plan()
     seen: dict[str, str] = {}
     for p in paths:
         src = Path(p)
         if src.is_dir():
-            found, problems = walk(src, extensions)
+            found, problems = walk(src, extensions, jobs.skipped)
             jobs += [Job(str(f), "", error=UserError(f"{f}: {why}")) for f, why in problems]
             if not found and not problems:
                 raise UserError(f"{src}: a folder with no {'/'.join(extensions)} files under it")
@@ -108,10 +126,13 @@ def plan(
     return jobs
 
 
-def walk(folder: Path, extensions: tp.Sequence[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
+def walk(
+    folder: Path, extensions: tp.Sequence[str], skipped: list[Path] | None = None
+) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The files under ``folder`` with one of ``extensions`` (sorted), and what could not be
     walked, with why: unreadable subfolders, links to folders (not followed: a link may lead
-    back up, or outside), links to nothing or in a loop."""
+    back up, or outside), links to nothing or in a loop. The other files are appended to
+    ``skipped``."""
     found: list[Path] = []
     problems: list[tuple[Path, str]] = []
 
@@ -131,6 +152,8 @@ def walk(folder: Path, extensions: tp.Sequence[str]) -> tuple[list[Path], list[t
                 problems.append((path, "a link that leads nowhere (missing target or a loop); skipped"))
             elif path.suffix.lower() in extensions and path.is_file():
                 found.append(path)
+            elif skipped is not None:
+                skipped.append(path)
     return sorted(found), problems
 
 
@@ -160,7 +183,10 @@ def local_input(src: str, suffix: str, magic: bytes = b"") -> tp.Iterator[Path]:
         with path.open("wb") as f:
             f.write(head)
             shutil.copyfileobj(stdin, f, 1 << 20)
-        yield path
+        try:
+            yield path
+        except UserError as e:  # named as the user named it, not by the temporary copy
+            raise renamed(e, path, STDIN) from None
 
 
 def _special(path: Path) -> bool:
@@ -193,7 +219,10 @@ def local_output(out: str, suffix: str) -> tp.Iterator[Path]:
     a file, that file (the link stays); else ``out`` itself."""
     if out == PIPE or _special(Path(out)):
         with _through_temporary(suffix, "codec-stdout-" if out == PIPE else "codec-out-") as (path, copy_to):
-            yield path
+            try:
+                yield path
+            except UserError as e:  # named as the user named it, not by the temporary file
+                raise renamed(e, path, STDOUT if out == PIPE else out) from None
             if out == PIPE:
                 copy_to(sys.stdout.buffer)
                 return
@@ -216,12 +245,19 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def run_all(jobs: tp.Sequence[Job], one: tp.Callable[[Job, Say], None], command: str) -> int:
+def run_all(
+    jobs: tp.Sequence[Job],
+    one: tp.Callable[[Job, Say], None],
+    command: str,
+    skipped: tp.Sequence[Path] = (),
+    quiet: bool = False,
+) -> int:
     """Run ``one(job, say)`` on every job; a :class:`UserError` is reported and the rest go on.
     Returns the exit status: 0, or the first failure's code. Several jobs get a progress bar on
     standard error when it is a terminal (files done, rate, time left); ``say`` prints a line
-    above it (or plainly, without a terminal)."""
-    if len(jobs) == 1:
+    above it (or plainly, without a terminal). A batch ends with one summary line: files written,
+    failed, and ``skipped`` (files in its folders that are not inputs); ``quiet``: only on failure."""
+    if len(jobs) == 1 and not skipped:
         if jobs[0].error is not None:
             raise jobs[0].error
         one(jobs[0], _say)  # one file: its error is the command's (printed by the CLI)
@@ -246,12 +282,23 @@ def run_all(jobs: tp.Sequence[Job], one: tp.Callable[[Job, Say], None], command:
                 first = first or e.exit_code
                 say(f"codec {command}: error: {e}")
             bar.update(1)
-    if failed:
-        print(
-            f"codec {command}: {failed} of {len(jobs)} files failed (listed above); the others were written",
-            file=sys.stderr,
-        )
+    if failed or not quiet:
+        print(summary_line(command, len(jobs), failed, skipped), file=sys.stderr)
     return first
+
+
+def summary_line(command: str, total: int, failed: int, skipped: tp.Sequence[Path] = ()) -> str:
+    """``codec encode: 3 files written; 1 other file skipped (rec/notes.txt)``, or with failures
+    ``codec encode: 1 of 4 files failed (listed above); the others were written``."""
+    if failed:
+        line = f"codec {command}: {failed} of {total} files failed (listed above); the others were written"
+    else:
+        line = f"codec {command}: {total} file{'s' if total != 1 else ''} written"
+    if skipped:
+        first = skipped[0]
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        line += f"; {len(skipped)} other file{'s' if len(skipped) > 1 else ''} skipped ({first}{more})"
+    return line
 
 
 def check_jobs(jobs: tp.Sequence[Job], check_input: tp.Callable[[Path], None]) -> list[Job]:

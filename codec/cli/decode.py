@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from codec.inference.model_source import load_model
     from codec.model.checkpoint import model_fingerprint
 
-    jobs = batch.plan(args.paths, args.out_dir, (".tscb",), ".wav", overwrite=args.overwrite)
-    jobs = batch.check_jobs(jobs, check_input_path)
+    jobs_plan = batch.plan(args.paths, args.out_dir, (".tscb",), ".wav", overwrite=args.overwrite)
+    jobs = batch.check_jobs(jobs_plan, check_input_path)
     require_registry(args.model)  # not an empty mlflow.db in the current folder
     loaded = load_model(args.model)
     fingerprint = model_fingerprint(loaded.model)
@@ -116,9 +116,8 @@ def run(args: argparse.Namespace) -> int:
             e.exit_code = EXIT_BAD_BITSTREAM
             raise
         if not args.quiet:
-            say(
-                f"decoded {job.src} ({header.duration_s:.2f} s at {header.bitrate_bps / 1000:g} kbps) with "
-                f"{loaded.source} -> {job.out} ({header.sample_rate} Hz mono, {args.subtype})",
-            )
+            say(f"decoded {job.src} -> {job.out}: {header.duration_s:.2f} s, {header.bitrate_bps / 1000:g} kbps")
+            if args.verbose:
+                say(f"  {header.sample_rate} Hz mono, {args.subtype}; model {loaded.source}")
 
-    return batch.run_all(jobs, one, "decode")
+    return batch.run_all(jobs, one, "decode", jobs_plan.skipped, args.quiet)

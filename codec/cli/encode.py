@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from codec.inference.model_source import load_model
     from codec.model.checkpoint import model_fingerprint
 
-    jobs = batch.plan(args.paths, args.out_dir, AUDIO_EXTENSIONS, ".tscb", overwrite=args.overwrite)
-    jobs = batch.check_jobs(jobs, lambda p: check_input_path(p, allow_empty=False))
+    jobs_plan = batch.plan(args.paths, args.out_dir, AUDIO_EXTENSIONS, ".tscb", overwrite=args.overwrite)
+    jobs = batch.check_jobs(jobs_plan, lambda p: check_input_path(p, allow_empty=False))
     require_registry(args.model)  # not an empty mlflow.db in the current folder
     loaded = load_model(args.model)
     kbps = float(args.kbps) if args.kbps is not None else max(loaded.model.config.bitrates_kbps)
@@ -86,12 +86,14 @@ def run(args: argparse.Namespace) -> int:
             )
             size = out.stat().st_size
         if not args.quiet:
-            lufs = f"{header.input_lufs:.1f} LUFS" if math.isfinite(header.input_lufs) else "silent"
-            say(
-                f"encoded {job.src} ({header.duration_s:.2f} s, {header.sample_rate} Hz, {header.channels} ch, "
-                f"{lufs}, gain {header.gain_db:+.1f} dB) at {kbps:g} kbps with {loaded.source} -> {job.out}: "
-                f"{size} bytes ({size * 8 / header.duration_s / 1000:.2f} kbps with header and "
-                f"{header.side_bps:g} bit/s of energy side information)",
-            )
+            spent = size * 8 / header.duration_s / 1000  # with the header and the side information
+            say(f"encoded {job.src} -> {job.out}: {header.duration_s:.2f} s, {spent:.2f} kbps")
+            if args.verbose:
+                lufs = f"{header.input_lufs:.1f} LUFS" if math.isfinite(header.input_lufs) else "silent"
+                say(
+                    f"  {header.sample_rate} Hz, {header.channels} ch, {lufs}, gain {header.gain_db:+.1f} dB; "
+                    f"{kbps:g} kbps of codes, {header.side_bps:g} bit/s of energy side information and the header: "
+                    f"{size} bytes; model {loaded.source}"
+                )
 
-    return batch.run_all(jobs, one, "encode")
+    return batch.run_all(jobs, one, "encode", jobs_plan.skipped, args.quiet)

@@ -30,6 +30,8 @@ too_quiet_to_meter  no 400 ms block above BS.1770's -70 LUFS gate
 duplicate           same audio content as an accepted clip (hash of the samples), or a link
                     to a folder that is read already
 symlink_loop        a symbolic link that leads back to itself or to a folder it is inside
+bad_name            a file or folder name that is not UTF-8 text (shown with ``\\x`` escapes;
+                    a folder's files are not read): rename it
 metadata            the corpus's own metadata (line_index.tsv, wav.scp, …): read, not audio
 not_in_metadata     audio that no row of the corpus's metadata names
 no_speaker          the layout finds no speaker for it (file id, ingest.speaker_pattern)
@@ -68,6 +70,7 @@ from codec.audio.io import (
     check_riff_data_size,
     mixdown_drop_db,
     mixdown_energies,
+    open_sound,
     read_audio,
     to_mono,
     write_wav,
@@ -189,6 +192,19 @@ class Input:
     reject: tuple[str, str] | None = None  # (reason, detail) decided while listing
 
 
+def printable_name(name: str) -> str:
+    """``name`` as text: a byte that is not UTF-8 (a surrogate escape from the file system)
+    written as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
 def list_inputs(source: Path) -> list[Input]:
     """Every entry under ``source`` that ingest must account for.
 
@@ -212,12 +228,12 @@ def list_inputs(source: Path) -> list[Input]:
         except OSError as e:
             raise UserError(f"ingest: cannot list {folder}: {e.strerror}; fix its permissions") from None
         for entry in entries:
-            p, r = Path(entry.path), f"{rel}{entry.name}"
-            try:
-                is_dir = entry.is_dir(follow_symlinks=True)
-            except OSError:
-                is_dir = False
-            if not is_dir:
+            p, r = Path(entry.path), f"{rel}{printable_name(entry.name)}"
+            if r != f"{rel}{entry.name}":  # not UTF-8: no manifest, CSV or JSON could name it
+                what = "folder name (its files were not read)" if _is_dir(entry) else "file name"
+                found.append(Input(p, r, ("bad_name", f"the {what} is not UTF-8 text; rename it")))
+                continue
+            if not _is_dir(entry):
                 reason = _link_problem(p) if entry.is_symlink() else None
                 found.append(Input(p, r, reason))
                 continue
@@ -253,12 +269,21 @@ def make_ids(rels: list[str]) -> list[str]:
     return unique_ids([rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel for rel in rels])
 
 
+# Longest id (ASCII): its files' names (``<id>__0001.wav``, ``<id>_2.wav``) stay far below the
+# 255 bytes a file name may have, whatever the depth of the folders it was flattened from.
+MAX_ID_CHARS = 120
+
+
 def unique_ids(names: tp.Iterable[str], taken: tp.Iterable[str] = ()) -> list[str]:
-    """A plain, unique id per name (``a/b c`` -> ``a__b_c``), none of them in ``taken``."""
+    """A plain, unique id per name (``a/b c`` -> ``a__b_c``), none of them in ``taken``; one
+    longer than :data:`MAX_ID_CHARS` keeps its start and ends with a hash of the whole name."""
     ids: list[str] = []
     seen: set[str] = set(taken)
     for name in names:
         base = re.sub(r"[^0-9A-Za-z_-]+", "_", name.replace("/", "__")).strip("_") or "clip"
+        if len(base) > MAX_ID_CHARS:
+            digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+            base = f"{base[: MAX_ID_CHARS - 11]}_{digest}"
         cand, k = base, 1
         while cand in seen:
             k += 1
@@ -322,12 +347,13 @@ def _read_whole(src: Path, max_seconds: float) -> tuple[np.ndarray, int, str]:
     """``([T, C], rate, format)`` of a file no longer than ``max_seconds`` (``AudioTooLongError`` otherwise)."""
     if src.suffix.lower() in FFMPEG_EXTENSIONS:
         try:
-            sf.info(str(src))
+            open_sound(src).close()
         except (sf.LibsndfileError, RuntimeError):
             data, rate = read_all(src, max_seconds)  # libsndfile can't: FFmpeg (M4A/AAC, …)
             return data, rate, stream_info(src).format
     data, rate = read_audio(src, max_seconds=max_seconds)
-    return data, rate, sf.info(str(src)).format
+    with open_sound(src) as f:
+        return data, rate, f.format
 
 
 def _ingest_long(job: _Job, recording: str) -> list[dict[str, tp.Any]]:

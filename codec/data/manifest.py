@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import re
 import typing as tp
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from codec.audio.io import AUDIO_EXTENSIONS
 from codec.errors import UserError
 from codec.files import inside
 
 ID_PATTERN = re.compile(r"[0-9A-Za-z_][0-9A-Za-z_-]*")
+# Longest id: ``<id>.wav`` and its staging names stay far below the 255 bytes of a file name
+# (ingest makes ids of at most 120 characters, plus a piece's or a duplicate's suffix).
+MAX_ID_CHARS = 200
 
 
 def read_manifest(folder: Path, required: tp.Sequence[str] = ("id", "path")) -> pd.DataFrame:
@@ -39,11 +43,21 @@ def read_manifest(folder: Path, required: tp.Sequence[str] = ("id", "path")) -> 
                     f"{path}, line {row}: id {cid!r} is not a plain name (letters, digits, '_' and '-'); "
                     "ids name output files, so nothing else is accepted. Re-run codec ingest to rebuild the manifest"
                 )
+            if len(cid) > MAX_ID_CHARS:
+                raise UserError(
+                    f"{path}, line {row}: id {cid[:20]}... is {len(cid)} characters, more than {MAX_ID_CHARS}; "
+                    "ids name output files. Re-run codec ingest to rebuild the manifest"
+                )
         dupes = df["id"][df["id"].duplicated()]
         if len(dupes):
             raise UserError(f"{path}: id {dupes.iloc[0]!r} appears more than once; re-run codec ingest")
     if "path" in df.columns:
         root = folder.resolve()
         for row, rel in enumerate(df["path"], start=2):
-            inside(root, rel, f"{path}, line {row}")
+            target = inside(root, rel, f"{path}, line {row}")
+            if target == root or PurePosixPath(rel).suffix.lower() not in AUDIO_EXTENSIONS:
+                raise UserError(
+                    f"{path}, line {row}: path {rel!r} is not an audio file of the folder "
+                    f"({', '.join(AUDIO_EXTENSIONS)}); re-run the stage that writes the manifest"
+                )
     return df

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import soundfile as sf
 
 from codec.audio import Array
-from codec.audio.io import read_audio, to_mono, write_wav
+from codec.audio.io import TruncatedAudioError, read_audio, to_mono, write_wav
 from codec.audio.level import LIMITER_WINDOW_MS, PEAK_CEILING_DB, TARGET_LUFS
 from codec.audio.levels import db
 from codec.audio.limiter import LimiterSpans, limit_spans
@@ -243,7 +244,10 @@ def _predicted_shortfall(
 
 
 def _normalize_one(job: _Job) -> dict[str, tp.Any]:
-    data, rate = read_audio(job.source)
+    try:
+        data, rate = read_audio(job.source)
+    except (sf.LibsndfileError, TruncatedAudioError, RuntimeError, OSError) as e:  # changed since it was listed
+        raise UserError(f"{job.source}: cannot be read ({e}); re-run the stage that writes it (dvc repro)") from None
     x = resample(to_mono(data), rate, job.params.sample_rate)
     try:
         y, fields = normalize_clip(x, job.params.sample_rate, job.params)

@@ -16,7 +16,10 @@ the same bytes and samples as ``codec encode`` + ``codec decode``):
   nominal bitrates on the same clips, per ``opus_modes`` (``cbr`` keeps to the bitrate;
   ``vbr`` spends ~5.5 kbps at any lower request), with the effective bitrate of its packets.
 
-Audio is mono float32 ``[T]``; metrics take ``(reference, estimate)``.
+Audio is mono float32 ``[T]``; metrics take ``(reference, estimate)``. The reference is the
+clip less its mean (:func:`without_dc`): neither codec carries a constant offset (ours subtracts
+the input's mean before coding and the decoded mean after, libopus high-passes its input at
+3 Hz), and an offset no one hears must not read as coding error.
 """
 
 from __future__ import annotations
@@ -97,8 +100,15 @@ class Evaluation:
         return max(self.bitrates_kbps)
 
 
+def without_dc(x: Array) -> Array:
+    """``x`` less its mean: the reference every metric reads (see the module docstring)."""
+    return (x - np.float32(np.mean(x, dtype=np.float64))).astype(np.float32) if x.shape[0] else x
+
+
 def measure(ref: Array, est: Array, sample_rate: int) -> tuple[dict[str, float], dict[str, str]]:
-    """Every clip metric of ``est`` against ``ref`` (``[T]`` each): (values, reasons for NaNs)."""
+    """Every clip metric of ``est`` against ``ref`` (``[T]`` each; its mean is removed, see the
+    module docstring): (values, reasons for NaNs)."""
+    ref = without_dc(ref)
     values = {
         "snr_db": m.snr_db(ref, est),
         "si_sdr_db": m.si_sdr_db(ref, est),
@@ -218,8 +228,8 @@ def level_sweep(
         for clip in clips:
             x = _at_level(clip.audio, level)
             y = code(model, x, clip.sample_rate, kbps, levels, energy).audio
-            snrs.append(m.snr_db(x, y))
-            ratios.append(m.amplitude_ratio(x, y))
+            snrs.append(m.snr_db(without_dc(x), y))
+            ratios.append(m.amplitude_ratio(without_dc(x), y))
         finite = [r for r in ratios if math.isfinite(r)] or [float("nan")]
         out.append(LevelRow(float(kbps), float(level), _mean(snrs), _mean(ratios), min(finite), max(finite)))
     return out
@@ -264,13 +274,15 @@ def evaluate_model(
     sweep: bool = True,
     compare: bool = True,
     codebook_size: int | None = None,
+    progress: tp.Callable[[str], None] | None = None,
 ) -> Evaluation:
     """Measure ``model`` (and Opus) on ``clips``: see the module docstring.
 
     ``bitrates_kbps`` defaults to every bitrate the model serves; ``opus=False`` and
     ``sweep=False`` skip the baseline and the level sweep, ``compare=False`` the run without
     side information (re-evaluating a champion needs none of them). ``codebook_size``
-    defaults to ``2 ** model.config.bits_per_code``.
+    defaults to ``2 ** model.config.bits_per_code``. ``progress`` hears each step as it starts
+    (``"3.6 kbps (2/3): opus cbr"``), for a progress line on a terminal.
     """
     if not clips:
         raise UserError("no held-out clips to evaluate; add clips or raise train.val_fraction")
@@ -288,17 +300,26 @@ def evaluate_model(
         samples={c.id: {"input": c.audio} for c in clips if c.id in sample_ids},
     )
     energy = bool(params.side_info)
-    for kbps in rates:
+
+    def step(i: int, kbps: float, what: str) -> None:
+        if progress is not None:
+            progress(f"{kbps:g} kbps ({i}/{len(rates)}): {what}")
+
+    for i, kbps in enumerate(rates, 1):
+        step(i, kbps, "ours")
         measured = [measure_ours(model, clips, kbps, levels, size, sample_ids, energy)]
         ev.rows.append(measured[0].row)
         if compare and params.side_info and params.side_info_compare:
+            step(i, kbps, "ours without side information")
             plain = measure_ours(model, clips, kbps, levels, size, (), False, OURS_NO_SIDE)
             ev.without_side.append(plain.row)
             ev.per_clip.extend(plain.per_clip)
         if sweep:  # every bitrate: the level must hold at each one the model serves
+            step(i, kbps, "input levels")
             ev.levels.extend(level_sweep(model, clips, kbps, levels, params.levels_dbfs, energy))
         if opus:
             for mode in params.opus_modes:
+                step(i, kbps, f"opus {mode}")
                 measured.append(measure_opus(clips, kbps, mode, params.opus_frame_ms, sample_ids))
                 ev.rows.append(measured[-1].row)
         for meas in measured:

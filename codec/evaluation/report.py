@@ -27,7 +27,6 @@ from codec.evaluation.record import (
 from codec.evaluation.record import json_number as _num
 from codec.evaluation.sets import EVALUATION_VERSION
 from codec.plots import spectrogram_panel
-from codec.provenance import flatten
 
 
 def metrics_dict(ev: Evaluation) -> dict[str, tp.Any]:
@@ -66,13 +65,30 @@ def _worst_level(ev: Evaluation, kbps: float) -> LevelRow | None:
     return worst_amplitude(rows, lambda lv: lv.amplitude_ratio) if rows else None
 
 
-def flat_metrics(ev: Evaluation) -> dict[str, float]:
-    """``{"ours.6kbps.snr_db": ..., "levels.6kbps.-40dBFS.amplitude_ratio": ...}`` (finite values only)."""
-    return {
-        k: float(v)
-        for k, v in flatten(metrics_dict(ev)).items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    }
+def flat_metrics(evs: Evaluation | tp.Mapping[str, Evaluation]) -> dict[str, float]:
+    """What an MLflow run carries of an evaluation (a single :class:`Evaluation`: the held-out
+    set's): per evaluation set at its top bitrate, :func:`codec.tracking.set_metric_names` (ours
+    with the side information, ``opus_pesq``, ``model_amplitude_ratio``: ours without it), keyed
+    ``<set>/<metric>_<kbps>kbps`` (:func:`codec.tracking.metric_key`: the keys ``codec promote``
+    logs, so the UI groups them per set); finite values only. Every bitrate, codec, input level and
+    clip goes to the run's tables (:func:`codec.evaluation.stage.evaluation_tables`) instead."""
+    from codec.evaluation.params import HELD_OUT
+    from codec.tracking import metric_key, set_metric_names
+
+    sets = {HELD_OUT: evs} if isinstance(evs, Evaluation) else evs
+    out: dict[str, float] = {}
+    for name, ev in sets.items():
+        top = ev.top_kbps
+        values = dict(ev.row(OURS, top).metrics)
+        opus = next((r for r in ev.rows if r.codec == "opus" and math.isclose(r.kbps, top)), None)
+        values["opus_pesq"] = opus.metrics.get("pesq", math.nan) if opus is not None else math.nan
+        plain = next((r for r in ev.without_side if math.isclose(r.kbps, top)), None)
+        values["model_amplitude_ratio"] = plain.metrics.get("amplitude_ratio", math.nan) if plain else math.nan
+        for metric in set_metric_names(name):
+            v = values.get(metric, math.nan)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                out[metric_key(name, metric, top)] = float(v)
+    return out
 
 
 TABLE_COLUMNS = ("codec", "kbps", "effective_kbps", *CLIP_METRICS, "codebook_usage", "n_clips")

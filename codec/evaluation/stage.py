@@ -13,16 +13,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import tempfile
+import time
 import typing as tp
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from codec.errors import UserError
 from codec.evaluation.evaluate import Evaluation, evaluate_model
 from codec.evaluation.params import HELD_OUT, EvaluateParams
+from codec.evaluation.record import OURS, clip_level_error_db
 from codec.evaluation.report import (
+    SET_DESCRIPTIONS,
     evaluation_record,
     flat_metrics,
     headline,
@@ -44,40 +49,118 @@ from codec.inference.model_source import load_model
 from codec.model.checkpoint import model_fingerprint, read_checkpoint
 from codec.params import PARAMS_FILE, from_dict, read_params
 from codec.provenance import data_version, git_commit, repo_root
-from codec.tracking import EXPERIMENT, find_model_run, logged_model_id, tracking_uri
+from codec.tracking import (
+    EXPERIMENT,
+    describe,
+    find_model_run,
+    last_step,
+    logged_model_id,
+    pandas_dataset,
+    source_tags,
+    tracking_uri,
+)
 
 
 def log_to_mlflow(
     run_id: str | None,
     experiment: str,
-    flat: tp.Mapping[str, float],
+    evs: tp.Mapping[str, Evaluation],
     tags: tp.Mapping[str, str],
     folder: Path,
     checkpoint: Path,
+    raw: Path,
 ) -> tuple[str, str]:
-    """Log the evaluation into run ``run_id`` (artifacts under ``evaluation/``, metrics as
-    ``eval.<key>``), or into a new run tagged ``stage=evaluate`` when ``run_id`` is None.
-    The served model of ``checkpoint`` is logged there too unless the run already holds one.
-    Returns (run id, model id)."""
+    """Log the evaluation into run ``run_id``, or into a new run tagged ``stage=evaluate`` (with
+    MLflow's source tags) when ``run_id`` is None: the served model of ``checkpoint`` unless the run
+    already holds one (at a step after every metric of the run, so MLflow copies none of the run's
+    training or system metrics to it), the evaluation sets as the run's datasets (the
+    evaluation-set fingerprint as digest, the DVC hash of ``raw`` as a tag), :func:`flat_metrics`
+    on the run and its logged model (each with its set as dataset, as ``codec promote`` logs them),
+    the tables of :func:`evaluation_tables` and the files in ``folder`` under ``evaluation/``, and
+    the evaluation's part of the description of the run and the model. Returns (run id, model id)."""
     import mlflow  # heavy: only when logging
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
 
+    client = MlflowClient()
+    fingerprint = tags.get("eval_set_fingerprint", "")
+    root = repo_root()
     mlflow.set_experiment(experiment)
     # A checkpoint no tracked training made gets a run of its own, named so.
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "evaluate untracked checkpoint") as run:
-        if run_id is None:
-            mlflow.set_tag("stage", "evaluate")
-        model_id = logged_model_id(run.info.run_id)
+    new_tags = None if run_id else {"stage": "evaluate", **source_tags(root, "codec evaluate")}
+    with mlflow.start_run(
+        run_id=run_id, run_name=None if run_id else "evaluate untracked checkpoint", tags=new_tags
+    ) as run:
+        rid = str(run.info.run_id)
+        model_id = logged_model_id(rid)
         if model_id is None:
             from codec.inference.served import log_model  # the served model, from the checkpoint
 
-            log_model(checkpoint)
-            model_id = logged_model_id(run.info.run_id)
+            log_model(checkpoint, step=last_step(client, rid) + 1)
+            model_id = logged_model_id(rid)
         if model_id is None:  # pragma: no cover (log_model always records one)
-            raise UserError(f"MLflow run {run.info.run_id}: the logged model could not be found after logging it")
+            raise UserError(f"MLflow run {rid}: the logged model could not be found after logging it")
         mlflow.set_tags(dict(tags))
-        mlflow.log_metrics({f"eval.{k}": v for k, v in flat.items()})
+        raw_hash = data_version(raw, root)[0]
+        for name, ev in evs.items():
+            clips = pd.DataFrame({"clip_id": ev.clip_ids})
+            dataset = pandas_dataset(clips, raw, name, fingerprint)
+            mlflow.log_input(dataset, context="evaluation", tags={"dvc_hash": raw_hash, "source": raw.as_posix()})
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, value, now, 0, model_id=model_id, dataset_name=key.split("/")[0], dataset_digest=fingerprint)
+            for key, value in flat_metrics(evs).items()
+        ]
+        client.log_batch(rid, metrics=metrics)
+        for table, frame in evaluation_tables(evs).items():
+            mlflow.log_table(frame, f"evaluation/{table}.json")
         mlflow.log_artifacts(str(folder), "evaluation")
-        return str(run.info.run_id), model_id
+        describe(client, rid, "Evaluation", evaluation_note(evs), model_id)
+        return rid, model_id
+
+
+def evaluation_tables(evs: tp.Mapping[str, Evaluation]) -> dict[str, pd.DataFrame]:
+    """The figures a run shows as tables (``mlflow.log_table``, in the UI's artifacts and
+    evaluation views), not as single-value metrics: ``bitrates`` (every set, codec and bitrate,
+    ours without the side information too), ``levels`` (ours per input level) and ``clips``
+    (every clip's metrics)."""
+    bitrates, levels, clips = [], [], []
+    for name, ev in evs.items():
+        for r in [*ev.rows, *ev.without_side]:
+            bitrates.append(
+                {"set": name, "codec": r.codec, "kbps": r.kbps, "effective_kbps": r.effective_kbps, **r.metrics}
+                | {"n_clips": r.n_clips}
+            )
+        for lv in ev.levels:
+            levels.append(
+                {"set": name, **dataclasses.asdict(lv)}
+                | {"worst_clip_level_error_db": clip_level_error_db(lv.min_amplitude_ratio, lv.max_amplitude_ratio)}
+            )
+        for row in ev.per_clip:
+            reasons = row.get("reasons") or {}
+            cells = {k: v for k, v in row.items() if k != "reasons"}
+            clips.append({"set": name, **cells, "reasons": "; ".join(f"{k}: {v}" for k, v in reasons.items())})
+    return {"bitrates": pd.DataFrame(bitrates), "levels": pd.DataFrame(levels), "clips": pd.DataFrame(clips)}
+
+
+def evaluation_note(evs: tp.Mapping[str, Evaluation]) -> str:
+    """The description's evaluation part: on which sets, the held-out headline beside Opus, the worst set."""
+    held = evs[HELD_OUT] if HELD_OUT in evs else next(iter(evs.values()))
+    top = held.top_kbps
+    ours = held.row(OURS, top).metrics
+    opus = next((r.metrics for r in held.rows if r.codec == "opus" and math.isclose(r.kbps, top)), None)
+    described = [f"{n} ({SET_DESCRIPTIONS.get(n, 'your recordings')}, {len(e.clip_ids)} clips)" for n, e in evs.items()]
+    pesq = {n: e.row(OURS, e.top_kbps).metrics["pesq"] for n, e in evs.items()}
+    scored = {n: v for n, v in pesq.items() if math.isfinite(v)}
+    worst = min(scored, key=lambda n: scored[n]) if scored else None
+    opus_text = f" (Opus at the same bitrate: PESQ {opus['pesq']:.2f})" if opus is not None else ""
+    worst_text = f" Lowest PESQ: {worst} ({scored[worst]:.2f})." if worst is not None else ""
+    return (
+        f"`codec evaluate` on {len(evs)} evaluation sets: {', '.join(described)}. Held-out speakers at "
+        f"{top:g} kbps: PESQ {ours['pesq']:.2f}{opus_text}, mel distance {ours['mel_distance']:.3f}, "
+        f"SNR {ours['snr_db']:.2f} dB, amplitude ratio {ours['amplitude_ratio']:.3f}.{worst_text} "
+        "Per set, bitrate, level and clip: the tables and report.md under evaluation/."
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +193,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment (default: %(default)s)")
     parser.add_argument("--no-mlflow", action="store_true", help="evaluate without logging to MLflow")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the whole report (default: a few lines per set; the report is in --report either way)",
+    )
 
 
 def load_params(path: str | Path) -> EvaluateParams:
@@ -140,14 +229,17 @@ def held_out_clips(
 
 def log_evaluation(
     args: argparse.Namespace,
-    ev: Evaluation,
+    evs: tp.Mapping[str, Evaluation],
     report: str,
     ckpt: tp.Mapping[str, tp.Any],
     tags: dict[str, str],
 ) -> tuple[str, str]:
-    """Stage the report, tables and media and log them to the model's MLflow run: (run id, model id)."""
+    """Stage the report, tables and media and log them with every set's metrics to the model's MLflow
+    run (:func:`log_to_mlflow`): (run id, model id)."""
     import mlflow  # heavy: only when logging
     from mlflow import MlflowClient
+
+    ev = evs[HELD_OUT] if HELD_OUT in evs else next(iter(evs.values()))
 
     mlflow.set_tracking_uri(tracking_uri())
     model_path = Path(args.model)
@@ -164,7 +256,7 @@ def log_evaluation(
                 (staged / f.name).write_bytes(f.read_bytes())
         for f in (Path(args.media) / "spectrograms").glob("*.png"):
             (staged / f"{f.stem}_spectrograms.png").write_bytes(f.read_bytes())
-        run_id, model_id = log_to_mlflow(train_run, args.experiment, flat_metrics(ev), tags, staged, model_path)
+        run_id, model_id = log_to_mlflow(train_run, args.experiment, evs, tags, staged, model_path, Path(args.raw))
     print(f"evaluation logged to MLflow run {run_id} in {mlflow.get_tracking_uri()}")
     return run_id, model_id
 
@@ -204,6 +296,68 @@ def user_sets_markdown(user_sets: tp.Sequence[UserSet]) -> str:
     return "\n".join(lines)
 
 
+def _num(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def console_summary(summary: tp.Mapping[str, tp.Mapping[str, float | None]], report: str) -> list[str]:
+    """What ``codec evaluate`` prints by default (``summary``: :func:`sets_summary`): per set, ours
+    beside Opus at its top bitrate and the amplitude ratio (at the worst input level, and the model's
+    own without the side information), then the worst set and where the full report is."""
+    lines = [f"codec evaluate: {len(summary)} evaluation set{'s' if len(summary) != 1 else ''}, ours vs Opus"]
+    for name, e in summary.items():
+        n = int(e.get("n_clips") or 0)
+        ours = f"ours PESQ {_num(e.get('pesq'))}, mel {_num(e.get('mel_distance'), 3)}"
+        ours += f", SNR {_num(e.get('snr_db'), 1)} dB"
+        opus = f"Opus PESQ {_num(e.get('opus_pesq'))}, mel {_num(e.get('opus_mel_distance'), 3)}"
+        lines.append(f"  {name} ({n} clips) at {e.get('kbps') or 0:g} kbps: {ours}; {opus}")
+        amp = f"    amplitude {_num(e.get('amplitude_ratio'), 3)}"
+        if e.get("worst_level_amplitude_ratio") is not None and e.get("worst_level_dbfs") is not None:
+            level = f"{e.get('worst_level_dbfs'):g}"
+            amp += f" (worst input level, {level} dBFS: {_num(e.get('worst_level_amplitude_ratio'), 3)})"
+        if e.get("no_side_amplitude_ratio") is not None:
+            amp += f"; without side information {_num(e.get('no_side_amplitude_ratio'), 3)}"
+        lines.append(amp)
+    scored = {name: e["pesq"] for name, e in summary.items() if e.get("pesq") is not None}
+    if scored:
+        worst = min(scored, key=lambda name: float(scored[name] or 0.0))
+        lines.append(f"  worst set: {worst} (PESQ {_num(scored[worst])})")
+    lines.append(f"  full report: {report} (or --verbose)")
+    return lines
+
+
+class TerminalProgress:
+    """One line on standard error, rewritten at each step, when it is a terminal; nothing when it
+    is not (a pipe, DVC's or Prefect's log), so logs get no progress noise."""
+
+    def __init__(self, stream: tp.TextIO | None = None) -> None:
+        import sys
+
+        self.stream = stream if stream is not None else sys.stderr
+        self.on = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.shown = False
+
+    def __call__(self, text: str) -> None:
+        if not self.on:
+            return
+        import shutil
+
+        width = shutil.get_terminal_size().columns - 1
+        self.stream.write("\r" + f"codec evaluate: {text}"[:width] + "\x1b[K")
+        self.stream.flush()
+        self.shown = True
+
+    def at(self, where: str) -> tp.Callable[[str], None]:
+        """A ``progress`` for :func:`evaluate_model` whose steps are shown after ``where``."""
+        return lambda text: self(f"{where}, {text}")
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     if params.threads:
@@ -221,7 +375,14 @@ def run(args: argparse.Namespace) -> int:
     ]
     sets = build_sets(clips, params, user_sets)
     fingerprint = sets_fingerprint(sets, params)
-    evs = {name: evaluate_model(model, set_clips, params, levels) for name, set_clips in sets.items()}
+    progress = TerminalProgress()
+    evs: dict[str, Evaluation] = {}
+    try:
+        for i, (name, set_clips) in enumerate(sets.items(), 1):
+            where = f"{name} ({i}/{len(sets)} sets, {len(set_clips)} clips)"
+            evs[name] = evaluate_model(model, set_clips, params, levels, progress=progress.at(where))
+    finally:
+        progress.close()
     ev = evs[HELD_OUT]
     speakers = speakers_of(Path(args.data), ev.clip_ids)
 
@@ -246,7 +407,7 @@ def run(args: argparse.Namespace) -> int:
     model_id: str | None = None
     if not args.no_mlflow:
         tags = {"eval_set_fingerprint": fingerprint, "model_fingerprint": context["model fingerprint"]}
-        run_id, model_id = log_evaluation(args, ev, report, ckpt, tags)
+        run_id, model_id = log_evaluation(args, evs, report, ckpt, tags)
     record = evaluation_record(
         ev,
         model_path=str(model_path),
@@ -274,5 +435,8 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(args.levels, levels_csv(evs))
     if args.sets_plot:
         write_text_atomic(args.sets_plot, sets_csv(evs))
-    print(report)
+    if getattr(args, "verbose", False):
+        print(report)
+    else:
+        print("\n".join(console_summary(sets_summary(evs), str(args.report))))
     return 0

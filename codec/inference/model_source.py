@@ -27,8 +27,10 @@ Checkpoints are untrusted (a registry or a file can come from anywhere):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import os
 import re
 import sys
 import tempfile
@@ -38,7 +40,7 @@ from pathlib import Path
 import torch
 
 from codec.audio.level import LevelSettings
-from codec.errors import UserError
+from codec.errors import UserError, renamed
 from codec.model.checkpoint import REFERENCE_CHECKPOINT, read_checkpoint
 from codec.model.codec import Codec, CodecConfig
 from codec.model.serving import inference_codec
@@ -164,6 +166,23 @@ def _client(uri: str) -> tp.Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+@contextlib.contextmanager
+def no_artifact_progress_bar() -> tp.Iterator[None]:
+    """MLflow draws a "Downloading artifacts" bar (tqdm, on standard error, terminal or not) for
+    every download unless ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` is false (read at each download):
+    off while a model loads, so ``codec encode``/``decode`` print only their own lines."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def _load_registered(uri: str) -> LoadedModel:
     match = _URI.match(uri)
     if match is None:
@@ -190,16 +209,20 @@ def _load_registered(uri: str) -> LoadedModel:
 
     with tempfile.TemporaryDirectory(prefix="codec-model-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=tmp, tracking_uri=tracking
-            )
+            with no_artifact_progress_bar():
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=tmp, tracking_uri=tracking
+                )
         except Exception as e:
             raise UserError(
                 f"{uri} (version {mv.version}, run {run_id}) has no {CHECKPOINT_ARTIFACT} artifact "
                 f"({type(e).__name__}); this tool reads that plain checkpoint, never a logged model: "
                 "retrain with codec train (it logs the checkpoint) or pass --model PATH"
             ) from None
-        model, ckpt = codec_from_checkpoint(local)
+        source = f"{uri} (version {mv.version}, run {run_id})"
+        try:
+            model, ckpt = codec_from_checkpoint(local)
+        except UserError as e:  # named by the URI the user passed, not the temporary download
+            raise renamed(e, local, f"{source} {CHECKPOINT_ARTIFACT}") from None
     params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
-    source = f"{uri} (version {mv.version}, run {run_id})"
     return LoadedModel(model, source, dict(params or {}), LevelSettings.from_checkpoint(ckpt))

@@ -9,14 +9,15 @@ the served model, the benchmarks):
 1. one pass over the input in blocks of :data:`READ_BLOCK` frames (``soundfile`` blocks of a
    file, or slices of an array): refuse non-finite samples (naming where), mix down to mono,
    resample to the model's rate (soxr HQ, streaming: the same samples as a whole-signal
-   resample), remove any DC offset (:class:`codec.audio.loudness.DcBlocker`: the codec does not
-   code a constant, and counted as signal it would raise the decoded level), meter BS.1770
-   loudness as the samples go by
+   resample), meter BS.1770 loudness as the samples go by
    (:class:`codec.audio.loudness.StreamingLoudness`), and keep the mono model-rate samples in a
    file (an unlinked temporary file for ``codec encode``: 64 kB per second at 16 kHz, so a long
    recording never sits in memory; a ``BytesIO`` for samples already in memory);
 2. the gain is known only now (integrated loudness needs the whole input):
-   :func:`codec.audio.level.gain_for`;
+   :func:`codec.audio.level.gain_for`; so is the input's DC offset (its mean), which is
+   subtracted from every sample (exactly, with no filter's phase shift): the codec does not code
+   a constant, and counted as signal by the energy side information it would raise the decoded
+   level;
 3. :class:`PreparedAudio` serves the gained, peak-limited samples slice by slice: each slice is
    read with a margin of a few limiter windows, so it equals limiting the whole signal.
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import os
 import typing as tp
 from pathlib import Path
 
@@ -37,10 +37,17 @@ import numpy as np
 import numpy.typing as npt
 
 from codec.audio import Array
-from codec.audio.io import TruncatedAudioError, check_riff_data_size, mixdown_drop_db, mixdown_energies, to_mono
+from codec.audio.io import (
+    TruncatedAudioError,
+    check_riff_data_size,
+    mixdown_drop_db,
+    mixdown_energies,
+    open_sound,
+    to_mono,
+)
 from codec.audio.level import Level, LevelSettings, gain_for
 from codec.audio.limiter import limit
-from codec.audio.loudness import DcBlocker, StreamingLoudness, loudness_lufs
+from codec.audio.loudness import StreamingLoudness, loudness_lufs
 from codec.errors import UserError
 from codec.inference import bitstream
 from codec.inference.bitstream import MAX_SECONDS
@@ -97,10 +104,11 @@ class PreparedAudio:
     whole-signal result. ``limiter_db`` is the largest reduction applied to what was read.
     """
 
-    def __init__(self, raw: FloatFile, gain_db: float, ceiling: float | None, window: int) -> None:
+    def __init__(self, raw: FloatFile, gain_db: float, ceiling: float | None, window: int, offset: float = 0.0) -> None:
         self._raw = raw
         self.shape = raw.shape
         self._scale = np.float32(10.0 ** (gain_db / 20.0))
+        self._offset = np.float32(offset)
         self._ceiling = ceiling
         self._window = int(window)
         self.limiter_db = 0.0
@@ -110,7 +118,7 @@ class PreparedAudio:
         stop = max(start, stop)
         margin = SLICE_MARGIN_WINDOWS * self._window + 2
         lo, hi = max(0, start - margin), min(self.shape[0], stop + margin)
-        y = (self._raw[lo:hi] * self._scale).astype(np.float32)
+        y = ((self._raw[lo:hi] - self._offset) * self._scale).astype(np.float32)
         if self._ceiling is not None and y.shape[0]:
             y, reduction = limit(y, self._ceiling, self._window)
             self.limiter_db = max(self.limiter_db, float(-20.0 * np.log10(np.min(reduction))))
@@ -119,7 +127,7 @@ class PreparedAudio:
     def gained(self, start: int, stop: int) -> Array:
         """Samples ``[start, stop)`` gained but not limited: what the energy side information
         measures, so the decoded level is the input's, not the limited signal's."""
-        return (self._raw[start:stop] * self._scale).astype(np.float32)
+        return ((self._raw[start:stop] - self._offset) * self._scale).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,26 +173,30 @@ def _blocks_of_array(x: Array) -> tp.Iterator[Array]:
         yield x[start : start + READ_BLOCK]
 
 
-def _ingest(
-    blocks: tp.Iterable[Array], rate: int, model_rate: int, tmp: tp.BinaryIO, name: str
-) -> tuple[FloatFile, int, float, bool]:
-    """Step 1 of the module docstring over ``blocks`` (``[n, C]`` float32 at ``rate``):
-    returns the mono model-rate samples, the input's length, its loudness and whether it is
-    digital silence."""
+class _Ingested(tp.NamedTuple):
+    raw: FloatFile  # the mono model-rate samples
+    length: int  # the input's frames
+    lufs: float  # its integrated loudness (-inf: silent or below the gate)
+    silent: bool  # digital silence
+    offset: float  # its DC offset: the mean of ``raw``
+
+
+def _ingest(blocks: tp.Iterable[Array], rate: int, model_rate: int, tmp: tp.BinaryIO, name: str) -> _Ingested:
+    """Step 1 of the module docstring over ``blocks`` (``[n, C]`` float32 at ``rate``)."""
     import soxr
 
     meter = StreamingLoudness(model_rate)
-    dc = DcBlocker(model_rate)
     stream = soxr.ResampleStream(rate, model_rate, 1, dtype="float32", quality="HQ") if rate != model_rate else None
     length = 0
     nonzero = False
     mix_energy = channel_energy = 0.0  # sums of squares: the mono mix's, the channels' mean
+    total = 0.0  # sum of the mono model-rate samples
 
     def emit(y: Array) -> None:
-        nonlocal nonzero
+        nonlocal nonzero, total
         if y.shape[0]:
             nonzero = nonzero or bool(np.any(y))
-            y = dc.block(y)
+            total += float(np.sum(y, dtype=np.float64))
             meter.add(y)
             tmp.write(np.ascontiguousarray(y, dtype="<f4").tobytes())
 
@@ -218,7 +230,7 @@ def _ingest(
         lufs = loudness_lufs(audio[0:n], model_rate)
     else:
         lufs = meter.integrated()
-    return audio, length, lufs, not nonzero
+    return _Ingested(audio, length, lufs, not nonzero, total / n)
 
 
 def check_mixdown(mix_energy: float, channel_energy: float, length: int, name: str) -> None:
@@ -234,19 +246,12 @@ def check_mixdown(mix_energy: float, channel_energy: float, length: int, name: s
         )
 
 
-def _prepared(
-    raw: FloatFile,
-    rate: int,
-    length: int,
-    channels: int,
-    model_rate: int,
-    lufs: float,
-    silent: bool,
-    levels: LevelSettings,
-) -> Prepared:
-    gain_db, level = gain_for(lufs, silent, levels.target_lufs, levels.max_gain_db)
-    audio = PreparedAudio(raw, gain_db, levels.ceiling, levels.limiter_window(model_rate))
-    return Prepared(audio, int(rate), int(length), int(channels), int(model_rate), float(lufs), gain_db, level, levels)
+def _prepared(ing: _Ingested, rate: int, channels: int, model_rate: int, levels: LevelSettings) -> Prepared:
+    gain_db, level = gain_for(ing.lufs, ing.silent, levels.target_lufs, levels.max_gain_db)
+    audio = PreparedAudio(ing.raw, gain_db, levels.ceiling, levels.limiter_window(model_rate), ing.offset)
+    return Prepared(
+        audio, int(rate), ing.length, int(channels), int(model_rate), float(ing.lufs), gain_db, level, levels
+    )
 
 
 def check_rate(rate: int, name: str) -> None:
@@ -276,19 +281,18 @@ def prepare(
     if x.shape[1] == 0:
         raise InferenceError(f"{name}: holds no audio channels; pass a recording")
     check_rate(int(sample_rate), name)
-    raw, length, lufs, silent = _ingest(_blocks_of_array(x), int(sample_rate), int(model_rate), io.BytesIO(), name)
-    return _prepared(raw, sample_rate, length, x.shape[1], model_rate, lufs, silent, levels or LevelSettings())
+    ing = _ingest(_blocks_of_array(x), int(sample_rate), int(model_rate), io.BytesIO(), name)
+    return _prepared(ing, sample_rate, x.shape[1], model_rate, levels or LevelSettings())
 
 
 def prepare_file(path: Path, model_rate: int, levels: LevelSettings, tmp: tp.BinaryIO) -> Prepared:
     """Prepare the recording at ``path`` (any format libsndfile reads), keeping its mono
     model-rate samples in ``tmp``. :class:`UserError` for an unreadable, empty, truncated,
     too long or non-finite input."""
-    import soundfile as sf
 
     check_input_path(path, allow_empty=False)  # libsndfile would say "Format not recognised"
     try:
-        f = sf.SoundFile(os.fsencode(path))  # bytes: a name that is not UTF-8 opens too
+        f = open_sound(path)  # a name that is not UTF-8 opens too; a streaming WAV is read to its end
     except Exception as e:  # libsndfile's message names the problem (format, header, …)
         raise UserError(f"{path}: not an audio file this tool can read ({_one_line(e)})") from None
     with f:
@@ -298,19 +302,19 @@ def prepare_file(path: Path, model_rate: int, levels: LevelSettings, tmp: tp.Bin
             raise UserError(f"{path}: {declared / rate / 3600:.1f} h is longer than the {MAX_SECONDS // 3600} h limit")
         read = _Reader(f)
         try:
-            raw, length, lufs, silent = _ingest(read, rate, int(model_rate), tmp, str(path))
+            ing = _ingest(read, rate, int(model_rate), tmp, str(path))
         except UserError:
             raise
         except Exception as e:  # a decoder error in the middle of the file
             raise UserError(f"{path}: cannot be decoded after {read.frames / rate:.2f} s ({_one_line(e)})") from None
-    if declared > 0 and length < declared and fmt not in ("MP3", "OGG"):
-        raise UserError(f"{path}: truncated: the header declares {declared} frames but only {length} could be read")
+    if declared > 0 and ing.length < declared and fmt not in ("MP3", "OGG"):
+        raise UserError(f"{path}: truncated: the header declares {declared} frames but only {ing.length} could be read")
     if fmt in ("WAV", "WAVEX"):
         try:
             check_riff_data_size(path)
         except TruncatedAudioError as e:
             raise UserError(f"{path}: truncated: {e}") from None
-    return _prepared(raw, rate, length, channels, model_rate, lufs, silent, levels)
+    return _prepared(ing, rate, channels, model_rate, levels)
 
 
 class _Reader:

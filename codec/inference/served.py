@@ -237,9 +237,11 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def log_model(checkpoint: str | Path) -> tp.Any:
+def log_model(checkpoint: str | Path, step: int = 0) -> tp.Any:
     """Log :class:`ServedCodec` for the checkpoint at ``checkpoint`` into the active MLflow run,
     as the model ``codec`` (:data:`codec.tracking.MODEL_ARTIFACT`); returns MLflow's model info.
+    ``step``: the run's step it is logged at (MLflow copies the run's metrics of that step to the
+    model: pass one no metric has, and log the model's metrics with its ``model_id``).
 
     - the checkpoint travels as the model's artifact ``checkpoint`` (the run's own copy, which
       ``codec encode --model models:/...`` reads, is ``checkpoint/codec.pt``:
@@ -275,6 +277,7 @@ def log_model(checkpoint: str | Path) -> tp.Any:
             # Not the repository's uv.lock and pyproject.toml (MLflow copies them from the working
             # directory): they would install the whole project where the requirements above suffice.
             uv_project_path=tmp,
+            step=step,
         )
 
 

@@ -77,7 +77,7 @@ from codec.registry.gates import (
 from codec.registry.lock import registry_lock
 from codec.registry.record import Decision, PromotionRecord
 from codec.registry.transaction import champion_version, register
-from codec.tracking import CHAMPION, model_id_of, tracking_uri
+from codec.tracking import CHAMPION, WORST_SET, describe, metric_key, model_id_of, set_metric_names, tracking_uri
 
 if tp.TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -148,28 +148,27 @@ def not_compared(record: EvaluationRecord, params: PromoteParams, kbps: float) -
 
 # --- the numbers a version shows, as MLflow metrics ---------------------------------------------
 
-WORST = "worst_set"  # the "set" of the worst-set values (the comparison reads its primary metric)
-# Per evaluation set at the gate bitrate: ours with the side information (what users get), the
-# model's own amplitude without it, and Opus' PESQ at the same bitrate.
-SET_METRICS = ("snr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")
+SET_METRICS = ("snr_db", "amplitude_ratio", "mel_distance", "pesq", "stoi")  # ours', per set
 
-
-def metric_key(eval_set: str, metric: str, kbps: float) -> str:
-    """``held_out/pesq_6kbps``: the MLflow metric a promotion logs for ``eval_set`` at ``kbps``."""
-    return f"{eval_set}/{metric}_{kbps_key(kbps)}"
+WORST = WORST_SET  # the "set" of the worst-set values (the comparison reads its primary metric)
 
 
 def registry_metrics(record: EvaluationRecord, params: PromoteParams, kbps: float) -> list[tuple[str, float, str]]:
-    """(key, value, evaluation set) for every number a version shows: :data:`SET_METRICS` of ours,
-    ``model_amplitude_ratio`` and ``opus_pesq`` on every set at ``kbps``, and the worst set's primary
-    metric and amplitude ratio (finite values only: MLflow stores no NaN faithfully)."""
+    """(key, value, evaluation set) for every number a version shows: on every set at ``kbps``,
+    :func:`codec.tracking.set_metric_names` (the held-out set's in full: ours with the side
+    information, ``model_amplitude_ratio`` without it and ``opus_pesq``; the others' amplitude
+    ratio and PESQ: the keys ``codec evaluate`` logged, so at its top bitrate no key is added), and
+    the worst set's primary metric and amplitude ratio (finite values only: MLflow stores no NaN
+    faithfully)."""
     out: list[tuple[str, float, str]] = []
     for name, metrics in record.sets.items():
         ours, plain = metrics.ours_at(kbps), metrics.no_side_at(kbps)
         values = {m: ours.metric(m) for m in SET_METRICS}
         values["model_amplitude_ratio"] = plain.amplitude_ratio if plain is not None else math.nan
         values["opus_pesq"] = metrics.opus_at(kbps).pesq
-        out += [(metric_key(name, m, kbps), v, name) for m, v in values.items() if math.isfinite(v)]
+        out += [
+            (metric_key(name, m, kbps), values[m], name) for m in set_metric_names(name) if math.isfinite(values[m])
+        ]
     worst = worst_of(record, params, kbps)
     for m, v in ((params.primary_metric, worst.metric_value), ("amplitude_ratio", worst.amplitude_ratio)):
         if math.isfinite(v):
@@ -419,9 +418,11 @@ def promote(
     provenance: tp.Mapping[str, str] | None = None,
     re_evaluate: ReEvaluate | None = None,
     say: tp.Callable[[str], None] = lambda line: None,
+    wait: tp.Callable[[str], None] | None = None,
 ) -> Promotion:
     """Gate, compare, register and write ``out`` (``promotion.json``); see the module docstring.
-    ``say`` hears what is done besides the decision (a wait for the lock, a repair)."""
+    ``say`` hears what is done besides the decision (a repair, a run left untagged); ``wait`` a
+    wait for the registry lock, as it starts (default: ``say``)."""
     from mlflow.exceptions import MlflowException
 
     run_id, model_uri = logged_run(record)
@@ -433,7 +434,7 @@ def promote(
     uri = registry_uri(client)
     try:
         log_registry_metrics(client, record, params, kbps)
-        with registry_lock(uri, say=say) as exclusive:
+        with registry_lock(uri, say=wait or say) as exclusive:
             repairs = repair(client, params.model_name, exclusive)
             for line in repairs:
                 say(line)
@@ -459,7 +460,7 @@ def promote(
             )
             if decision == "rejected":
                 # No version: the registry holds candidates that passed, the run keeps the rest.
-                tag_run(client, promotion)
+                tag_run(client, promotion, record.model_id)
                 write_promotion(out, promotion)
             else:
                 promotion = register_version(client, promotion, record.model_id, out, say)
@@ -475,12 +476,18 @@ def store_refused(uri: str, e: MlflowException) -> PromotionError:
     )
 
 
-def tag_run(client: MlflowClient, promotion: Promotion) -> None:
+def tag_run(client: MlflowClient, promotion: Promotion, model_id: str | None = None) -> None:
     """The candidate's run says what became of it (its decision at this promotion; a version's own
     tag follows its alias later, e.g. former-champion)."""
     from mlflow.entities import RunTag
 
     client.log_batch(promotion.mlflow_run_id, tags=[RunTag(k, v) for k, v in promotion.tags.items()])
+    # The description's verdict (the run's and its logged model's): the decision, then why in a line.
+    p = promotion
+    what = f"version {p.version} of {p.model_name}" if p.version is not None else "no version made"
+    why = p.tags.get("gates", "") if p.decision == "rejected" else "; ".join(p.reasons)
+    text = f"`codec promote` ({p.gate_profile or 'default'} gates at {p.kbps:g} kbps): {p.decision}, {what}. {why}"
+    describe(client, p.mlflow_run_id, "Promotion", text, model_id)
 
 
 def register_version(
@@ -508,7 +515,7 @@ def register_version(
     )
     # After the commit: the registry's decision stands whatever happens to these tags.
     try:
-        tag_run(client, p)
+        tag_run(client, dataclasses.replace(p, version=version), model_id)
         if model_id:
             link_logged_model(client, model_id, p.model_name, version)
     except MlflowException as e:
@@ -552,6 +559,66 @@ def champion_re_evaluator(record: EvaluationRecord, raw: Path, direction: Direct
     return run
 
 
+# --- what the stage prints ---------------------------------------------------------------------
+
+MAX_LINES = 15  # what codec promote prints by default, at most (the decision first)
+MAX_GATES = 10  # failing gates listed by default, the worst first
+
+
+def worst_first(gates: tp.Iterable[Gate]) -> list[Gate]:
+    """The failed ones of ``gates``, the farthest past its limit first (NaN: not measured, first)."""
+    return sorted((g for g in gates if not g.passed), key=_shortfall, reverse=True)
+
+
+def gate_line(g: Gate) -> str:
+    return f"  {'pass' if g.passed else 'FAIL'}  {g.name}: {g.value:.4g} (required {g.rule})"
+
+
+def decision_line(p: Promotion) -> str:
+    """``codec promote: rejected (cpu-demo gates): 3 of 133 gates failed at 6 kbps``, or
+    ``codec promote: champion: telugu-speech-codec version 4 (all 133 cpu-demo gates passed at 6 kbps)``."""
+    n, failed = len(p.gates), sum(not g.passed for g in p.gates)
+    if p.decision == "rejected":
+        return f"codec promote: rejected ({p.gate_profile} gates): {failed} of {n} gates failed at {p.kbps:g} kbps"
+    return (
+        f"codec promote: {p.decision}: {p.model_name} version {p.version} "
+        f"(all {n} {p.gate_profile} gates passed at {p.kbps:g} kbps)"
+    )
+
+
+def stage_output(p: Promotion, out: str, where: str, notes: tp.Sequence[str] = (), verbose: bool = False) -> list[str]:
+    """What ``codec promote`` prints: the decision first; then, by default, the failing gates
+    (the worst first, at most :data:`MAX_GATES`) or the reason it was promoted, what was repaired
+    on the way (``notes``), and where the rest is (``out``, the MLflow run at ``where``), in at most
+    :data:`MAX_LINES` lines; ``verbose``: every gate once (pass and FAIL), the reasons that are
+    not a gate's, every note."""
+    lines = [decision_line(p)]
+    why = [r for r in p.reasons if not r.startswith("gate ")]  # a rejection's reasons are its gates
+    rest = f"  details: {out} (every gate and the reasons); MLflow run {p.mlflow_run_id} in {where}"
+    if verbose:
+        return [*lines, *(gate_line(g) for g in p.gates), *(f"  {r}" for r in why), *(f"  {n}" for n in notes), rest]
+    lines += [f"  {n}" for n in notes]
+    failed = worst_first(p.gates)
+    room = MAX_LINES - len(lines) - len(why) - 1  # the last line says where the rest is
+    shown = failed if len(failed) <= min(room, MAX_GATES) else failed[: max(1, min(room - 1, MAX_GATES))]
+    lines += [gate_line(g) for g in shown]
+    if len(failed) > len(shown):
+        lines.append(f"  ... and {len(failed) - len(shown)} more failing gates (the worst first above; --verbose: all)")
+    lines += [f"  {r}" for r in why]
+    return [*lines, rest]
+
+
+def gate_error(p: Promotion, out: str, shown: int = 5) -> GateError:
+    """The error of ``fail_on_gate``: the worst failing gates (``shown`` of them) and where the rest are."""
+    failed = worst_first(p.gates)
+    listed = ", ".join(f"{g.name} {g.value:.4g} (required {g.rule})" for g in failed[:shown])
+    more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
+    return GateError(
+        f"the candidate (run {p.mlflow_run_id}) failed {len(failed)} of {len(p.gates)} gates: {listed}{more}; "
+        f"see {out} and reports/evaluate/report.md (promote.fail_on_gate: true)"
+    )
+
+
 # --- the stage entry ---------------------------------------------------------------------------
 
 
@@ -564,6 +631,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", default="data/raw", help="clips, to re-evaluate the champion (default: %(default)s)")
     parser.add_argument("--out", default="reports/promote/promotion.json", help="decision JSON (default: %(default)s)")
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help=f"print every gate (passed and failed) and every reason; by default the decision, the worst "
+        f"{MAX_GATES} failing gates and where the rest is, in at most {MAX_LINES} lines",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -580,6 +654,8 @@ def run(args: argparse.Namespace) -> int:
     }
     mlflow.set_tracking_uri(tracking_uri())
     client = MlflowClient()
+    notes: list[str] = []  # said after the decision (the decision is the first line)
+    verbose = bool(getattr(args, "verbose", False))
     p = promote(
         client,
         record,
@@ -587,19 +663,11 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out),
         provenance=provenance,
         re_evaluate=champion_re_evaluator(record, Path(args.raw), params.primary_direction),
-        say=lambda line: print(f"codec promote: {line}", flush=True),
+        say=notes.append,
+        wait=lambda line: print(f"codec promote: {line}", flush=True),  # as it happens: it may last
     )
-    what = f"version {p.version}" if p.version is not None else f"run {p.mlflow_run_id} (no version)"
-    print(f"{params.model_name} {what}: {p.decision} ({params.gate_profile} gates)")
-    for g in p.gates:
-        print(f"  {'pass' if g.passed else 'FAIL'}  {g.name}: {g.value:.4g} (required {g.rule})")
-    for r in p.reasons:
-        print(f"  {r}")
+    for line in stage_output(p, args.out, mlflow.get_tracking_uri(), notes, verbose):
+        print(line)
     if not p.all_gates_passed and params.fail_on_gate:
-        failed = ", ".join(f"{g.name} {g.value:.4g} (required {g.rule})" for g in p.gates if not g.passed)
-        raise GateError(
-            f"the candidate (run {p.mlflow_run_id}) failed the gates: {failed}; see {args.out} and "
-            "reports/evaluate/report.md "
-            "(promote.fail_on_gate: true)"
-        )
+        raise gate_error(p, args.out)
     return 0

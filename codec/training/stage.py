@@ -3,8 +3,10 @@
 Reads the ``train`` section of ``params.yaml`` into :class:`codec.training.params.TrainParams`,
 trains, and records the run in MLflow (tracking URI from ``MLFLOW_TRACKING_URI``, else
 ``sqlite:///mlflow.db`` at the repository root): every param, step metrics, system
-metrics, tags for the git commit, the DVC hash of the data and the device, validation
-audio (input and decoded) with a spectrogram comparison, and the checkpoint. The served model
+metrics, MLflow's source tags (the UI links the git commit), the DVC hash of the data and the
+device, the training data as the run's dataset (its manifest, the DVC hash as digest), a
+description in words (``mlflow.note.content``), validation audio (input and decoded) with a
+spectrogram comparison, and the checkpoint. The served model
 (:func:`codec.inference.served.log_model`) is logged into the same run by ``codec evaluate``, so
 training does not depend on the inference code (an edit there re-runs evaluate, not train). It
 also writes the DVC metrics JSON and the curves CSVs.
@@ -36,8 +38,8 @@ from codec.model.checkpoint import atomic_torch_save, read_checkpoint
 from codec.model.codec import Codec
 from codec.params import PARAMS_FILE, load_section
 from codec.plots import spectrogram_panel
-from codec.provenance import data_version, flatten, git_commit, repo_root
-from codec.tracking import EXPERIMENT, tracking_uri
+from codec.provenance import data_version, flatten, repo_root
+from codec.tracking import EXPERIMENT, NOTE, note_with, pandas_dataset, source_tags, tracking_uri
 from codec.training.dataset import read_clips, split_clips, validation_audio
 from codec.training.loop import CHECKPOINT, TrainResult, train
 from codec.training.params import NO_EFFECT_KEYS, TrainParams
@@ -138,11 +140,13 @@ def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str, l
     mlflow.set_experiment(experiment)
     data_hash, data_source = data_version(data, root)
     device = "cuda" if params.device != "cpu" and torch.cuda.is_available() else "cpu"
-    commit = git_commit(root)
-    with mlflow.start_run(run_name=run_name(params, device, commit), log_system_metrics=True) as run:
+    source = source_tags(root, "codec train")
+    commit = source["git_commit"]
+    # System metrics on the run only: the served model, logged later by codec evaluate, is logged
+    # at a step after every metric of the run, so MLflow copies none of them to it.
+    with mlflow.start_run(run_name=run_name(params, device, commit), tags=source, log_system_metrics=True) as run:
         mlflow.set_tags(
             {
-                "git_commit": commit,
                 "data_path": str(data),
                 "data_version": data_hash,
                 "data_version_source": data_source,
@@ -153,6 +157,7 @@ def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str, l
         )
         mlflow.log_params(flatten(params.to_dict()))
         mlflow.log_dict(params.to_dict(), "train_params.json")
+        n_clips = log_training_data(data, data_hash)
 
         def log(kind: str, step: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics(metrics, step=step)
@@ -168,8 +173,38 @@ def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str, l
             # The checkpoint names its run, so evaluate and promote log to the same run.
             stamp_checkpoint(result.model_path, levels, mlflow_run_id=run.info.run_id)
             mlflow.log_artifact(str(result.model_path), "checkpoint")
+        text = training_note(params, result, data, data_hash, n_clips)
+        mlflow.set_tag(NOTE, note_with(mlflow.get_run(run.info.run_id).data.tags.get(NOTE, ""), "Training", text))
         print(f"MLflow run {run.info.run_id} in {mlflow.get_tracking_uri()}")
     return result
+
+
+def log_training_data(data: Path, data_hash: str) -> int | None:
+    """Log the training data (its ``manifest.csv``: one row per clip) as the run's dataset, with the
+    folder's DVC hash as digest (the MLflow UI lists it under the run's datasets); its clip count."""
+    import mlflow
+
+    try:
+        manifest = pd.read_csv(data / "manifest.csv")
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+    dataset = pandas_dataset(manifest, data, data.as_posix(), data_hash)
+    mlflow.log_input(dataset, context="training", tags={"dvc_hash": data_hash})
+    return len(manifest)
+
+
+def training_note(params: TrainParams, result: TrainResult, data: Path, data_hash: str, n_clips: int | None) -> str:
+    """The run's description, training part: what was trained, on which data, how it validated."""
+    v = result.val
+    top = max(params.model.bitrates_kbps)
+    clips = f"{n_clips} clips, " if n_clips is not None else ""
+    kbps = ", ".join(f"{k:g}" for k in params.model.bitrates_kbps)
+    return (
+        f"The speech codec ({kbps} kbps) trained for {result.step} steps on {result.device} ({result.precision}) "
+        f"in {result.seconds:.0f} s, on `{data.as_posix()}` ({clips}DVC {data_hash}). Held-out validation at "
+        f"{top:g} kbps: SNR {v.get('val/snr_db', float('nan')):.2f} dB, amplitude ratio "
+        f"{v.get('val/amplitude_ratio', float('nan')):.3f}. Evaluation and promotion log into this run."
+    )
 
 
 def run_name(params: TrainParams, device: str, commit: str) -> str:
