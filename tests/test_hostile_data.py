@@ -433,3 +433,55 @@ def test_a_speaker_is_never_on_both_sides_of_the_split_for_a_user_folder(tmp_pat
     assert not {c.speaker for c in train if c.speaker} & {c.speaker for c in val if c.speaker}
     # The evaluation's held-out clips are the training's validation side, speakers included.
     assert held_out_ids(norm, 0.3) == sorted(c.id for c in val)
+
+
+def test_hostile_names_ids_and_manifests_are_one_line_errors_not_tracebacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23 row 5: a file name that is not UTF-8 was a UnicodeEncodeError in ingest; a
+    nested path whose flattened id passed 255 bytes an OSError 36; normalize of a manifest whose
+    clip was deleted a LibsndfileError, of a path ``.`` or ``manifest.csv`` or a 300-character
+    id an OSError; ``--out-dir`` an existing file a FileExistsError."""
+    rng = np.random.default_rng(5)
+    src = tmp_path / "S"
+    (src / "spk1").mkdir(parents=True)
+    sf.write(src / "spk1" / "ok.wav", speechlike(1.0, rng), RATE, subtype="PCM_16")
+    bad = os.fsencode(src / "spk1") + b"/caf\xe9.wav"  # Latin-1, not UTF-8
+    sf.write(bad, speechlike(1.0, rng), RATE, subtype="PCM_16")
+    deep = src / "spk2" / ("d" * 100) / ("e" * 100) / ("f" * 100)
+    deep.mkdir(parents=True)
+    sf.write(deep / ("g" * 100 + ".wav"), speechlike(1.0, rng), RATE, subtype="PCM_16")
+
+    res = ingest(src, tmp_path / "raw", IngestParams(workers=1))
+    rejected = dict(zip(res.rejected["source_path"], res.rejected["reason"], strict=True))
+    assert rejected == {"spk1/caf\\xe9.wav": "bad_name"}
+    assert len(res.accepted) == 2 and max(map(len, res.accepted["id"])) <= 120
+    assert all((tmp_path / "raw" / p).is_file() for p in res.accepted["path"])
+
+    raw = tmp_path / "raw"
+    manifest = (raw / "manifest.csv").read_text()
+    params = NormalizeParams(workers=1)
+    first = pd.read_csv(raw / "manifest.csv")["path"].iloc[0]
+    (raw / first).rename(tmp_path / "moved.wav")
+    with pytest.raises(UserError, match=rf"{re.escape(first)}: cannot be read .*re-run the stage"):
+        normalize(raw, tmp_path / "norm", params)
+    (tmp_path / "moved.wav").rename(raw / first)
+    for column, value, message in [
+        ("path", ".", "is not an audio file of the folder"),
+        ("path", "manifest.csv", "is not an audio file of the folder"),
+        ("id", "x" * 300, "is 300 characters, more than 200"),
+    ]:
+        df = pd.read_csv(raw / "manifest.csv")
+        df.loc[0, column] = value
+        df.to_csv(raw / "manifest.csv", index=False)
+        with pytest.raises(UserError, match=rf"manifest\.csv, line 2: .*{message}"):
+            normalize(raw, tmp_path / "norm", params)
+        (raw / "manifest.csv").write_text(manifest)
+    assert not (tmp_path / "norm").exists()  # nothing published by a refused run
+    normalize(raw, tmp_path / "norm", params)  # the restored manifest normalizes
+
+    (tmp_path / "taken").write_text("a file")
+    capsys.readouterr()
+    assert main(["encode", str(src / "spk1" / "ok.wav"), "--out-dir", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "taken" in err and "Traceback" not in err, err
