@@ -456,3 +456,49 @@ def test_the_stage_prints_a_few_lines_per_set_and_progress_only_on_a_terminal() 
     out = tty.getvalue()
     assert out.count("\r") == len(steps) + 1 and "\n" not in out  # one line, rewritten, cleared at the end
     assert "codec evaluate: held_out (1/2 sets, 2 clips), 160 kbps (1/1): opus cbr" in out
+
+
+def test_the_opus_baseline_is_coded_once_and_reused_by_the_next_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26: a small experiment re-coded the same clips with Opus at the same bitrates. With
+    a cache the second evaluation (another model) codes nothing with Opus and reads the same
+    numbers and sample audio; another bitrate, clip or frame length is coded; an unreadable
+    entry is coded again and replaced."""
+    from codec.evaluation.baseline_cache import OpusCache
+
+    encodes: list[tuple[int, bool]] = []
+    real = ev.opus_roundtrip
+
+    def counting(audio: np.ndarray, rate: int, bps: int, **kw: tp.Any) -> tp.Any:
+        encodes.append((bps, kw["vbr"]))
+        return real(audio, rate, bps, **kw)
+
+    monkeypatch.setattr(ev, "opus_roundtrip", counting)
+    clips = make_clips(2)
+    params = ep.EvaluateParams(levels_dbfs=[-26.0], opus_modes=["cbr", "vbr"], audio_samples=1)
+    cache = OpusCache(tmp_path / "cache")
+
+    def run(model: nn.Module, c: OpusCache | None = cache, **kw: tp.Any) -> ev.Evaluation:
+        return ev.evaluate_model(model, clips, params, NO_LIMITER, bitrates_kbps=[160.0], opus_cache=c, **kw)
+
+    first = run(PcmCodec())
+    assert len(encodes) == 4 and (cache.hits, cache.misses) == (0, 4)  # 2 clips x 2 modes
+    second = run(PcmCodec(gain=0.5))
+    assert len(encodes) == 4 and cache.hits == 4  # nothing coded again
+    opus_rows = [r for r in first.rows if r.codec.startswith("opus")]
+    assert [r for r in second.rows if r.codec.startswith("opus")] == opus_rows
+    assert second.row("ours", 160.0) != first.row("ours", 160.0)  # ours is measured each time
+    for key, audio in first.samples.items():
+        if key[1].startswith("opus"):
+            np.testing.assert_array_equal(second.samples[key], audio)
+    uncached = run(PcmCodec(), None)
+    assert len(encodes) == 8 and [r for r in uncached.rows if r.codec.startswith("opus")] == opus_rows
+    # Another frame length is another setting; a broken entry is measured again.
+    entry = next((tmp_path / "cache").rglob("*.json"))
+    entry.write_text("{not json")
+    run(PcmCodec())
+    assert len(encodes) == 9 and json.loads(entry.read_text())["effective_kbps"] > 0
+    params = dataclasses.replace(params, opus_frame_ms=40)
+    run(PcmCodec())
+    assert len(encodes) == 13

@@ -34,6 +34,7 @@ from codec.audio import Array
 from codec.audio.level import LevelSettings
 from codec.errors import UserError
 from codec.evaluation import metrics as m
+from codec.evaluation.baseline_cache import Entry, OpusCache
 from codec.evaluation.opus import opus_roundtrip
 from codec.evaluation.params import EvaluateParams
 from codec.evaluation.record import OURS, OURS_NO_SIDE, kbps_key
@@ -235,17 +236,35 @@ def level_sweep(
     return out
 
 
+def _opus_clip(clip: EvalClip, kbps: float, mode: str, frame_ms: int, keep_audio: bool) -> Entry:
+    res = opus_roundtrip(clip.audio, clip.sample_rate, round(kbps * 1000), vbr=mode == "vbr", frame_ms=frame_ms)
+    values, reasons = measure(clip.audio, res.audio, clip.sample_rate)
+    return Entry(values, reasons, res.effective_kbps, res.audio if keep_audio else None)
+
+
 def measure_opus(
-    clips: tp.Sequence[EvalClip], kbps: float, mode: str, frame_ms: int, sample_ids: tp.Collection[str] = ()
+    clips: tp.Sequence[EvalClip],
+    kbps: float,
+    mode: str,
+    frame_ms: int,
+    sample_ids: tp.Collection[str] = (),
+    cache: OpusCache | None = None,
 ) -> Measurement:
-    """Opus in ``mode`` (``cbr`` or ``vbr``) at the nominal ``kbps`` on ``clips``."""
+    """Opus in ``mode`` (``cbr`` or ``vbr``) at the nominal ``kbps`` on ``clips``; each clip's
+    result read from ``cache`` when an earlier evaluation stored it (and stored there when not)."""
     name = OPUS_NAMES[mode]
     results: list[Measured] = []
     eff, per_clip = [], []
     samples: dict[tuple[str, str], Array] = {}
     for clip in clips:
-        res = opus_roundtrip(clip.audio, clip.sample_rate, round(kbps * 1000), vbr=mode == "vbr", frame_ms=frame_ms)
-        values, reasons = measure(clip.audio, res.audio, clip.sample_rate)
+        keep = clip.id in sample_ids
+        key = cache.key(clip.audio, clip.sample_rate, kbps, mode, frame_ms) if cache is not None else ""
+        res = cache.get(key, keep) if cache is not None else None
+        if res is None:
+            res = _opus_clip(clip, kbps, mode, frame_ms, keep)
+            if cache is not None:
+                cache.put(key, res)
+        values, reasons = res.values, res.reasons
         results.append((values, reasons))
         eff.append(res.effective_kbps)
         per_clip.append(
@@ -258,7 +277,7 @@ def measure_opus(
                 "effective_kbps": res.effective_kbps,
             }
         )
-        if clip.id in sample_ids:
+        if keep and res.audio is not None:
             samples[clip.id, f"{name}_{kbps_key(kbps)}"] = res.audio
     return Measurement(summarize(name, kbps, clips, eff, results), per_clip, samples)
 
@@ -275,6 +294,7 @@ def evaluate_model(
     compare: bool = True,
     codebook_size: int | None = None,
     progress: tp.Callable[[str], None] | None = None,
+    opus_cache: OpusCache | None = None,
 ) -> Evaluation:
     """Measure ``model`` (and Opus) on ``clips``: see the module docstring.
 
@@ -282,7 +302,8 @@ def evaluate_model(
     ``sweep=False`` skip the baseline and the level sweep, ``compare=False`` the run without
     side information (re-evaluating a champion needs none of them). ``codebook_size``
     defaults to ``2 ** model.config.bits_per_code``. ``progress`` hears each step as it starts
-    (``"3.6 kbps (2/3): opus cbr"``), for a progress line on a terminal.
+    (``"3.6 kbps (2/3): opus cbr"``), for a progress line on a terminal. ``opus_cache`` keeps
+    the baseline's results across evaluations (:mod:`codec.evaluation.baseline_cache`).
     """
     if not clips:
         raise UserError("no held-out clips to evaluate; add clips or raise train.val_fraction")
@@ -320,7 +341,7 @@ def evaluate_model(
         if opus:
             for mode in params.opus_modes:
                 step(i, kbps, f"opus {mode}")
-                measured.append(measure_opus(clips, kbps, mode, params.opus_frame_ms, sample_ids))
+                measured.append(measure_opus(clips, kbps, mode, params.opus_frame_ms, sample_ids, opus_cache))
                 ev.rows.append(measured[-1].row)
         for meas in measured:
             ev.per_clip.extend(meas.per_clip)

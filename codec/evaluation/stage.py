@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from codec.errors import UserError
+from codec.evaluation.baseline_cache import DEFAULT_DIR, OpusCache
 from codec.evaluation.evaluate import Evaluation, evaluate_model
 from codec.evaluation.params import HELD_OUT, EvaluateParams
 from codec.evaluation.record import OURS, clip_level_error_db
@@ -193,6 +194,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment (default: %(default)s)")
     parser.add_argument("--no-mlflow", action="store_true", help="evaluate without logging to MLflow")
+    parser.add_argument(
+        "--no-opus-cache",
+        action="store_true",
+        help="code and score the Opus baseline afresh instead of reusing earlier results "
+        f"(kept in {DEFAULT_DIR}/ or $CODEC_CACHE_DIR/opus)",
+    )
     parser.add_argument(
         "-v",
         "--verbose",
@@ -376,11 +383,14 @@ def run(args: argparse.Namespace) -> int:
     sets = build_sets(clips, params, user_sets)
     fingerprint = sets_fingerprint(sets, params)
     progress = TerminalProgress()
+    opus_cache = None if getattr(args, "no_opus_cache", False) else OpusCache.default(repo_root())
     evs: dict[str, Evaluation] = {}
     try:
         for i, (name, set_clips) in enumerate(sets.items(), 1):
             where = f"{name} ({i}/{len(sets)} sets, {len(set_clips)} clips)"
-            evs[name] = evaluate_model(model, set_clips, params, levels, progress=progress.at(where))
+            evs[name] = evaluate_model(
+                model, set_clips, params, levels, progress=progress.at(where), opus_cache=opus_cache
+            )
     finally:
         progress.close()
     ev = evs[HELD_OUT]
@@ -439,4 +449,7 @@ def run(args: argparse.Namespace) -> int:
         print(report)
     else:
         print("\n".join(console_summary(sets_summary(evs), str(args.report))))
+    if opus_cache is not None and opus_cache.hits + opus_cache.misses:
+        total = opus_cache.hits + opus_cache.misses
+        print(f"  Opus baseline: {opus_cache.hits} of {total} clip results reused from {opus_cache.folder}")
     return 0
