@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: setup params demo test lint typecheck flow clean-data seed-experiment compare
+.PHONY: setup params demo test lint typecheck flow prefect-setup clean-data seed-experiment compare
 
 setup:
 	@[ -x "$(UV)" ] || $(SYSTEM_PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)"
@@ -32,6 +32,13 @@ demo: params
 flow:
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
 		python -m flows.pipeline run $(FLOW_ARGS)
+
+# Once per Prefect server (PREFECT_API_URL): every work pool prefect.yaml's deployments use, and
+# with ALERT_WEBHOOK=<url> an automation that POSTs there when a pipeline run fails or crashes
+# (flows/ops.py; a Slack or email block made in the UI: python -m flows.ops alert --block TYPE/NAME).
+prefect-setup:
+	python -m flows.ops pools
+	@if [ -n "$(ALERT_WEBHOOK)" ]; then python -m flows.ops alert --webhook "$(ALERT_WEBHOOK)"; fi
 
 # Experiments side by side in a terminal (dvc exp show): the params that differ and the headline
 # metrics, without the columns of code and data hashes; fits 120 columns (tests/test_dvc_pipeline.py).

@@ -112,7 +112,14 @@ def test_prefect_yaml_deploys_to_a_local_server_and_a_worker_runs_it_from_git(tm
                 assert time.monotonic() < deadline, "the Prefect server did not come up in 180 s"
                 time.sleep(1)
 
-        prefect(env, "work-pool", "create", "cpu", "--type", "process", cwd=repo)
+        # Every pool prefect.yaml's deployments name, made by the project's own setup (make prefect-setup).
+        ops = subprocess.run(
+            [sys.executable, "-m", "flows.ops", "pools"], cwd=repo, env=env, text=True, capture_output=True
+        )
+        assert ops.returncode == 0, ops.stderr
+        assert ops.stdout.splitlines() == ["work pool gpu: created (process)", "work pool cpu: created (process)"]
+        pools = {p["name"]: p["type"] for p in tp_list(api(url, "/work_pools/filter", {}))}
+        assert {"gpu": "process", "cpu": "process"}.items() <= pools.items()
         worker_dir = tmp_path / "worker"
         worker_dir.mkdir()
         # The process worker runs each flow in a temporary folder of its own; pin it here to look
@@ -144,6 +151,8 @@ def test_prefect_yaml_deploys_to_a_local_server_and_a_worker_runs_it_from_git(tm
         assert not (repo / "reports" / "validate" / "summary.json").exists()
         lock = yaml.safe_load((clones[0] / "dvc.lock").read_text())
         assert set(lock["stages"]) == set(DATA_STAGES)
+
+        check_failure_alert(url, env, repo, deployment)
     finally:
         stop(server)
         log.close()
@@ -152,3 +161,57 @@ def test_prefect_yaml_deploys_to_a_local_server_and_a_worker_runs_it_from_git(tm
 def tp_dict(v: object) -> dict:
     assert isinstance(v, dict), v
     return v
+
+
+def tp_list(v: object) -> list:
+    assert isinstance(v, list), v
+    return v
+
+
+def check_failure_alert(url: str, env: dict[str, str], repo: Path, deployment: dict) -> None:
+    """``python -m flows.ops alert --webhook`` on the live server: a failed run of the pipeline
+    posts one notification to a receiver on 127.0.0.1 (through Prefect's own automation and
+    notification block), naming the run and why; a failed run of another flow posts nothing."""
+    import http.server
+    import threading
+
+    received: list[dict] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", free_port()), Receiver)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        hook = f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+        ops = subprocess.run(
+            [sys.executable, "-m", "flows.ops", "alert", "--webhook", hook],
+            cwd=repo,
+            env=env,
+            text=True,
+            capture_output=True,
+        )
+        assert ops.returncode == 0, ops.stderr
+        failed = {"type": "FAILED", "name": "Failed", "message": "stage 'validate' data-quality gate failed"}
+        other_flow = tp_dict(api(url, "/flows/", {"name": "someone-elses-flow"}))
+        other = tp_dict(api(url, "/flow_runs/", {"flow_id": other_flow["id"], "name": "not-ours"}))
+        api(url, f"/flow_runs/{other['id']}/set_state", {"state": failed, "force": True})
+        run = tp_dict(api(url, f"/deployments/{deployment['id']}/create_flow_run", {"name": "weekly-run"}))
+        api(url, f"/flow_runs/{run['id']}/set_state", {"state": failed, "force": True})
+        deadline = time.monotonic() + 90
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)  # a notification for the other flow's run would have come by now too
+    finally:
+        httpd.shutdown()
+    assert len(received) == 1, received
+    text = received[0]["text"]
+    assert received[0]["subject"] == "codec-pipeline run weekly-run: Failed"
+    assert "weekly-run" in text and run["id"] in text and "data-quality gate failed" in text
+    assert "Deployment: data-check" in text and "not-ours" not in text
