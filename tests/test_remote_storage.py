@@ -333,6 +333,14 @@ def test_an_mlflow_server_with_artifacts_in_s3_tracks_registers_and_serves_the_m
         monkeypatch.chdir(work)
         data = write_dataset(work / "data" / "normalized", n_clips=12, seconds=1.0, seed=1)
         (work / "params.yaml").write_text(yaml.safe_dump(tiny_pipeline_params(), sort_keys=False))
+        (work / ".gitignore").write_text("data/\nmodels/\nreports/\n")
+        for argv in (
+            ["init", "-q"],
+            ["add", "-A"],
+            ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+        ):
+            run_cli("git", *argv, cwd=work, check=True)
+        head = run_cli("git", "rev-parse", "HEAD", cwd=work, check=True).stdout.strip()
         torch.set_num_threads(1)
         try:
             # codec train, as dvc repro runs it.
@@ -373,6 +381,19 @@ def test_an_mlflow_server_with_artifacts_in_s3_tracks_registers_and_serves_the_m
             champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
             assert str(champion.version) == version and champion.tags["decision"] == "champion"
             assert promotion["gate_profile"] == "storage-test"
+
+            # What the MLflow UI shows first (issue 26): a few metrics grouped on '/', the commit as
+            # MLflow's own source tag (the UI links it), the training data and the evaluation sets
+            # as the run's datasets, a description with each stage's part.
+            shown = client.get_run(run_id)
+            keys = sorted(shown.data.metrics)
+            assert len(keys) <= 60 and not [k for k in keys if "/" not in k or "." in k.split("/")[0]], keys
+            assert shown.data.tags["mlflow.source.git.commit"] == head
+            assert shown.data.tags["mlflow.source.name"] == "codec train"
+            inputs = {d.dataset.name: d for d in shown.inputs.dataset_inputs}
+            assert len(inputs) >= 2 and "held_out" in inputs
+            note = shown.data.tags["mlflow.note.content"]
+            assert [s in note for s in ("**Training.**", "**Evaluation.**", "**Promotion.**")] == [True] * 3
 
             # The registered model loads through the server, and it is the model trained here.
             trained = load_model(str(local_ckpt))
