@@ -162,6 +162,29 @@ def test_data_docs_load_nothing_from_the_network(site: Site) -> None:
         assert "url(http" not in sheet.read_text(encoding="utf-8"), sheet
 
 
+def test_the_rms_spread_gate_is_named_and_explained_right_after_the_overview(site: Site) -> None:
+    """Issue 26: the gate that catches per-clip peak normalization showed as ``rms_dbfs``,
+    "standard deviation must be >= 0.0 and <= 1.5", at the bottom of the page. On the failed
+    run's page it is the first section after the overview, named, with its unit and meaning."""
+    (page,) = [p for p in site.docs.rglob("*.html") if "normalized_audio" in p.parts and site.names[-1] in str(p)]
+    html = page.read_text(encoding="utf-8")
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+    headings = (" Overview ", " rms_dbfs ", " Table-Level Expectations ", " clipped_fraction ")
+    toc = text.find(" Table of Contents ")
+    body = text.find(" Overview ", toc + 30)  # past the table of contents, which lists them in that order too
+    in_toc = [text.find(h, toc) for h in headings]
+    assert -1 < toc < in_toc[0] and in_toc == sorted(in_toc) and in_toc[-1] < body, in_toc
+    sections = [text.find(h, body - 1) for h in headings]
+    assert -1 not in sections and sections == sorted(sections), sections
+    described = text.find("rms_spread: the spread of the clips' levels")
+    assert sections[1] < described < sections[2]
+    # Nothing lost or doubled: each section once, each linked from the table of contents once.
+    ids = re.findall(r'<div id="section-(\d+)" class="ge-section', html)
+    links = re.findall(r'class="nav-link ge-navigation-sidebar-link[^"]*" href="#section-(\d+)"', html)
+    assert sorted(ids) == sorted(set(ids)) == sorted(links), (ids, links)
+    assert "in dB, must be at most validate.max_rms_spread_db" in text and "per-clip peak normalization" in text
+
+
 # --- In a browser with no network ---------------------------------------------------------
 
 
@@ -265,7 +288,7 @@ def test_data_docs_render_offline_in_a_headless_browser(site: Site, tmp_path: Pa
         link for link in by[("normalized_audio", newest)].links if link.startswith("validations/")
     )
     rows = rows_of(browse(failed_page, "--dump-dom"))
-    spread = next(r for r in rows if "standard deviation must be" in r.text)
+    spread = next(r for r in rows if "rms_spread: the spread of the clips' levels" in r.text)
     assert "fa-times" in spread.classes and "1.5" in spread.text
     shown = re.search(r"≈?(\d+\.\d+)\s*$", spread.text)  # the observed value, last cell
     assert shown and float(shown.group(1)) == pytest.approx(site.summary["expectations"]["rms_spread"]["observed"])

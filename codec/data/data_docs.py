@@ -11,7 +11,10 @@ the built pages are rewritten here instead (text in, text out; no GX import):
 - each bootstrap-table (the index's runs and suites) becomes a static ``<table>`` built
   from the rows GX embedded in the page, newest run first, each row linking to its page;
 - a suite marked ``"role": "information"`` in its meta reads as information, not as a
-  pass or fail: on the index and on its validation pages.
+  pass or fail: on the index and on its validation pages;
+- on a validation page, the section of :data:`FIRST_COLUMN` (``rms_dbfs``: the RMS-spread gate,
+  the check that catches per-clip peak normalization) comes right after the overview, not in
+  GX's alphabetical order of columns near the bottom.
 
 The look (layout, tables, the status glyphs that Font Awesome drew) comes from the
 project's ``gx/plugins/custom_data_docs/styles/data_docs_custom_styles.css``, which GX
@@ -55,8 +58,10 @@ def make_offline(site: Path, information_suites: tp.Mapping[str, str] | None = N
         text = offline_page(page.read_text(encoding="utf-8"), prefix, images)
         if rel.parts == ("index.html",):
             text = static_index(text, set(information_suites))
-        elif len(rel.parts) > 2 and rel.parts[0] == "validations" and rel.parts[1] in information_suites:
-            text = information_page(text, information_suites[rel.parts[1]])
+        elif len(rel.parts) > 2 and rel.parts[0] == "validations":
+            text = column_first(text, FIRST_COLUMN)
+            if rel.parts[1] in information_suites:
+                text = information_page(text, information_suites[rel.parts[1]])
         page.write_text(text, encoding="utf-8")
     for sheet in site.rglob("*.css"):  # GX's copies in static/ (the pages inline their styles)
         sheet.write_text(_CSS_URL.sub("none", sheet.read_text(encoding="utf-8")), encoding="utf-8")
@@ -74,6 +79,62 @@ def offline_page(text: str, prefix: str, images: Path) -> str:
 
     text = _IMG_SRC.sub(local_image, text)
     return _CSS_URL.sub("none", text)
+
+
+FIRST_COLUMN = "rms_dbfs"
+_SECTION = re.compile(r'<div id="section-(\d+)" class="ge-section\b[^>]*>')
+_DIV = re.compile(r"<div\b|</div>", re.I)
+
+
+def _div_end(text: str, start: int) -> int:
+    """The index just past the ``</div>`` that closes the ``<div`` at ``start`` (-1: none)."""
+    depth = 0
+    for m in _DIV.finditer(text, start):
+        depth += 1 if m.group(0)[1] != "/" else -1
+        if depth == 0:
+            return m.end()
+    return -1
+
+
+def _heading(text: str, start: int) -> str:
+    m = re.search(r"<h[1-6]\b[^>]*>\s*([^<]*?)\s*<", text[start : start + 3000])
+    return m.group(1) if m else ""
+
+
+def column_first(text: str, column: str) -> str:
+    """A validation page with the section of ``column`` moved right after the first section
+    (the overview); unchanged when it has no such section or it is there already."""
+    sections = list(_SECTION.finditer(text))
+    if len(sections) < 3:
+        return text
+    target = next((s for s in sections[1:] if _heading(text, s.end()) == column), None)
+    if target is None or target is sections[1]:
+        return text
+    end = _div_end(text, target.start())
+    if end < 0:
+        return text
+    block = text[target.start() : end]
+    rest = text[: target.start()] + text[end:]
+    at = sections[1].start()  # before the target, so not shifted by its removal
+    return _toc_first(rest[:at] + block + "\n" + rest[at:], target.group(1), sections[1].group(1))
+
+
+def _toc_item(text: str, section: str) -> tuple[int, int] | None:
+    """The span of the table of contents' ``<li>`` linking to ``#section-<section>``."""
+    link = text.find(f'href="#section-{section}"')
+    start = text.rfind("<li", 0, link)
+    end = text.find("</li>", link)
+    return (start, end + len("</li>")) if link >= 0 and start >= 0 and end >= 0 else None
+
+
+def _toc_first(text: str, moved: str, before: str) -> str:
+    """The table of contents in the page's new order: ``moved``'s entry before ``before``'s."""
+    item, anchor = _toc_item(text, moved), _toc_item(text, before)
+    if item is None or anchor is None or anchor[0] > item[0]:
+        return text
+    entry = text[item[0] : item[1]]
+    text = text[: item[0]] + text[item[1] :]
+    return text[: anchor[0]] + entry + "\n" + text[anchor[0] :]
 
 
 def remote_loads(text: str) -> list[str]:
