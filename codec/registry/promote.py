@@ -486,6 +486,7 @@ def tag_run(client: MlflowClient, promotion: Promotion, model_id: str | None = N
     p = promotion
     what = f"version {p.version} of {p.model_name}" if p.version is not None else "no version made"
     why = p.tags.get("gates", "") if p.decision == "rejected" else "; ".join(p.reasons)
+    why = why[:1].upper() + why[1:]  # a sentence of its own
     text = f"`codec promote` ({p.gate_profile or 'default'} gates at {p.kbps:g} kbps): {p.decision}, {what}. {why}"
     describe(client, p.mlflow_run_id, "Promotion", text, model_id)
 

@@ -379,7 +379,8 @@ def train(
     if rt.is_main and params.progress and state.step < params.steps:
         from tqdm import tqdm  # a progress bar only for an interactive run
 
-        bar = tqdm(total=params.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+        # disable=None: drawn on a terminal only; a log (DVC's, Prefect's) gets the validation lines.
+        bar = tqdm(total=params.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True, disable=None)
     start, start_step = time.perf_counter(), state.step
     state.net.train()
     while state.step < params.steps:
