@@ -17,6 +17,7 @@ See docs/prefect.md for the server, the UI, work pools and task runners.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import typing as tp
@@ -208,6 +209,52 @@ def _report_artifact(
         create_markdown_artifact(art.missing_markdown(what, report, hint), key=key)
 
 
+def _outcome(
+    given: str | None, stage: str, outcomes: tp.Mapping[str, str] | None, in_run: tp.Collection[str] | None
+) -> str | None:
+    """What became of ``stage`` in this run, for a report whose path was not given."""
+    if given is not None:
+        return None
+    if outcomes is not None:
+        return outcomes.get(stage, NOT_IN_RUN)
+    return NOT_IN_RUN if in_run is not None and stage not in in_run else None
+
+
+def _data_quality_artifact(summary: dict[str, tp.Any], note: str, path: Path, shown: str) -> None:
+    summary.update(art.read_json(path))
+    verdict = "passed" if summary.get("success") else "FAILED"
+    create_table_artifact(
+        art.data_quality_rows(summary),
+        key=art.KEY_DATA_QUALITY,
+        description=f"Data-quality gate {verdict} on {summary.get('files')} files: levels before (raw) and "
+        f"after normalization, and every expectation (from {shown}, {note})",
+    )
+
+
+def _evaluation_artifact(note: str, path: Path, shown: str) -> None:
+    create_table_artifact(
+        art.evaluation_rows(path),
+        key=art.KEY_EVALUATION,
+        description=f"Ours vs Opus per bitrate (from {shown}, {note})",
+    )
+
+
+def _promotion_artifact(note: str, path: Path, shown: str) -> None:
+    create_markdown_artifact(
+        art.promotion_markdown(read_promotion(path), shown),
+        key=art.KEY_PROMOTION,
+        description=f"Promotion decision, gates and the MLflow run / model version ({note})",
+    )
+
+
+def _is_table(a: tp.Any) -> bool:
+    return getattr(a, "type", None) == "table"
+
+
+def _is_promotion(a: tp.Any) -> bool:
+    return (getattr(a, "description", None) or "").startswith("Promotion decision")
+
+
 def publish_artifacts(
     repo: Path,
     stages: list[StageInfo],
@@ -227,82 +274,21 @@ def publish_artifacts(
     (the reports in ``reports/`` are an earlier run's). ``in_run``: the stages this run
     chose, for callers without ``outcomes``. A report whose path was given is published as
     it is. ``started``: when each stage started (stage name -> ``time.time()``)."""
-
-    def outcome(given: str | None, stage: str) -> str | None:
-        if given is not None:
-            return None
-        if outcomes is not None:
-            return outcomes.get(stage, NOT_IN_RUN)
-        return NOT_IN_RUN if in_run is not None and stage not in in_run else None
-
     summary: dict[str, tp.Any] = {}
     note = f"this run ({_this_run()})"
-
-    def data_quality(path: Path, shown: str) -> None:
-        summary.update(art.read_json(path))
-        verdict = "passed" if summary.get("success") else "FAILED"
-        create_table_artifact(
-            art.data_quality_rows(summary),
-            key=art.KEY_DATA_QUALITY,
-            description=f"Data-quality gate {verdict} on {summary.get('files')} files: levels before (raw) and "
-            f"after normalization, and every expectation (from {shown}, {note})",
-        )
-
-    def evaluation(path: Path, shown: str) -> None:
-        create_table_artifact(
-            art.evaluation_rows(path),
-            key=art.KEY_EVALUATION,
-            description=f"Ours vs Opus per bitrate (from {shown}, {note})",
-        )
-
-    def promotion(path: Path, shown: str) -> None:
-        create_markdown_artifact(
-            art.promotion_markdown(read_promotion(path), shown),
-            key=art.KEY_PROMOTION,
-            description=f"Promotion decision, gates and the MLflow run / model version ({note})",
-        )
-
-    def a_table(a: tp.Any) -> bool:
-        return getattr(a, "type", None) == "table"
-
-    def a_promotion(a: tp.Any) -> bool:
-        return (getattr(a, "description", None) or "").startswith("Promotion decision")
-
     spath = validate_summary if validate_summary is not None else _summary_path(_by_name(stages, DATA_QUALITY_STAGE))
     epath = evaluation_table or art.evaluation_table_path(_by_name(stages, EVALUATION_STAGE))
     ppath = promotion_file or art.promotion_path(_by_name(stages, PROMOTION_STAGE))
-    for what, stage, key, path, given, hint, publish, is_report in (
-        (
-            "Data quality",
-            DATA_QUALITY_STAGE,
-            art.KEY_DATA_QUALITY,
-            spath,
-            validate_summary,
-            "Run the data stages (up to `validate`).",
-            data_quality,
-            a_table,
-        ),
-        (
-            "Evaluation (ours vs Opus per bitrate)",
-            EVALUATION_STAGE,
-            art.KEY_EVALUATION,
-            epath,
-            evaluation_table,
-            "It appears once `evaluate` has run.",
-            evaluation,
-            a_table,
-        ),
-        (
-            "Promotion",
-            PROMOTION_STAGE,
-            art.KEY_PROMOTION,
-            ppath,
-            promotion_file,
-            "It appears once `promote` has run.",
-            promotion,
-            a_promotion,
-        ),
-    ):
+    reports = (  # what, stage, key, path, given path, hint, publish, is_report
+        ("Data quality", DATA_QUALITY_STAGE, art.KEY_DATA_QUALITY, spath, validate_summary,
+         "Run the data stages (up to `validate`).", functools.partial(_data_quality_artifact, summary, note),
+         _is_table),
+        ("Evaluation (ours vs Opus per bitrate)", EVALUATION_STAGE, art.KEY_EVALUATION, epath, evaluation_table,
+         "It appears once `evaluate` has run.", functools.partial(_evaluation_artifact, note), _is_table),
+        ("Promotion", PROMOTION_STAGE, art.KEY_PROMOTION, ppath, promotion_file,
+         "It appears once `promote` has run.", functools.partial(_promotion_artifact, note), _is_promotion),
+    )  # fmt: skip
+    for what, stage, key, path, given, hint, publish, is_report in reports:
         full = _by_name(stages, stage)
         name = full.name if full is not None else stage
         _report_artifact(
@@ -311,7 +297,7 @@ def publish_artifacts(
             stage,
             key,
             path,
-            outcome=outcome(given, name) if full is not None else None,
+            outcome=_outcome(given, name, outcomes, in_run) if full is not None else None,
             started=(started or {}).get(name),
             hint=hint,
             publish=publish,
@@ -370,27 +356,10 @@ def codec_pipeline(
 
     results: list[StageResult] = []
     failure: StageFailed | None = None
-    outcomes = {s.name: (NOT_IN_RUN if s not in chosen else NOT_REACHED) for s in all_stages}
+    outcomes: dict[str, str] = {s.name: (NOT_IN_RUN if s not in chosen else NOT_REACHED) for s in all_stages}
     started: dict[str, float] = {}
     try:
-        for s in chosen:
-            run = dvc_stage.with_options(
-                name=s.name, task_run_name=s.name, retries=retries, retry_delay_seconds=retry_delay_s
-            )
-            started[s.name] = time.time()
-            st = run(str(root), s.name, force=s.name in force, return_state=True)
-            outcome = st.result(raise_on_failure=False) if st.is_final() else None
-            if st.is_completed() and isinstance(outcome, StageResult):
-                results.append(outcome)
-                outcomes[s.name] = RAN if outcome.ran else UP_TO_DATE
-                continue
-            outcomes[s.name] = FAILED
-            failure = (
-                outcome
-                if isinstance(outcome, StageFailed)
-                else StageFailed(s.name, None, st.message or repr(outcome), f"ended in state {st.name}")
-            )
-            break
+        failure = _run_stages(root, chosen, force, retries, retry_delay_s, results, outcomes, started)
     finally:
         # Every run gets its artifacts, a failed one most of all (the gate's numbers); a report
         # this run did not produce is marked stale, with the flow run it is from.
@@ -404,18 +373,53 @@ def codec_pipeline(
         )
     if failure is None:
         return results
-    if isinstance(failure, DataQualityFailure) and art.failed_expectations(summary):
-        names = "; ".join(art.failed_expectations(summary))
+    return _failed(failure, summary)  # type: ignore[return-value]
+
+
+def _run_stages(
+    root: Path,
+    chosen: list[StageInfo],
+    force: list[str],
+    retries: int,
+    retry_delay_s: float,
+    results: list[StageResult],
+    outcomes: dict[str, str],
+    started: dict[str, float],
+) -> StageFailed | None:
+    """Each of ``chosen`` as a task, in order, until one fails (returned); ``results``,
+    ``outcomes`` and ``started`` are filled as the stages go (read even when this raises)."""
+    for s in chosen:
+        run = dvc_stage.with_options(
+            name=s.name, task_run_name=s.name, retries=retries, retry_delay_seconds=retry_delay_s
+        )
+        started[s.name] = time.time()
+        st = run(str(root), s.name, force=s.name in force, return_state=True)
+        outcome = st.result(raise_on_failure=False) if st.is_final() else None
+        if st.is_completed() and isinstance(outcome, StageResult):
+            results.append(outcome)
+            outcomes[s.name] = RAN if outcome.ran else UP_TO_DATE
+            continue
+        outcomes[s.name] = FAILED
+        if isinstance(outcome, StageFailed):
+            return outcome
+        return StageFailed(s.name, None, st.message or repr(outcome), f"ended in state {st.name}")
+    return None
+
+
+def _failed(failure: StageFailed, summary: dict[str, tp.Any]) -> State[tp.Any]:
+    """The run's end after ``failure``: a Failed state for a gate or a user error (said once,
+    without a traceback: the stage's own output and the run summary artifact have the details);
+    any other failure is raised. A data-quality failure names its failed expectations."""
+    expectations = "; ".join(art.failed_expectations(summary))
+    if isinstance(failure, DataQualityFailure) and expectations:
         failure = DataQualityFailure(
-            failure.stage, failure.exit_code, f"failed expectations: {names}\n{failure.detail}", failure.kind
+            failure.stage, failure.exit_code, f"failed expectations: {expectations}\n{failure.detail}", failure.kind
         )
     if isinstance(failure, StageRefused):
-        # A gate or a user error: said once, as the run's final state, without a traceback.
-        # The stage's own output above has the details; the run summary artifact has them too.
         verdict = headline(failure)
-        if isinstance(failure, DataQualityFailure) and art.failed_expectations(summary):
-            verdict += ": " + "; ".join(art.failed_expectations(summary))
-        return Failed(message=verdict, data=failure)  # type: ignore[return-value]
+        if isinstance(failure, DataQualityFailure) and expectations:
+            verdict += ": " + expectations
+        return Failed(message=verdict, data=failure)
     raise failure
 
 

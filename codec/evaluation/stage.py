@@ -365,6 +365,27 @@ class TerminalProgress:
             self.shown = False
 
 
+def evaluate_sets(
+    model: tp.Any,
+    sets: tp.Mapping[str, tp.Sequence[tp.Any]],
+    params: EvaluateParams,
+    levels: tp.Any,
+    opus_cache: OpusCache | None,
+) -> dict[str, Evaluation]:
+    """:func:`evaluate_model` on each evaluation set, with one progress line on a terminal."""
+    progress = TerminalProgress()
+    evs: dict[str, Evaluation] = {}
+    try:
+        for i, (name, set_clips) in enumerate(sets.items(), 1):
+            where = f"{name} ({i}/{len(sets)} sets, {len(set_clips)} clips)"
+            evs[name] = evaluate_model(
+                model, set_clips, params, levels, progress=progress.at(where), opus_cache=opus_cache
+            )
+    finally:
+        progress.close()
+    return evs
+
+
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     if params.threads:
@@ -382,17 +403,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     sets = build_sets(clips, params, user_sets)
     fingerprint = sets_fingerprint(sets, params)
-    progress = TerminalProgress()
     opus_cache = None if getattr(args, "no_opus_cache", False) else OpusCache.default(repo_root())
-    evs: dict[str, Evaluation] = {}
-    try:
-        for i, (name, set_clips) in enumerate(sets.items(), 1):
-            where = f"{name} ({i}/{len(sets)} sets, {len(set_clips)} clips)"
-            evs[name] = evaluate_model(
-                model, set_clips, params, levels, progress=progress.at(where), opus_cache=opus_cache
-            )
-    finally:
-        progress.close()
+    evs = evaluate_sets(model, sets, params, levels, opus_cache)
     ev = evs[HELD_OUT]
     speakers = speakers_of(Path(args.data), ev.clip_ids)
 
@@ -445,10 +457,9 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(args.levels, levels_csv(evs))
     if args.sets_plot:
         write_text_atomic(args.sets_plot, sets_csv(evs))
-    if getattr(args, "verbose", False):
-        print(report)
-    else:
-        print("\n".join(console_summary(sets_summary(evs), str(args.report))))
+    print(
+        report if getattr(args, "verbose", False) else "\n".join(console_summary(sets_summary(evs), str(args.report)))
+    )
     if opus_cache is not None and opus_cache.hits + opus_cache.misses:
         total = opus_cache.hits + opus_cache.misses
         print(f"  Opus baseline: {opus_cache.hits} of {total} clip results reused from {opus_cache.folder}")
