@@ -75,20 +75,18 @@ def flat_metrics(evs: Evaluation | tp.Mapping[str, Evaluation]) -> dict[str, flo
     from codec.evaluation.params import HELD_OUT
     from codec.tracking import metric_key, set_metric_names
 
-    sets = {HELD_OUT: evs} if isinstance(evs, Evaluation) else evs
+    summary = sets_summary({HELD_OUT: evs} if isinstance(evs, Evaluation) else evs)
     out: dict[str, float] = {}
-    for name, ev in sets.items():
-        top = ev.top_kbps
-        values = dict(ev.row(OURS, top).metrics)
-        opus = next((r for r in ev.rows if r.codec == "opus" and math.isclose(r.kbps, top)), None)
-        values["opus_pesq"] = opus.metrics.get("pesq", math.nan) if opus is not None else math.nan
-        plain = next((r for r in ev.without_side if math.isclose(r.kbps, top)), None)
-        values["model_amplitude_ratio"] = plain.metrics.get("amplitude_ratio", math.nan) if plain else math.nan
+    for name, entry in summary.items():
         for metric in set_metric_names(name):
-            v = values.get(metric, math.nan)
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                out[metric_key(name, metric, top)] = float(v)
+            v = entry.get(_SUMMARY_KEYS.get(metric, metric))
+            if v is not None and math.isfinite(v):
+                out[metric_key(name, metric, float(entry["kbps"] or 0.0))] = float(v)
     return out
+
+
+# The names the MLflow metrics give what sets_summary calls otherwise.
+_SUMMARY_KEYS = {"model_amplitude_ratio": "no_side_amplitude_ratio"}
 
 
 TABLE_COLUMNS = ("codec", "kbps", "effective_kbps", *CLIP_METRICS, "codebook_usage", "n_clips")

@@ -22,11 +22,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from codec.audio.level import LevelSettings
 from codec.errors import UserError
 from codec.evaluation.baseline_cache import DEFAULT_DIR, OpusCache
 from codec.evaluation.evaluate import Evaluation, evaluate_model
 from codec.evaluation.params import HELD_OUT, EvaluateParams
-from codec.evaluation.record import OURS, clip_level_error_db
+from codec.evaluation.record import clip_level_error_db
 from codec.evaluation.report import (
     SET_DESCRIPTIONS,
     evaluation_record,
@@ -47,6 +48,7 @@ from codec.evaluation.sets import EvalClip, held_out_ids, load_eval_clips, speak
 from codec.evaluation.suite import UserSet, build_sets, load_user_set, sets_fingerprint, user_set_folders
 from codec.files import write_text_atomic
 from codec.inference.model_source import load_model
+from codec.inference.pipeline import CodecLike
 from codec.model.checkpoint import model_fingerprint, read_checkpoint
 from codec.params import PARAMS_FILE, from_dict, read_params
 from codec.provenance import data_version, git_commit, repo_root
@@ -146,20 +148,23 @@ def evaluation_tables(evs: tp.Mapping[str, Evaluation]) -> dict[str, pd.DataFram
 
 def evaluation_note(evs: tp.Mapping[str, Evaluation]) -> str:
     """The description's evaluation part: on which sets, the held-out headline beside Opus, the worst set."""
-    held = evs[HELD_OUT] if HELD_OUT in evs else next(iter(evs.values()))
-    top = held.top_kbps
-    ours = held.row(OURS, top).metrics
-    opus = next((r.metrics for r in held.rows if r.codec == "opus" and math.isclose(r.kbps, top)), None)
+    summary = sets_summary(evs)
+    held = summary[HELD_OUT] if HELD_OUT in summary else next(iter(summary.values()))
+
+    def value(entry: tp.Mapping[str, float | None], key: str) -> float:
+        v = entry.get(key)
+        return math.nan if v is None else float(v)
+
     described = [f"{n} ({SET_DESCRIPTIONS.get(n, 'your recordings')}, {len(e.clip_ids)} clips)" for n, e in evs.items()]
-    pesq = {n: e.row(OURS, e.top_kbps).metrics["pesq"] for n, e in evs.items()}
-    scored = {n: v for n, v in pesq.items() if math.isfinite(v)}
+    scored = {n: value(e, "pesq") for n, e in summary.items() if math.isfinite(value(e, "pesq"))}
     worst = min(scored, key=lambda n: scored[n]) if scored else None
-    opus_text = f" (Opus at the same bitrate: PESQ {opus['pesq']:.2f})" if opus is not None else ""
+    opus_text = f" (Opus at the same bitrate: PESQ {value(held, 'opus_pesq'):.2f})" if "opus_pesq" in held else ""
     worst_text = f" Lowest PESQ: {worst} ({scored[worst]:.2f})." if worst is not None else ""
     return (
         f"`codec evaluate` on {len(evs)} evaluation sets: {', '.join(described)}. Held-out speakers at "
-        f"{top:g} kbps: PESQ {ours['pesq']:.2f}{opus_text}, mel distance {ours['mel_distance']:.3f}, "
-        f"SNR {ours['snr_db']:.2f} dB, amplitude ratio {ours['amplitude_ratio']:.3f}.{worst_text} "
+        f"{value(held, 'kbps'):g} kbps: PESQ {value(held, 'pesq'):.2f}{opus_text}, mel distance "
+        f"{value(held, 'mel_distance'):.3f}, SNR {value(held, 'snr_db'):.2f} dB, amplitude ratio "
+        f"{value(held, 'amplitude_ratio'):.3f}.{worst_text} "
         "Per set, bitrate, level and clip: the tables and report.md under evaluation/."
     )
 
@@ -366,10 +371,10 @@ class TerminalProgress:
 
 
 def evaluate_sets(
-    model: tp.Any,
-    sets: tp.Mapping[str, tp.Sequence[tp.Any]],
+    model: CodecLike,
+    sets: tp.Mapping[str, tp.Sequence[EvalClip]],
     params: EvaluateParams,
-    levels: tp.Any,
+    levels: LevelSettings,
     opus_cache: OpusCache | None,
 ) -> dict[str, Evaluation]:
     """:func:`evaluate_model` on each evaluation set, with one progress line on a terminal."""
