@@ -78,6 +78,44 @@ def test_resume_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
     ]
 
 
+def test_worker_processes_read_the_same_batches_and_a_prefetching_run_resumes_exactly(
+    data: Path, tmp_path: Path
+) -> None:
+    """Batches read by DataLoader workers (prefetching ahead, cache off, augmentation on) train
+    the same weights as batches read in process, and a run stopped while workers had drawn
+    batches ahead resumes from the last batch it trained, not the last one drawn."""
+    from codec.training.augment import AugmentParams
+
+    common = {"augment": AugmentParams(enabled=True), "steps": 8}
+    inline = train(tiny_params(**common), data, tmp_path / "inline")
+    streamed = tiny_params(**common, loader_workers=2, prefetch_batches=3, cache_audio=False)
+    workers = train(streamed, data, tmp_path / "workers")
+    stopped = train(streamed, data, tmp_path / "resumed", stop_after=3)
+    assert stopped.step == 3
+    resumed = train(dataclasses.replace(streamed, resume=True), data, tmp_path / "resumed")
+    a = _weights(inline.model_path)
+    for other in (workers, resumed):
+        b = _weights(other.model_path)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_the_audio_cache_keeps_what_fits_its_budget(data: Path) -> None:
+    """cache_audio_mb caps the clips kept in memory; past it segments come from disk, the same."""
+    from codec.training.dataset import SegmentSampler, read_clips
+
+    clips = read_clips(data)
+    budget = int(2.5 * 4 * 16000)  # two and a half one-second clips of float32
+    capped = SegmentSampler(clips, 1280, cache=True, cache_bytes=budget)
+    free = SegmentSampler(clips, 1280, cache=False)
+    for _ in range(6):
+        plan = capped.plan(4, torch.Generator().manual_seed(len(capped._audio)))
+        assert torch.equal(capped.read(plan), free.read(plan))
+    assert 1 <= len(capped._audio) <= 2 and capped._cached_bytes <= budget
+    assert not free._audio
+
+
 def test_a_retry_resumes_only_a_stopped_run_of_the_same_params(data: Path, tmp_path: Path) -> None:
     from codec.training.stage import resumable
     from flows.dvc_stages import retry_env

@@ -98,14 +98,26 @@ def split_clips(clips: tp.Sequence[Clip], val_fraction: float) -> tuple[list[Cli
     return train, val
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+    """Everything the generator decides about one batch: which clips, where in each, and the
+    augmentation's seed. Reading it (:meth:`SegmentSampler.read`) draws nothing, so any process
+    can read it and get the same batch."""
+
+    clips: tuple[int, ...]
+    offsets: tuple[int, ...]
+    augment_seed: tuple[int, ...] | None
+
+
 class SegmentSampler:
     """Random fixed-length segments from a list of clips.
 
     A clip is drawn with probability proportional to its duration (each second of audio
     equally likely), then a uniform offset; clips shorter than a segment are
-    zero-padded at the end. ``cache=True`` keeps every clip in memory after its first
-    read (the default corpus is a few minutes); ``False`` reads each segment from disk.
-    With ``augment`` enabled, every batch goes through
+    zero-padded at the end. ``cache=True`` keeps clips in memory after their first read, up to
+    ``cache_bytes`` of float32 audio (0: no limit; past the budget a clip is read from disk
+    each time); ``False`` reads each segment from disk (memory stays flat whatever the
+    corpus). With ``augment`` enabled, every batch goes through
     :func:`codec.training.augment.augment_batch`, seeded from the same generator.
     """
 
@@ -115,6 +127,7 @@ class SegmentSampler:
         segment_length: int,
         cache: bool = True,
         augment: AugmentParams | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         if not clips:
             raise ValueError("no clips to sample from")
@@ -123,15 +136,20 @@ class SegmentSampler:
         self.rate = int(self.clips[0].sample_rate)
         self.segment_length = segment_length
         self.cache = cache
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0
         self._audio: dict[int, np.ndarray] = {}
         self._frames = [max(round(c.duration_s * c.sample_rate), 1) for c in self.clips]
         self._weights = torch.tensor(self._frames, dtype=torch.float64)
 
     def _segment(self, i: int, offset: int) -> np.ndarray:
         n = self.segment_length
-        if self.cache:
-            if i not in self._audio:
+        if self.cache and i not in self._audio:
+            size = 4 * self._frames[i]
+            if not self.cache_bytes or self._cached_bytes + size <= self.cache_bytes:
                 self._audio[i] = read_mono(self.clips[i].path)
+                self._cached_bytes += self._audio[i].nbytes
+        if i in self._audio:
             seg = self._audio[i][offset : offset + n]
         else:
             seg = read_mono(self.clips[i].path, start=offset, frames=n)
@@ -139,19 +157,120 @@ class SegmentSampler:
             seg = np.pad(seg, (0, n - len(seg)))
         return seg
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> Tensor:
-        """A batch ``[batch_size, 1, segment_length]`` drawn with ``generator``."""
+    def plan(self, batch_size: int, generator: torch.Generator) -> BatchPlan:
+        """The next batch's :class:`BatchPlan`, drawn with ``generator``."""
         idx = torch.multinomial(self._weights, batch_size, replacement=True, generator=generator)
         u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
-        out = np.empty((batch_size, 1, self.segment_length), dtype=np.float32)
-        for b in range(batch_size):
-            i = int(idx[b])
-            room = max(self._frames[i] - self.segment_length, 0)
-            out[b, 0] = self._segment(i, int(u[b] * (room + 1)))
+        clips = tuple(int(i) for i in idx)
+        offsets = tuple(int(u[b] * (max(self._frames[i] - self.segment_length, 0) + 1)) for b, i in enumerate(clips))
+        seed = None
         if self.augment is not None:
-            seed = torch.randint(0, 2**31 - 1, (2,), generator=generator).tolist()
-            out = augment_batch(out, self.rate, self.augment, np.random.default_rng(seed))
+            seed = tuple(torch.randint(0, 2**31 - 1, (2,), generator=generator).tolist())
+        return BatchPlan(clips, offsets, seed)
+
+    def read(self, plan: BatchPlan) -> Tensor:
+        """The batch ``[B, 1, segment_length]`` that ``plan`` describes (read, then augmented)."""
+        out = np.empty((len(plan.clips), 1, self.segment_length), dtype=np.float32)
+        for b, (i, offset) in enumerate(zip(plan.clips, plan.offsets, strict=True)):
+            out[b, 0] = self._segment(i, offset)
+        if self.augment is not None and plan.augment_seed is not None:
+            out = augment_batch(out, self.rate, self.augment, np.random.default_rng(list(plan.augment_seed)))
         return torch.from_numpy(out)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """A batch ``[batch_size, 1, segment_length]`` drawn with ``generator``."""
+        return self.read(self.plan(batch_size, generator))
+
+
+class _PlanReader(torch.utils.data.Dataset):
+    """A DataLoader worker's side of :class:`BatchStream`: a plan in, its batch out."""
+
+    def __init__(self, sampler: SegmentSampler) -> None:
+        self.sampler = sampler
+
+    def __getitem__(self, plan: BatchPlan) -> Tensor:  # type: ignore[override]
+        return self.sampler.read(plan)
+
+    def __len__(self) -> int:  # never asked: the plans are an endless stream
+        raise TypeError("a stream of batch plans has no length")
+
+
+def _as_is(batch: Tensor) -> Tensor:
+    return batch
+
+
+class BatchStream:
+    """The training batches, in order, each with what the step draws after it.
+
+    The plans are drawn here, in the training process, from ``generator``, each followed by
+    ``then(generator)`` (the step's own draws: the quantizer dropout), in the same order as
+    drawing and reading one batch at a time: so the batches are the same for any ``workers``.
+    With ``workers`` > 0, worker processes of a ``torch.utils.data.DataLoader`` read and
+    augment them, ``prefetch`` batches per worker ahead, while the model steps; each worker
+    keeps its own cache within an equal share of the sampler's budget. :attr:`rng_state` is
+    the generator's state right after the last batch handed out (and its ``then`` draws): what
+    a checkpoint saves so that a resumed run draws the batches an uninterrupted one would have.
+    """
+
+    def __init__(
+        self,
+        sampler: SegmentSampler,
+        batch_size: int,
+        generator: torch.Generator,
+        then: tp.Callable[[torch.Generator], tp.Any],
+        workers: int = 0,
+        prefetch: int = 2,
+    ) -> None:
+        self.sampler, self.batch_size, self.generator, self.then = sampler, batch_size, generator, then
+        self.rng_state = generator.get_state()
+        self._drawn: list[tuple[tp.Any, Tensor]] = []  # (then's draws, state after) of plans in flight
+        self._batches: tp.Iterator[Tensor] | None = None
+        self._closed = False
+        if workers > 0:
+            worker_sampler = sampler
+            if sampler.cache and sampler.cache_bytes:
+                worker_sampler = SegmentSampler(
+                    sampler.clips, sampler.segment_length, True, sampler.augment, max(sampler.cache_bytes // workers, 1)
+                )
+            loader = torch.utils.data.DataLoader(
+                _PlanReader(worker_sampler),
+                batch_size=None,
+                sampler=self._plans(),  # type: ignore[arg-type]
+                num_workers=workers,
+                prefetch_factor=prefetch,
+                collate_fn=_as_is,  # type: ignore[arg-type]
+            )
+            self._batches = iter(loader)
+
+    def _plans(self) -> tp.Iterator[BatchPlan]:
+        while True:
+            plan = self.sampler.plan(self.batch_size, self.generator)
+            self._drawn.append((self.then(self.generator), self.generator.get_state()))
+            yield plan
+
+    def __next__(self) -> tuple[Tensor, tp.Any]:
+        """The next batch ``[B, 1, T]`` and what ``then`` drew after its plan."""
+        if self._closed:
+            raise StopIteration
+        if self._batches is None:
+            batch = self.sampler.sample(self.batch_size, self.generator)
+            extra, self.rng_state = self.then(self.generator), self.generator.get_state()
+            return batch, extra
+        batch = next(self._batches)
+        extra, self.rng_state = self._drawn.pop(0)
+        return batch, extra
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def close(self) -> None:
+        """Stop the worker processes (the stream can't be read after)."""
+        if self._batches is not None:
+            shutdown = getattr(self._batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self._batches = None
+        self._closed = True
 
 
 def validation_audio(clips: tp.Sequence[Clip], max_clips: int, max_seconds: float) -> list[tuple[str, Tensor]]:

@@ -36,7 +36,7 @@ from codec.model.checkpoint import read_checkpoint, save_checkpoint
 from codec.model.codec import Codec, build_codec
 from codec.model.discriminator import AdversarialTrainer
 from codec.model.quantize import code_usage
-from codec.training.dataset import SegmentSampler, read_clips, split_clips, validation_audio
+from codec.training.dataset import BatchStream, SegmentSampler, read_clips, split_clips, validation_audio
 from codec.training.losses import MultiScaleMelLoss, amplitude_ratio, level_loss, snr_db, weighted_total
 from codec.training.params import TrainParams
 from codec.training.runtime import Runtime, agreed, pick_runtime, rng_state, set_rng_state
@@ -67,6 +67,7 @@ class State:
     step: int = 0
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
     val: dict[str, float] = dataclasses.field(default_factory=dict)
+    batches: BatchStream | None = None  # the training batches from ``generator`` (open_batches)
 
 
 @dataclasses.dataclass
@@ -176,7 +177,13 @@ def load(params: TrainParams, data_dir: str | Path, resume_from: Path | None = N
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=params.lr_gamma),
         adv=adv,
-        sampler=SegmentSampler(train_clips, segment, cache=params.cache_audio, augment=params.augment),
+        sampler=SegmentSampler(
+            train_clips,
+            segment,
+            cache=params.cache_audio,
+            augment=params.augment,
+            cache_bytes=int(params.cache_audio_mb * 2**20),
+        ),
         generator=torch.Generator().manual_seed(params.seed),
         val_audio=validation_audio(val_clips, params.val_clips, params.val_seconds) if rt.is_main else [],
         segment=segment,
@@ -240,7 +247,7 @@ def save(state: State, path: Path, with_state: bool) -> None:
         extra.update(
             optimizer=state.optimizer.state_dict(),
             scheduler=state.scheduler.state_dict(),
-            rng=rng_state(state.generator),
+            rng=rng_state(state.generator, state.batches.rng_state if state.batches else None),
             history=state.history,
         )
         if state.adv is not None:
@@ -262,16 +269,32 @@ def fit_codebooks(state: State) -> None:
     model.train(was_training)
 
 
+def open_batches(state: State) -> BatchStream:
+    """``state``'s batches from its generator as it stands (after any restore): each batch's plan,
+    then its quantizer dropout, the order one-at-a-time drawing has always had."""
+    p = state.params
+    return BatchStream(
+        state.sampler,
+        p.batch_size,
+        state.generator,
+        lambda g: state.model.quantizer.sample_n_quantizers(p.batch_size, g),
+        workers=p.loader_workers,
+        prefetch=p.prefetch_batches,
+    )
+
+
 def train_step(state: State) -> Step:
-    """One optimizer step on a batch drawn from ``state``'s generator; returns the named losses."""
+    """One optimizer step on the next batch of ``state``'s stream; returns the named losses."""
     p, rt = state.params, state.rt
     if state.step == p.quantizer_warmup_steps and not p.init_from:  # a fine-tune keeps its codebooks
         fit_codebooks(state)
     quantize = state.step >= p.quantizer_warmup_steps or bool(p.init_from)
     local = p.batch_size // rt.world_size
     lo, hi = rt.rank * local, (rt.rank + 1) * local
-    batch = state.sampler.sample(p.batch_size, state.generator)
-    n_q = state.model.quantizer.sample_n_quantizers(p.batch_size, state.generator)[lo:hi]
+    if state.batches is None:
+        state.batches = open_batches(state)
+    batch, n_q = next(state.batches)
+    n_q = n_q[lo:hi]
     x = batch[lo:hi].to(rt.device, non_blocking=True)
     with torch.autocast(device_type=rt.device.type, dtype=rt.dtype or torch.bfloat16, enabled=rt.dtype is not None):
         res = state.net(x, n_q, quantize=quantize)
@@ -401,6 +424,8 @@ def train(
                 dist.barrier()
         if (stop_after is not None and step >= stop_after) or out_of_time:
             break
+    if state.batches is not None:
+        state.batches.close()
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - start

@@ -49,7 +49,14 @@ class TrainParams:
     precision: tp.Literal["auto", "bf16", "fp32"] = "auto"
     # CPU threads for torch (0: leave torch's default).
     threads: int = 0
+    # Training clips kept in memory after their first read, up to cache_audio_mb of float32
+    # audio (0: no limit); false reads every segment from disk (a corpus larger than memory).
     cache_audio: bool = True
+    cache_audio_mb: float = 0.0
+    # Worker processes that read and augment batches ahead of the model (0: in the training
+    # process), each keeping prefetch_batches ready. The batches are the same for any number.
+    loader_workers: int = 0
+    prefetch_batches: int = 2
     progress: bool = True
     # Validation clips logged as audio (input and decoded) by the stage.
     audio_samples: int = 2
@@ -110,6 +117,10 @@ class TrainParams:
                 raise UserError(f"{where}.{name}: {rate} must be greater than 0")
         if not 0.0 < self.lr_gamma <= 1.0:
             raise UserError(f"{where}.lr_gamma: {self.lr_gamma} must be within (0, 1] (1: no decay)")
+        if self.loader_workers < 0 or self.prefetch_batches < 1 or self.cache_audio_mb < 0:
+            raise UserError(
+                f"{where}: loader_workers must be 0 or more, prefetch_batches at least 1, cache_audio_mb not negative"
+            )
         if self.adv_start_step < 0 or self.time_limit_s < 0:
             raise UserError(f"{where}: adv_start_step and time_limit_s must not be negative")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -133,7 +144,9 @@ class TrainParams:
 # Keys that change how fast a run goes, what it shows, or whether a stopped run is continued
 # (to the same result), but not the model or the reports: the train stage does not depend on
 # them in dvc.yaml (tests/test_layout.py), and a retried run may resume across them.
-NO_EFFECT_KEYS = frozenset({"threads", "progress", "cache_audio", "resume"})
+NO_EFFECT_KEYS = frozenset(
+    {"threads", "progress", "cache_audio", "cache_audio_mb", "loader_workers", "prefetch_batches", "resume"}
+)
 
 
 def _plain(x: tp.Any) -> tp.Any:

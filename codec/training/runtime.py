@@ -61,8 +61,10 @@ def pick_runtime(params: TrainParams) -> Runtime:
     return Runtime(device, dtype, rank, world, local_rank)
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Tensor]:
-    state = {"data": generator.get_state(), "torch": torch.get_rng_state()}
+def rng_state(generator: torch.Generator, data: Tensor | None = None) -> dict[str, Tensor]:
+    """The random states a checkpoint keeps: the data generator's (``data`` when given: the state
+    as of the last batch trained, which a prefetching stream has drawn past) and torch's own."""
+    state = {"data": generator.get_state() if data is None else data, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
