@@ -70,6 +70,9 @@ RUNS: dict[str, tuple[str, dict[str, tp.Any]]] = {
     "frame-mel": ("frame", {"model": {"frame_head": "polar"}, "loss_weights": MEL_HEAVY}),
     "frame-complex": ("frame", {"model": {"frame_head": "complex"}}),
     "frame-complex-mel": ("frame", {"model": {"frame_head": "complex"}, "loss_weights": MEL_HEAVY}),
+    # frame-complex continued from its 60-minute checkpoint on the corpus with the diphone voices
+    # (ingest.corpus.diphone_utterances; --data names that corpus' normalized folder)
+    "frame-complex-diphone": ("frame", {"model": {"frame_head": "complex"}}),
 }
 
 
@@ -123,7 +126,7 @@ def write_rows(rows: list[dict[str, tp.Any]]) -> None:
         w.writerows(rows)
 
 
-def run_curve(name: str, budgets_min: list[float], work: Path) -> None:
+def run_curve(name: str, budgets_min: list[float], work: Path, data: Path = ROOT / "data") -> None:
     profile, overrides = RUNS[name]
     params = compose(profile, overrides)
     work.mkdir(parents=True, exist_ok=True)
@@ -138,13 +141,13 @@ def run_curve(name: str, budgets_min: list[float], work: Path) -> None:
         tp_ = from_dict(TrainParams, params["train"], "train")
         tp_.steps, tp_.time_limit_s, tp_.progress = 10**7, remaining, False
         tp_.resume = (work / "models" / CHECKPOINT).is_file()
-        result = train(tp_, ROOT / "data" / "normalized", work / "models")
+        result = train(tp_, data / "normalized", work / "models")
         trained = {"seconds": trained["seconds"] + result.seconds, "steps": result.step}
         state_file.write_text(json.dumps(trained))
         minutes = trained["seconds"] / 60.0
         print(f"{name}: {result.step} steps in {minutes:.1f} min of training; evaluating", flush=True)
         start = time.monotonic()
-        record = evaluate(work / "models" / CHECKPOINT, ROOT / "data", work / f"eval-{round(minutes)}min", params_file)
+        record = evaluate(work / "models" / CHECKPOINT, data, work / f"eval-{round(minutes)}min", params_file)
         rows = [r for r in read_rows() if not (r["run"] == name and float(r["minutes"]) == round(minutes, 2))]
         write_rows(rows + rows_of(name, minutes, result.step, record))
         print(f"{name}: evaluated in {time.monotonic() - start:.0f} s", flush=True)
@@ -250,6 +253,7 @@ def main() -> int:
     ap.add_argument("--run", action="append", choices=sorted(RUNS), default=[], help="candidate (repeatable)")
     ap.add_argument("--minutes", type=float, nargs="+", default=[5.0], help="cumulative training budgets")
     ap.add_argument("--work", type=Path, default=ROOT / "work" / "curves", help="runs' folders")
+    ap.add_argument("--data", type=Path, default=ROOT / "data", help="the corpus' folder (its normalized/ and raw/)")
     ap.add_argument("--report", action="store_true", help="only rewrite the tables and plot")
     ap.add_argument("--baseline", action="store_true", help="add the waveform demo's point (main's evaluation)")
     args = ap.parse_args()
@@ -257,7 +261,7 @@ def main() -> int:
         baseline()
     if not args.report:
         for name in args.run:
-            run_curve(name, args.minutes, args.work / name)
+            run_curve(name, args.minutes, args.work / name, args.data)
     report()
     return 0
 

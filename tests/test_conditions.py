@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.signal as sps
@@ -140,3 +142,38 @@ def test_the_corpus_speaks_with_espeaks_default_engine_only_and_refuses_unknown_
         from_dict(CorpusParams, {"voices": ["m1", "nosuch"]}, "corpus")
     with pytest.raises(UserError, match=r"corpus\.rate_wpm must be \[low, high\]"):
         from_dict(CorpusParams, {"rate_wpm": [200, 100]}, "corpus")
+
+
+def test_the_corpus_mixes_in_the_shipped_diphone_voices_without_changing_its_espeak_utterances(
+    tmp_path: Path,
+) -> None:
+    """ingest.corpus.diphone_utterances adds utterances of the shipped voices cut from people's
+    recordings (data/diphone_voices), each voice a speaker folder, after the espeak-ng ones,
+    which stay byte for byte what they were; every diphone voice speaks; the NSK speaker of the
+    festival_voice evaluation set is not among them; a missing folder is a clear error."""
+    import soundfile as sf
+
+    from codec.data.corpus import CorpusParams, write_corpus
+    from codec.params import from_dict
+
+    shipped = Path(__file__).resolve().parents[1] / "data" / "diphone_voices"
+    voices = sorted(d.name for d in shipped.iterdir() if d.is_dir())
+    assert len(voices) == 11 and not [v for v in voices if "nsk" in v.lower()]
+    base = {"n_utterances": 3, "seed": 5, "voices": ["m1", "f2"]}
+    plain, mixed = tmp_path / "plain", tmp_path / "mixed"
+    write_corpus(plain, from_dict(CorpusParams, base, "corpus"), workers=1)
+    params = {**base, "diphone_utterances": 11, "diphone_voices": str(shipped)}
+    write_corpus(mixed, from_dict(CorpusParams, params, "corpus"), workers=1)
+    espeak = sorted(p.relative_to(plain) for p in plain.rglob("utt_*.*"))
+    assert len(espeak) == 3
+    for rel in espeak:
+        assert (mixed / rel).read_bytes() == (plain / rel).read_bytes()
+    diphone = sorted(p for p in mixed.rglob("utt_*.*") if p.parent.name.startswith("speaker_diphone-"))
+    assert sorted({p.parent.name.removeprefix("speaker_diphone-") for p in diphone}) == voices
+    assert [int(p.stem[4:]) for p in sorted(diphone, key=lambda p: p.name)] == list(range(3, 14))
+    for path in diphone:
+        audio, rate = sf.read(path)
+        assert rate in (16000, 44100) and audio.shape[0] / rate > 2.5  # whole sentences, not stubs
+        assert np.sqrt(np.mean(np.square(audio))) > 10 ** (-50 / 20)  # a recording level, not silence
+    with pytest.raises(UserError, match=r"corpus\.diphone_voices: no folder .*diphone_utterances: 0"):
+        from_dict(CorpusParams, {**params, "diphone_voices": str(tmp_path / "none")}, "corpus")

@@ -83,6 +83,23 @@ class CorpusParams:
     voices: list[str] | None = None  # None: VOICE_VARIANTS
     rate_wpm: list[int] = dataclasses.field(default_factory=lambda: [100, 220])
     pitch: list[int] = dataclasses.field(default_factory=lambda: [20, 90])
+    # Utterances spoken by voices cut from people's recordings (Festival's diphone voices,
+    # experiments/diphone_voices.py): dry clips in ``diphone_voices/<voice>/*.flac``, one folder
+    # per speaker, given the same recording conditions as the espeak-ng utterances. They come
+    # after the ``n_utterances`` espeak-ng ones, which stay the same whatever this count.
+    diphone_utterances: int = 0
+    diphone_voices: str | None = None
+
+    def diphone_clips(self) -> dict[str, list[str]]:
+        """Each diphone voice's dry clips (paths relative to ``diphone_voices``), in name order."""
+        if not self.diphone_utterances or self.diphone_voices is None:
+            return {}
+        root = Path(self.diphone_voices)
+        return {
+            d.name: sorted(f.relative_to(root).as_posix() for f in d.glob("*.flac"))
+            for d in sorted(root.iterdir())
+            if d.is_dir() and any(d.glob("*.flac"))
+        }
 
     @property
     def speakers(self) -> tuple[str, ...]:
@@ -104,11 +121,28 @@ class CorpusParams:
         for name, (lo, hi), top in (("rate_wpm", self.rate_wpm, 450), ("pitch", self.pitch, 99)):
             if not 0 <= lo <= hi <= top:
                 raise UserError(f"{where}.{name} must be [low, high] within 0..{top}, got [{lo}, {hi}]")
+        self._check_diphone_voices(where)
         missing = [v for v in self.speakers if not espeak_voice_exists(v)]
         if missing:
             raise UserError(
                 f"{where}.voices: espeak-ng has no voice variant {', '.join(missing)} "
                 f"(its variants are the files in {espeak_variants_folder()})"
+            )
+
+    def _check_diphone_voices(self, where: str) -> None:
+        if self.diphone_utterances < 0:
+            raise UserError(f"{where}.diphone_utterances must be 0 or more, got {self.diphone_utterances}")
+        if not self.diphone_utterances:
+            return
+        if self.diphone_voices is None or not Path(self.diphone_voices).is_dir():
+            raise UserError(
+                f"{where}.diphone_voices: no folder {self.diphone_voices!r} for the {self.diphone_utterances} "
+                "diphone_utterances (the repository ships data/diphone_voices; or set diphone_utterances: 0)"
+            )
+        if not self.diphone_clips():
+            raise UserError(
+                f"{where}.diphone_voices: {self.diphone_voices} has no <voice>/*.flac clips "
+                "(experiments/diphone_voices.py writes them; or set diphone_utterances: 0)"
             )
 
 
@@ -205,6 +239,45 @@ class Utterance:
     pitch: int
     level: str  # "normal" | "near_clipping" | "clipped" | "noisy"
     transient: bool  # a mic bump / click louder than the speech
+    clips: tuple[str, ...] = ()  # a diphone voice's dry clips, spoken in turn (not espeak-ng)
+
+
+def _condition(rng: np.random.Generator, params: CorpusParams) -> tuple[str, str]:
+    """A take's recording level and container: (level, file extension)."""
+    u = rng.random()
+    if u < params.near_clipping_fraction:
+        level = "near_clipping" if rng.random() < 0.7 else "clipped"
+    elif u < params.near_clipping_fraction + params.noisy_fraction:
+        level = "noisy"
+    else:
+        level = "normal"
+    return level, ("wav" if rng.random() < 0.85 else "flac")
+
+
+def _diphone_plan(params: CorpusParams, first_index: int) -> list[Utterance]:
+    """The diphone voices' utterances: each voice in turn, one or two of its dry clips."""
+    voices = params.diphone_clips()
+    rng = np.random.default_rng([params.seed, 1])
+    out = []
+    for n in range(params.diphone_utterances):
+        voice = sorted(voices)[n % len(voices)]
+        k = int(rng.integers(1, min(params.max_sentences_per_utterance, len(voices[voice])) + 1))
+        clips = tuple(voices[voice][int(j)] for j in rng.choice(len(voices[voice]), size=k, replace=False))
+        level, ext = _condition(rng, params)
+        i = first_index + n
+        out.append(
+            Utterance(
+                name=f"speaker_diphone-{voice}/utt_{i:05d}.{ext}",
+                text="",
+                voice=voice,
+                rate_wpm=0,
+                pitch=0,
+                level=level,
+                transient=bool(rng.random() < params.transient_fraction),
+                clips=clips,
+            )
+        )
+    return out
 
 
 def plan(params: CorpusParams, sentences: list[str]) -> list[Utterance]:
@@ -215,15 +288,7 @@ def plan(params: CorpusParams, sentences: list[str]) -> list[Utterance]:
         k = int(rng.integers(1, params.max_sentences_per_utterance + 1))
         text = " ".join(sentences[int(j)] for j in rng.choice(len(sentences), size=k, replace=False))
         voice = params.speakers[int(rng.integers(len(params.speakers)))]
-        u = rng.random()
-        if u < params.near_clipping_fraction:
-            level = "near_clipping" if rng.random() < 0.7 else "clipped"
-        elif u < params.near_clipping_fraction + params.noisy_fraction:
-            level = "noisy"
-        else:
-            level = "normal"
-        fmt = rng.random()
-        ext = "wav" if fmt < 0.85 else "flac"
+        level, ext = _condition(rng, params)
         out.append(
             Utterance(
                 name=f"speaker_{voice}/utt_{i:05d}.{ext}",
@@ -235,14 +300,31 @@ def plan(params: CorpusParams, sentences: list[str]) -> list[Utterance]:
                 transient=bool(rng.random() < params.transient_fraction),
             )
         )
-    return out
+    return out + _diphone_plan(params, params.n_utterances)
 
 
-def render(engine: Espeak, utt: Utterance, params: CorpusParams, index: int) -> tuple[Array, int]:
+def _diphone_speech(utt: Utterance, params: CorpusParams, index: int) -> tuple[Array, int]:
+    """A diphone voice's dry clips, spoken in turn with a breath's pause between them."""
+    assert params.diphone_voices is not None
+    rng = np.random.default_rng([params.seed, index, 1])
+    parts: list[Array] = []
+    rate = 0
+    for clip in utt.clips:
+        x, rate = sf.read(str(Path(params.diphone_voices) / clip), dtype="float32")
+        if parts:
+            parts.append(np.zeros(int(rng.uniform(0.15, 0.4) * rate), np.float32))
+        parts.append(np.asarray(x, np.float32))
+    return np.concatenate(parts), rate
+
+
+def render(engine: Espeak | None, utt: Utterance, params: CorpusParams, index: int) -> tuple[Array, int]:
     """Synthesize one utterance and give it its recording level and conditions."""
     rng = np.random.default_rng([params.seed, index])
-    speech = engine.say(utt.text, utt.voice, utt.rate_wpm, utt.pitch)
-    sr = engine.sample_rate
+    if utt.clips:
+        speech, sr = _diphone_speech(utt, params, index)
+    else:
+        assert engine is not None
+        speech, sr = engine.say(utt.text, utt.voice, utt.rate_wpm, utt.pitch), engine.sample_rate
     lead, tail = (int(rng.uniform(0.15, 0.5) * sr) for _ in range(2))
     x = np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(tail, np.float32)])
     speech_rms = 10 ** (rms_dbfs(speech) / 20)
@@ -273,8 +355,10 @@ def render(engine: Espeak, utt: Utterance, params: CorpusParams, index: int) -> 
 def _render_to_file(job: tuple[Path, Utterance, CorpusParams, int]) -> None:
     """Synthesize and write one utterance. Runs in a fresh process (see write_corpus)."""
     staging, utt, params, i = job
-    engine = Espeak()
-    engine.seed(params.seed * 100_003 + i)
+    engine = None
+    if not utt.clips:
+        engine = Espeak()
+        engine.seed(params.seed * 100_003 + i)
     x, sr = render(engine, utt, params, i)
     path = staging / utt.name
     path.parent.mkdir(parents=True, exist_ok=True)
