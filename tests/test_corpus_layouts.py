@@ -191,6 +191,68 @@ def test_kaldi_segments_cut_recordings_into_utterances_with_their_speakers(tmp_p
     _assert_speaker_disjoint(res)
 
 
+def test_the_split_follows_a_corpuss_own_train_dev_and_test_lists(tmp_path: Path) -> None:
+    """Common Voice's train/dev/test.tsv and Kaldi's data/train, data/test folders become the
+    manifest's subset, and the split follows them whatever the hash would say: a speaker in a dev
+    or test list is held out with every clip of it (even one the train list also names), a
+    speaker only in train lists trains, one in no list goes by the hash. Training and the
+    evaluation's held-out set agree."""
+    from codec.data.layouts import subset_of
+    from codec.data.split import split_of
+    from codec.evaluation.sets import held_out_ids
+    from codec.training.dataset import read_clips, split_clips
+
+    assert [subset_of(n) for n in ("train.tsv", "dev.tsv", "test.tsv", "validated.tsv", "other.tsv")] == [
+        "train", "dev", "test", "", ""
+    ]  # fmt: skip
+    assert [subset_of(n) for n in ("train_clean_100", "dev_clean", "eval2000", "valid", "trainee")] == [
+        "train", "dev", "test", "dev", ""
+    ]  # fmt: skip
+    # Speakers whose hash at val_fraction 0.5 says the opposite of the lists.
+    hashed_val = [f"spk{i}" for i in range(40) if split_of(f"spk{i}", 0.5) == "val"]
+    hashed_train = [f"spk{i}" for i in range(40) if split_of(f"spk{i}", 0.5) == "train"]
+    lists = {"train.tsv": [hashed_val[0], hashed_val[1]], "dev.tsv": [hashed_train[0]], "test.tsv": [hashed_train[1]]}
+    src = tmp_path / "cv"
+    header = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\tlocale\tsegment"
+    validated, k = [], 0
+    for tsv, speakers in lists.items():
+        rows = []
+        for spk in speakers:
+            name = f"c{k}.wav"
+            _wav(src / "clips" / name, _speech(100 + k))
+            rows.append(f"{spk}\t{name}\tx\t2\t0\t\t\t\tte\t")
+            k += 1
+        (src / tsv).write_text(header + "\n" + "\n".join(rows) + "\n")
+        validated += rows
+    both = f"{hashed_val[1]}\tc{k}.wav\tx\t2\t0\t\t\t\tte\t"  # also in test.tsv: held out
+    _wav(src / "clips" / f"c{k}.wav", _speech(100 + k))
+    (src / "test.tsv").write_text((src / "test.tsv").read_text() + both + "\n")
+    unlisted = f"{hashed_val[2]}\tc{k + 1}.wav\tx\t2\t0\t\t\t\tte\t"  # in validated.tsv only: the hash
+    _wav(src / "clips" / f"c{k + 1}.wav", _speech(101 + k))
+    (src / "validated.tsv").write_text(header + "\n" + "\n".join([*validated, both, unlisted]) + "\n")
+
+    res = _ingest(src, tmp_path / "raw")
+
+    subset = dict(zip(res.accepted["source_path"], res.accepted["subset"].fillna(""), strict=True))
+    assert subset == {"clips/c0.wav": "train", "clips/c1.wav": "train", "clips/c2.wav": "dev",
+                      "clips/c3.wav": "test", "clips/c4.wav": "test", "clips/c5.wav": ""}  # fmt: skip
+    train, val = split_clips(read_clips(tmp_path / "raw"), 0.5)
+    by_speaker = {c.speaker: "train" for c in train} | {c.speaker: "val" for c in val}
+    assert by_speaker == {hashed_val[0]: "train", hashed_val[1]: "val", hashed_train[0]: "val",
+                          hashed_train[1]: "val", hashed_val[2]: "val"}  # fmt: skip
+    assert held_out_ids(tmp_path / "raw", 0.5) == sorted(c.id for c in val)
+
+    kaldi = tmp_path / "kaldi"
+    for folder, spk in (("train", "spkT"), ("test_clean", "spkE")):
+        _wav(kaldi / "audio" / f"{spk}.wav", _speech(len(spk) + ord(spk[-1])))
+        d = kaldi / "data" / folder
+        d.mkdir(parents=True)
+        (d / "wav.scp").write_text(f"{spk}-r audio/{spk}.wav\n")
+        (d / "utt2spk").write_text(f"{spk}-r {spk}\n")
+    res = _ingest(kaldi, tmp_path / "kraw")
+    assert dict(zip(res.accepted["speaker"], res.accepted["subset"], strict=True)) == {"spkT": "train", "spkE": "test"}
+
+
 def test_ljspeech_and_indictts_metadata_csv(tmp_path: Path) -> None:
     src = tmp_path / "tts"
     lines = []
@@ -379,5 +441,5 @@ def test_an_old_data_raw_is_still_replaced(tmp_path: Path) -> None:
     header += "peak_dbfs,rms_dbfs,lufs,clipped_fraction,dc_offset,content_hash\n"
     (old / "manifest.csv").write_text(header)
     res = ingest(tmp_path / "rec", old, IngestParams(workers=1))
-    assert list(pd.read_csv(old / "manifest.csv").columns)[-4:] == ["recording", "start_s", "end_s", "text"]
+    assert list(pd.read_csv(old / "manifest.csv").columns)[-5:] == ["recording", "start_s", "end_s", "text", "subset"]
     assert len(res.accepted) == 1

@@ -108,7 +108,9 @@ _OLD_COLUMNS = [
 ]
 # recording: the source recording an utterance came from (the corpus's id for it, else the file's);
 # start_s/end_s: where in it (empty for a whole file); text: the corpus's transcript, if any.
-MANIFEST_COLUMNS = [*_OLD_COLUMNS, "recording", "start_s", "end_s", "text"]
+_LAYOUT_COLUMNS = [*_OLD_COLUMNS, "recording", "start_s", "end_s", "text"]
+# subset: the corpus's own train/dev/test list the clip is in ("" : none), which the split follows.
+MANIFEST_COLUMNS = [*_LAYOUT_COLUMNS, "subset"]
 REJECTED_COLUMNS = ["source_path", "reason", "detail"]
 
 
@@ -484,6 +486,7 @@ def _clip(job: _Job, data: np.ndarray, rate: int, fmt: str, recording: str, piec
         "start_s": None if piece.start_s is None else round(piece.start_s, 3),
         "end_s": None if piece.end_s is None else round(piece.end_s, 3),
         "text": piece.text,
+        "subset": job.entry.subset,
     }
 
 
@@ -505,7 +508,7 @@ def _jobs(inputs: list[Input], layout: Plan, staging: Path, params: IngestParams
 
 def _owned(folder: Path) -> bool:
     """A data/raw this stage wrote, now or before layouts (its manifest header)."""
-    return manifest_owned(MANIFEST_COLUMNS)(folder) or manifest_owned(_OLD_COLUMNS)(folder)
+    return any(manifest_owned(c)(folder) for c in (MANIFEST_COLUMNS, _LAYOUT_COLUMNS, _OLD_COLUMNS))
 
 
 def ingest(source: Path, out: Path, params: IngestParams) -> IngestResult:

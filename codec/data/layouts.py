@@ -74,6 +74,20 @@ class Entry:
     text: str = ""
     recording: str = ""  # the corpus's id for the recording ("" : ingest names it after the file)
     spans: tuple[Span, ...] = ()  # the utterances in it; empty: the whole file is one
+    # The corpus's own list it is in: "train", "dev" or "test" (Common Voice's train/dev/test.tsv,
+    # a Kaldi data/train, data/test folder); "" when it has none. codec.data.split follows them.
+    subset: str = ""
+
+
+def subset_of(name: str) -> str:
+    """The subset a corpus list or folder name stands for: ``train``, ``dev`` (dev, valid,
+    validation, val) or ``test`` (test, eval), as a whole word at its start (``dev_clean`` ->
+    ``dev``, ``test.tsv`` -> ``test``); ``""`` for anything else (``validated.tsv``, ``other.tsv``)."""
+    stem = name.lower().rsplit(".", 1)[0] if "." in name else name.lower()
+    m = re.match(r"(train|dev|valid|validation|val|test|eval)(?:$|[^a-z])", stem)
+    if m is None:
+        return ""
+    return {"train": "train", "test": "test", "eval": "test"}.get(m.group(1), "dev")
 
 
 @dataclasses.dataclass
@@ -271,6 +285,8 @@ def _commonvoice(source: Path, rels: tp.Sequence[str]) -> Plan:
             named_in.setdefault(rel, []).append(name)
             if name.lower() != "invalidated.tsv" and rel not in p.entries:
                 p.entries[rel] = Entry((row.get("client_id") or "").strip(), (row.get("sentence") or "").strip())
+            if rel in p.entries and subset_of(name):  # train/dev/test.tsv: the corpus's own split
+                p.entries[rel] = dataclasses.replace(p.entries[rel], subset=subset_of(name))
     for rel in named_in:
         if rel not in p.entries:
             p.verdicts[rel] = ("invalidated", "Common Voice's listeners voted it down (only invalidated.tsv names it)")
@@ -328,6 +344,7 @@ def _kaldi(source: Path, rels: tp.Sequence[str]) -> Plan:
             return {k: v for _, k, v in _kaldi_table(source, rel)} if rel in present else {}
 
         utt2spk, text = table("utt2spk"), table("text")
+        subset = subset_of(posixpath.basename(folder))  # data/train, data/dev_clean, data/test
         recordings: dict[str, str] = {}  # recording id -> relative path
         for n, key, rest in _kaldi_table(source, scp):
             if rest.endswith("|") or re.search(r"\.ark:\d+$", rest):
@@ -344,7 +361,7 @@ def _kaldi(source: Path, rels: tp.Sequence[str]) -> Plan:
         seg_rel = posixpath.join(folder, "segments") if folder else "segments"
         if seg_rel not in present:
             for key, rel in recordings.items():
-                p.entries[rel] = Entry(utt2spk.get(key, ""), text.get(key, ""), key)
+                p.entries[rel] = Entry(utt2spk.get(key, ""), text.get(key, ""), key, subset=subset)
             continue
         for n, utt, rest in _kaldi_table(source, seg_rel):
             fields = rest.split()
@@ -363,7 +380,7 @@ def _kaldi(source: Path, rels: tp.Sequence[str]) -> Plan:
             spans.setdefault(recordings[rec], []).append(span)
         for key, rel in recordings.items():
             if rel in spans:
-                p.entries[rel] = Entry("", "", key, tuple(spans[rel]))
+                p.entries[rel] = Entry("", "", key, tuple(spans[rel]), subset=subset)
             else:
                 p.verdicts[rel] = ("no_segments", f"{scp} names it ({key}) but {seg_rel} gives it no utterance")
     return p

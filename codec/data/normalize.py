@@ -50,7 +50,7 @@ Mode = tp.Literal["lufs", "rms", "peak"]
 # unlimited clips land on it exactly. A tenth of a loudness unit is inaudible.
 LEVEL_TOLERANCE_DB = 0.05
 
-MANIFEST_COLUMNS = [
+_BEFORE_SUBSET = [
     "id",
     "path",
     "speaker",
@@ -69,6 +69,8 @@ MANIFEST_COLUMNS = [
     "ceiling_reduction_db",
     "ceiling_samples_fraction",
 ]
+# subset: the corpus's own train/dev/test list (ingest's column), which the split follows.
+MANIFEST_COLUMNS = [*_BEFORE_SUBSET, "subset"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +106,7 @@ class _Job:
     out: str
     params: NormalizeParams
     speaker: str = ""
+    subset: str = ""
 
 
 def normalize_clip(x: Array, rate: int, p: NormalizeParams) -> tuple[Array, dict[str, tp.Any]]:
@@ -263,6 +266,7 @@ def _normalize_one(job: _Job) -> dict[str, tp.Any]:
         "duration_s": round(y.shape[0] / job.params.sample_rate, 6),
         "sample_rate": job.params.sample_rate,
         **fields,
+        "subset": job.subset,
     }
 
 
@@ -285,12 +289,20 @@ def normalize(raw: Path, out: Path, params: NormalizeParams) -> pd.DataFrame:
     """Normalize every clip in ``raw``'s manifest into ``out`` (replaced as a whole, only once
     every clip of the manifest is written: see :func:`codec.files.staged_dir`)."""
     manifest = read_manifest(raw)  # ids and paths checked: nothing read or written outside the folders
-    owned = manifest_owned(MANIFEST_COLUMNS)
+
+    def owned(folder: Path) -> bool:
+        return manifest_owned(MANIFEST_COLUMNS)(folder) or manifest_owned(_BEFORE_SUBSET)(folder)
+
+    def column(name: str) -> list[str]:
+        values = manifest[name] if name in manifest.columns else [""] * len(manifest)
+        return ["" if pd.isna(v) else str(v) for v in values]
+
     with staged_dir(out, inputs=[raw], owned=owned, complete=_every_clip_written) as staging:
-        speakers = manifest["speaker"] if "speaker" in manifest.columns else [""] * len(manifest)
         jobs = [
-            _Job(str(cid), str(raw / path), str(staging), params, "" if pd.isna(spk) else str(spk))
-            for cid, path, spk in zip(manifest["id"], manifest["path"], speakers, strict=True)
+            _Job(str(cid), str(raw / path), str(staging), params, spk, sub)
+            for cid, path, spk, sub in zip(
+                manifest["id"], manifest["path"], column("speaker"), column("subset"), strict=True
+            )
         ]
         rows = parallel_map(_normalize_one, jobs, params.workers, desc=f"normalize ({params.mode})")
         df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)

@@ -14,6 +14,10 @@ without speaker labels), and the evaluation report says how many held-out clips 
 without one. A long recording that ingest cuts into utterances is one speaker when the
 corpus names none (ingest writes the recording as its speaker), so the pieces of one
 recording never land on both sides.
+
+Where the corpus publishes its own lists (Common Voice's ``train/dev/test.tsv``, Kaldi's
+``data/train`` and ``data/test`` folders: ingest's ``subset`` column), :func:`sides` follows them
+for the speakers they name and hashes the rest.
 """
 
 from __future__ import annotations
@@ -36,5 +40,22 @@ def speaker_of(clip_id: str, speaker: str | None) -> str:
 
 
 def clip_split(clip_id: str, speaker: str | None, val_fraction: float) -> Split:
-    """The side of one clip: its speaker's."""
+    """The side of one clip: its speaker's (by hash; :func:`sides` also follows a corpus's lists)."""
     return split_of(speaker_of(clip_id, speaker), val_fraction)
+
+
+HELD_OUT_SUBSETS = frozenset({"dev", "test"})
+
+
+def sides(clips: tp.Iterable[tuple[str, str | None, str | None]], val_fraction: float) -> dict[str, Split]:
+    """Each clip's side, from ``(id, speaker, subset)``: where the corpus has its own lists
+    (ingest's ``subset`` column), they decide for the speakers they name: a speaker with any
+    clip in a dev or test list is held out (every clip of it: the split stays speaker-disjoint
+    even where the lists are not), one named only in train lists trains. Every other speaker
+    goes by the hash of its name (:func:`split_of`)."""
+    rows = [(i, speaker_of(i, s), (sub or "").strip().lower()) for i, s, sub in clips]
+    held = {key for _, key, sub in rows if sub in HELD_OUT_SUBSETS}
+    listed = {key for _, key, sub in rows if sub == "train"}
+    return {
+        i: "val" if key in held else "train" if key in listed else split_of(key, val_fraction) for i, key, _ in rows
+    }

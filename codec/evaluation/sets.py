@@ -17,7 +17,7 @@ import numpy as np
 
 from codec.audio import Array
 from codec.audio.io import read_mono
-from codec.data.split import clip_split
+from codec.data.split import sides
 from codec.errors import UserError
 from codec.evaluation.params import EvaluateParams
 from codec.files import inside
@@ -44,7 +44,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def held_out_ids(normalized: Path, val_fraction: float) -> list[str]:
     """Ids of the validation split (held-out speakers) among the clips that passed normalization, in id order."""
     rows = _read_csv(normalized / "manifest.csv")
-    return sorted(r["id"] for r in rows if clip_split(r["id"], r.get("speaker"), val_fraction) == "val")
+    side = sides(((r["id"], r.get("speaker"), r.get("subset")) for r in rows), val_fraction)
+    return sorted(i for i, s in side.items() if s == "val")
 
 
 def spread_over_speakers(ids: tp.Sequence[str], speakers: tp.Mapping[str, str], n: int) -> list[str]:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from codec.audio.io import read_mono
-from codec.data.split import clip_split
+from codec.data.split import sides
 from codec.errors import UserError
 from codec.files import inside
 from codec.training.augment import AugmentParams, augment_batch
@@ -39,6 +39,7 @@ class Clip:
     duration_s: float
     sample_rate: int
     speaker: str = ""  # "" when unknown: the clip is then its own speaker (codec.data.split)
+    subset: str = ""  # the corpus's own train/dev/test list, "" when none (codec.data.split.sides)
 
 
 def read_clips(data_dir: str | Path, sample_rate: int | None = None) -> list[Clip]:
@@ -64,6 +65,7 @@ def read_clips(data_dir: str | Path, sample_rate: int | None = None) -> list[Cli
                     float(row["duration_s"]),
                     int(float(row["sample_rate"])),
                     row.get("speaker") or "",
+                    row.get("subset") or "",
                 )
             except ValueError as e:
                 raise UserError(
@@ -85,10 +87,11 @@ def read_clips(data_dir: str | Path, sample_rate: int | None = None) -> list[Cli
 
 
 def split_clips(clips: tp.Sequence[Clip], val_fraction: float) -> tuple[list[Clip], list[Clip]]:
-    """(train, val) by speaker (:func:`codec.data.split.clip_split`): no speaker is on both sides;
+    """(train, val) by speaker (:func:`codec.data.split.sides`): no speaker is on both sides;
     ``UserError`` when a side is empty."""
-    train = [c for c in clips if clip_split(c.id, c.speaker, val_fraction) == "train"]
-    val = [c for c in clips if clip_split(c.id, c.speaker, val_fraction) == "val"]
+    side = sides(((c.id, c.speaker, c.subset) for c in clips), val_fraction)
+    train = [c for c in clips if side[c.id] == "train"]
+    val = [c for c in clips if side[c.id] == "val"]
     if not train or not val:
         raise UserError(
             f"the split with val_fraction={val_fraction} leaves {len(train)} training and {len(val)} validation "
