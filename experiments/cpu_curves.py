@@ -73,6 +73,18 @@ RUNS: dict[str, tuple[str, dict[str, tp.Any]]] = {
     # frame-complex continued from its 60-minute checkpoint on the corpus with the diphone voices
     # (ingest.corpus.diphone_utterances; --data names that corpus' normalized folder)
     "frame-complex-diphone": ("frame", {"model": {"frame_head": "complex"}}),
+    # ... then annealed: the weights of its 105-minute checkpoint with a fresh AdamW at 5e-4,
+    # decaying 0.99945 a step (to ~6e-5 after 4000 steps, about 20 minutes here); its folder's
+    # trained.json starts at 105 minutes (steps count from 0 again)
+    "frame-complex-diphone-anneal": (
+        "frame",
+        {
+            "model": {"frame_head": "complex"},
+            "lr": 5e-4,
+            "lr_gamma": 0.99945,
+            "init_from": "work/dip/frame-complex-diphone/models/checkpoints/last-105min.pt",
+        },
+    ),
 }
 
 
