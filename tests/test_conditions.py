@@ -175,5 +175,7 @@ def test_the_corpus_mixes_in_the_shipped_diphone_voices_without_changing_its_esp
         audio, rate = sf.read(path)
         assert rate in (16000, 44100) and audio.shape[0] / rate > 2.5  # whole sentences, not stubs
         assert np.sqrt(np.mean(np.square(audio))) > 10 ** (-50 / 20)  # a recording level, not silence
+    missing = from_dict(CorpusParams, {**params, "diphone_voices": str(tmp_path / "none")}, "corpus")
     with pytest.raises(UserError, match=r"corpus\.diphone_voices: no folder .*diphone_utterances: 0"):
-        from_dict(CorpusParams, {**params, "diphone_voices": str(tmp_path / "none")}, "corpus")
+        write_corpus(tmp_path / "never", missing, workers=1)
+    assert not (tmp_path / "never").exists()

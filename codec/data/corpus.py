@@ -121,7 +121,8 @@ class CorpusParams:
         for name, (lo, hi), top in (("rate_wpm", self.rate_wpm, 450), ("pitch", self.pitch, 99)):
             if not 0 <= lo <= hi <= top:
                 raise UserError(f"{where}.{name} must be [low, high] within 0..{top}, got [{lo}, {hi}]")
-        self._check_diphone_voices(where)
+        if self.diphone_utterances < 0:
+            raise UserError(f"{where}.diphone_utterances must be 0 or more, got {self.diphone_utterances}")
         missing = [v for v in self.speakers if not espeak_voice_exists(v)]
         if missing:
             raise UserError(
@@ -129,9 +130,9 @@ class CorpusParams:
                 f"(its variants are the files in {espeak_variants_folder()})"
             )
 
-    def _check_diphone_voices(self, where: str) -> None:
-        if self.diphone_utterances < 0:
-            raise UserError(f"{where}.diphone_utterances must be 0 or more, got {self.diphone_utterances}")
+    def check_diphone_voices(self, where: str) -> None:
+        """The diphone voices' folder has clips (checked when the corpus is written: the folder
+        is relative to the stage's working directory, the repository)."""
         if not self.diphone_utterances:
             return
         if self.diphone_voices is None or not Path(self.diphone_voices).is_dir():
@@ -392,6 +393,7 @@ def write_corpus(out: Path, params: CorpusParams, workers: int = 0) -> int:
     fresh process (a pool with one task per child), which makes the corpus
     byte-identical from run to run and spreads the work over the cores.
     """
+    params.check_diphone_voices("ingest.corpus")
     utterances = plan(params, load_sentences())
     with staged_dir(out, owned=_corpus_owned) as staging:
         jobs = [(staging, utt, params, i) for i, utt in enumerate(utterances)]
