@@ -19,7 +19,7 @@ import soundfile as sf
 from codec.audio.resample import resample
 from codec.data.ingest import IngestParams, IngestResult, ingest
 from codec.data.segment import cut_at_pauses
-from codec.data.split import clip_split
+from codec.data.split import speaker_of, split_of
 from codec.errors import UserError
 from codec.params import from_dict
 from tests.synth import RATE, speechlike
@@ -66,12 +66,13 @@ def _reasons(res: IngestResult) -> dict[str, str]:
 def _assert_speaker_disjoint(res: IngestResult) -> None:
     sides: dict[str, set[str]] = {}
     for cid, spk in zip(res.accepted["id"], res.accepted["speaker"], strict=True):
-        sides.setdefault(spk, set()).add(clip_split(cid, spk, 0.5))
+        sides.setdefault(spk, set()).add(split_of(speaker_of(cid, spk), 0.5))
     assert all(len(s) == 1 for s in sides.values())
     # ... and so do the pieces of a recording of one voice (a conversation's voices are split apart).
     for _, group in res.accepted.groupby("recording"):
         if group["speaker"].nunique() == 1:
-            assert len({clip_split(c, s, 0.5) for c, s in zip(group["id"], group["speaker"], strict=True)}) == 1
+            pairs = zip(group["id"], group["speaker"], strict=True)
+            assert len({split_of(speaker_of(c, s), 0.5) for c, s in pairs}) == 1
 
 
 # --- layouts -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from codec.data.split import clip_split, split_of
+from codec.data.split import split_of
 from codec.errors import UserError
 from codec.model.checkpoint import load_codec, model_fingerprint, save_checkpoint
 from codec.model.codec import CodecConfig, build_codec
@@ -180,7 +180,7 @@ def test_split_is_by_speaker_and_stable(tmp_path: Path) -> None:
     manifest["speaker"] = ""
     manifest.to_csv(data / "manifest.csv", index=False)
     _, val = split_clips(read_clips(data), 0.3)
-    assert {c.id for c in val} == {c.id for c in read_clips(data) if clip_split(c.id, "", 0.3) == "val"}
+    assert {c.id for c in val} == {c.id for c in read_clips(data) if split_of(c.id, 0.3) == "val"}
 
 
 def test_manifest_problems_are_user_errors(tmp_path: Path) -> None:

@@ -39,11 +39,6 @@ def speaker_of(clip_id: str, speaker: str | None) -> str:
     return speaker if speaker else clip_id
 
 
-def clip_split(clip_id: str, speaker: str | None, val_fraction: float) -> Split:
-    """The side of one clip: its speaker's (by hash; :func:`sides` also follows a corpus's lists)."""
-    return split_of(speaker_of(clip_id, speaker), val_fraction)
-
-
 HELD_OUT_SUBSETS = frozenset({"dev", "test"})
 
 
