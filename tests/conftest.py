@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import typing as tp
 from pathlib import Path
 
@@ -15,6 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+# The model cache of codec encode/decode (exports, registry checkpoints): one fresh folder per
+# test session, never the user's ~/.cache (tests that look at the cache set their own).
+os.environ["CODEC_CACHE_DIR"] = tempfile.mkdtemp(prefix="codec-test-cache-")
 
 
 @pytest.fixture(scope="session")

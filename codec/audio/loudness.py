@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import typing as tp
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -87,13 +88,39 @@ def gate_block_energies(z: npt.NDArray[np.float64]) -> float:
 
 @functools.cache
 def _sosfilt_kernel() -> tp.Callable[..., None] | None:
-    """scipy's private compiled kernel behind ``sosfilt`` (scipy is pinned in the lock), or None."""
-    try:
-        from scipy.signal._sosfilt import _sosfilt
+    """scipy's private compiled kernel behind ``sosfilt`` (scipy is pinned in the lock), or None.
 
-        return tp.cast(tp.Callable[..., None], _sosfilt)
-    except ImportError:  # pragma: no cover - other scipy layouts
-        return None
+    Loaded from its file, not imported by name: ``import scipy.signal._sosfilt`` first runs
+    ``scipy.signal``'s ``__init__``, 1.2 s of ``codec encode``'s start-up here, where the
+    extension alone takes milliseconds. It is registered under its own name, so a later
+    ``import scipy.signal`` uses this module rather than loading the extension twice."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    name = "scipy.signal._sosfilt"
+    module = sys.modules.get(name)
+    try:
+        if module is None:
+            import scipy
+
+            folder = Path(scipy.__file__).parent / "signal"
+            found = [folder / f"_sosfilt{s}" for s in importlib.machinery.EXTENSION_SUFFIXES]
+            path = next((f for f in found if f.is_file()), None)
+            spec = None if path is None else importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise ImportError(name)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules[name] = module
+        return tp.cast(tp.Callable[..., None], module._sosfilt)
+    except (ImportError, AttributeError, OSError):  # pragma: no cover - other scipy layouts
+        try:
+            from scipy.signal._sosfilt import _sosfilt
+
+            return tp.cast(tp.Callable[..., None], _sosfilt)
+        except ImportError:
+            return None
 
 
 def k_filter(sos: npt.NDArray[np.float32], x: Array) -> Array:
@@ -115,47 +142,29 @@ def k_filter(sos: npt.NDArray[np.float32], x: Array) -> Array:
 
 
 class StreamingKFilter:
-    """The K-weighting cascade over a signal fed in pieces, in float64, the state carried over.
-
-    Each biquad is run as its FIR part (``b`` over the input with the two previous input
-    samples) and its all-pole part through ``torchaudio.functional.lfilter`` from rest, with the
-    two previous outputs entering as the equivalent input at the first two samples (the
-    recursion is linear, so this is exactly the filter continued; tested against ``sosfilt``
-    over the whole signal).
+    """The K-weighting cascade over a signal fed in pieces, in float64, the state carried over:
+    scipy's compiled ``sosfilt`` cascade (:func:`_sosfilt_kernel`, no ``scipy.signal`` import)
+    with its per-section state kept between calls, which is exactly the filter continued (tested
+    against ``sosfilt`` over the whole signal). No torch: ``codec encode`` streams every input
+    through it, and its ONNX runtime never imports torch.
     """
 
     def __init__(self, rate: int) -> None:
-        self.sos = k_weighting_sos(rate)
-        self._x = np.zeros((self.sos.shape[0], 2))  # per section: x[n-1], x[n-2]
-        self._y = np.zeros((self.sos.shape[0], 2))  # per section: y[n-1], y[n-2]
+        self.sos = np.ascontiguousarray(k_weighting_sos(rate), dtype=np.float64)
+        self._zi = np.zeros((1, self.sos.shape[0], 2))  # the cascade's state (direct form II transposed)
 
     def __call__(self, x: Array) -> npt.NDArray[np.float64]:
-        # torch here, not at the top: the normalize stage's workers import this module and never
-        # stream (it would add a torch import to every data stage).
-        import torch
-        import torchaudio.functional as AF
+        y = np.array(x, dtype=np.float64, copy=True, order="C").reshape(1, -1)
+        if y.shape[1] == 0:
+            return y[0]
+        kernel = _sosfilt_kernel()
+        if kernel is None:  # pragma: no cover - other scipy layouts
+            import scipy.signal
 
-        u = np.asarray(x, np.float64)
-        n = u.shape[0]
-        if n == 0:
-            return u
-        for i, (b0, b1, b2, _, a1, a2) in enumerate(self.sos):
-            (x1, x2), (y1, y2) = self._x[i], self._y[i]
-            ext = np.concatenate([[x2, x1], u])
-            w = b0 * ext[2:] + b1 * ext[1:-1] + b2 * ext[:-2]
-            w[0] -= a1 * y1 + a2 * y2
-            if n > 1:
-                w[1] -= a2 * y1
-            y = AF.lfilter(
-                torch.from_numpy(w)[None],
-                torch.tensor([1.0, a1, a2], dtype=torch.float64),
-                torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64),
-                clamp=False,
-            )[0].numpy()
-            self._x[i] = (ext[-1], ext[-2])
-            self._y[i] = (y[-1], y[-2] if n > 1 else y1)
-            u = y
-        return u
+            out, self._zi[0] = scipy.signal.sosfilt(self.sos, y[0], zi=self._zi[0])
+            return np.asarray(out, np.float64)
+        kernel(self.sos, y, self._zi)
+        return y[0]
 
 
 class LoudnessMeter:

@@ -360,3 +360,14 @@ def check_output(job: Job, inputs: tp.Mapping[tuple[int, int], str]) -> bool:
     if stat.S_ISLNK(lst.st_mode) and not special:
         resolved(out, "output")  # a loop is refused here, not half-way
     return not job.replace
+
+
+def add_runtime_argument(parser: argparse.ArgumentParser) -> None:
+    """``--runtime`` of ``codec encode``/``decode`` (:data:`codec.inference.model_source.RUNTIMES`)."""
+    parser.add_argument(
+        "--runtime",
+        choices=("auto", "onnx", "torch"),
+        default="auto",
+        help="auto (default): the model's ONNX export, made once in the model cache, run without torch; "
+        "onnx: that or fail; torch: the checkpoint with torch (the training and evaluation path)",
+    )

@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="checkpoint path or registry URI; must be the model that encoded IN (default: as codec encode)",
     )
+    batch.add_runtime_argument(parser)
     parser.add_argument(
         "--subtype", choices=SUBTYPES, default="FLOAT", help="WAV sample format (default: %(default)s; PCM clips)"
     )
@@ -82,16 +83,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # torch and MLflow are imported when a command runs, not for --help
+    # MLflow (and torch, without an ONNX export) are imported when a command runs, not for --help
     from codec.cli.models import require_registry
     from codec.inference.model_source import load_model
-    from codec.model.checkpoint import model_fingerprint
 
     jobs_plan = batch.plan(args.paths, args.out_dir, (".tscb",), ".wav", overwrite=args.overwrite)
     jobs = batch.check_jobs(jobs_plan, check_input_path)
     require_registry(args.model)  # not an empty mlflow.db in the current folder
-    loaded = load_model(args.model)
-    fingerprint = model_fingerprint(loaded.model)
+    loaded = load_model(args.model, args.runtime)
+    fingerprint = loaded.fingerprint
 
     def one(job: batch.Job, say: batch.Say) -> None:
         try:

@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="loudness the input is brought to before coding (default: the model's training loudness, or -16)",
     )
+    batch.add_runtime_argument(parser)
     parser.add_argument("--allow-silence", action="store_true", help="encode an all-zero input instead of refusing it")
     parser.add_argument(
         "--no-energy",
@@ -56,18 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # torch and MLflow are imported when a command runs, not for --help
+    # MLflow (and torch, without an ONNX export) are imported when a command runs, not for --help
     from codec.cli.models import require_registry
     from codec.inference.model_source import load_model
-    from codec.model.checkpoint import model_fingerprint
 
     jobs_plan = batch.plan(args.paths, args.out_dir, AUDIO_EXTENSIONS, ".tscb", overwrite=args.overwrite)
     jobs = batch.check_jobs(jobs_plan, lambda p: check_input_path(p, allow_empty=False))
     require_registry(args.model)  # not an empty mlflow.db in the current folder
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, args.runtime)
     kbps = float(args.kbps) if args.kbps is not None else max(loaded.model.config.bitrates_kbps)
     levels = loaded.levels.with_target(args.target_lufs)  # the model's level settings
-    fingerprint = model_fingerprint(loaded.model)
+    fingerprint = loaded.fingerprint
 
     def one(job: batch.Job, say: batch.Say) -> None:
         with batch.local_input(job.src, "") as src, batch.local_output(job.out, ".tscb") as out:

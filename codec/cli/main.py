@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("codec.cli.models", "list registered model versions with their metrics and aliases"),
     "encode": ("codec.cli.encode", "encode a recording into a compact bitstream"),
     "decode": ("codec.cli.decode", "decode a bitstream back to a WAV file at the input's level"),
+    "export": ("codec.cli.export", "export the model to ONNX for the torch-free runtime of encode/decode"),
 }
 
 

@@ -49,7 +49,7 @@ from codec.evaluation.suite import UserSet, build_sets, load_user_set, sets_fing
 from codec.files import write_text_atomic
 from codec.inference.model_source import load_model
 from codec.inference.pipeline import CodecLike
-from codec.model.checkpoint import model_fingerprint, read_checkpoint
+from codec.model.checkpoint import read_checkpoint
 from codec.params import PARAMS_FILE, from_dict, read_params
 from codec.provenance import data_version, git_commit, repo_root
 from codec.tracking import (
@@ -416,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
     root = repo_root()
     context = {
         "model": str(model_path),
-        "model fingerprint": model_fingerprint(model).hex(),
+        "model fingerprint": loaded.fingerprint.hex(),
         "evaluation-set fingerprint": fingerprint,
         "git commit": git_commit(root),
         "data version (data/normalized)": data_version(Path(args.data), root)[0],

@@ -37,14 +37,22 @@ import tempfile
 import typing as tp
 from pathlib import Path
 
-import torch
-
 from codec.audio.level import LevelSettings
 from codec.errors import UserError, renamed
-from codec.model.checkpoint import REFERENCE_CHECKPOINT, read_checkpoint
-from codec.model.codec import Codec, CodecConfig
-from codec.model.serving import inference_codec
+from codec.inference import model_cache
+from codec.inference.onnx_codec import OnnxCodec, is_export
+from codec.model.config import REFERENCE_CHECKPOINT, CodecConfig
 from codec.tracking import CHAMPION, CHECKPOINT_ARTIFACT, MODEL_NAME, tracking_uri
+
+if tp.TYPE_CHECKING:
+    from codec.inference.pipeline import CodecLike
+    from codec.model.codec import Codec
+
+# torch and the model package are imported where a checkpoint is read, not here: the ONNX
+# runtime's start-up (codec encode/decode with an export) never imports them.
+# What codec encode/decode run a model with: "auto" takes the ONNX export when there is one (and
+# makes it, once, in the model cache), "onnx" insists on it, "torch" loads the checkpoint.
+RUNTIMES = ("auto", "onnx", "torch")
 
 DEFAULT_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
 DEFAULT_CHECKPOINT = Path("models") / "codec.pt"
@@ -57,7 +65,8 @@ class LoadedModel:
     """A codec ready for inference and where it came from.
 
     - ``model``: the :class:`Codec`, eval mode, on the CPU, converted for fast inference
-      (:func:`codec.model.serving.for_inference`; same outputs and fingerprint as the checkpoint's)
+      (:func:`codec.model.serving.for_inference`; same outputs and fingerprint as the checkpoint's),
+      or its ONNX export (:class:`codec.inference.onnx_codec.OnnxCodec`, ``runtime == "onnx"``)
     - ``source``: what to print (a path, or ``models:/name@alias (version 3, run …)``)
     - ``params``: the checkpoint's resolved training params (``{}`` if it has none)
     - ``levels``: the level settings the model was trained for (loudness target, peak ceiling,
@@ -65,20 +74,33 @@ class LoadedModel:
       input is brought to
     """
 
-    model: Codec
+    model: CodecLike
     source: str
     params: dict[str, tp.Any]
     levels: LevelSettings
+    runtime: str = "torch"
 
     @property
     def target_lufs(self) -> float:
         return self.levels.target_lufs
+
+    @property
+    def fingerprint(self) -> bytes:
+        """The fingerprint every bitstream of this model carries."""
+        from codec.inference.pipeline import fingerprint_of
+
+        return fingerprint_of(self.model)
 
 
 def codec_from_checkpoint(path: str | Path) -> tuple[Codec, dict[str, tp.Any]]:
     """The :class:`Codec` in the checkpoint at ``path`` (read with ``weights_only=True``), ready for
     inference (:func:`codec.model.serving.inference_codec`: weight norm folded, channels-last), and
     the checkpoint dict; :class:`UserError` for anything that is not a codec checkpoint."""
+    import torch
+
+    from codec.model.checkpoint import read_checkpoint
+    from codec.model.serving import inference_codec
+
     ckpt = read_checkpoint(path, "cpu")
     where = f"{path}: model_config"
     config_dict = ckpt["model_config"]
@@ -112,21 +134,82 @@ def codec_from_checkpoint(path: str | Path) -> tuple[Codec, dict[str, tp.Any]]:
     return model, ckpt
 
 
-def load_model(spec: str | None) -> LoadedModel:
-    """Resolve ``--model`` (``None``: the default, see the module docstring) and load it."""
+def load_model(spec: str | None, runtime: str = "torch") -> LoadedModel:
+    """Resolve ``--model`` (``None``: the default, see the module docstring) and load it for
+    ``runtime`` (:data:`RUNTIMES`; evaluation and promotion load the torch model, the default)."""
+    if runtime not in RUNTIMES:
+        raise UserError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     if spec is None:
         spec = default_model_spec()
     if spec.startswith("models:/"):
-        return _load_registered(spec)
+        return _load_registered(spec, runtime)
     path = Path(spec)
     if not path.exists():
         raise UserError(
             f"model checkpoint {path} not found; pass --model PATH or --model {DEFAULT_URI} "
             "(train one with: dvc repro train)"
         )
+    if is_export(path):
+        if runtime == "torch":
+            raise UserError(
+                f"{path} is an ONNX export (codec export), which runs without torch; drop --runtime torch, "
+                "or pass the checkpoint it was exported from"
+            )
+        return _from_export(path, str(path))
+    digest = model_cache.file_digest(path) if runtime != "torch" and model_cache.cache_root() else None
+    if digest is not None:
+        cached = _cached_export(model_cache.file_fingerprint(digest), str(path))
+        if cached is not None:
+            return cached
     model, ckpt = codec_from_checkpoint(path)
     params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
-    return LoadedModel(model, str(path), dict(params or {}), LevelSettings.from_checkpoint(ckpt))
+    loaded = LoadedModel(model, str(path), dict(params or {}), LevelSettings.from_checkpoint(ckpt))
+    if digest is not None:
+        model_cache.remember_file(digest, loaded.fingerprint)
+    return loaded if runtime == "torch" else _exported(loaded, ckpt, strict=runtime == "onnx")
+
+
+def _from_export(folder: Path, source: str) -> LoadedModel:
+    model = OnnxCodec.load(folder)
+    levels = LevelSettings.from_checkpoint({"level": model.level})
+    return LoadedModel(model, source, {}, levels, runtime="onnx")
+
+
+def _cached_export(fingerprint: bytes | None, source: str) -> LoadedModel | None:
+    """The cached export of the model with ``fingerprint``, if the cache has a good one."""
+    folder = None if fingerprint is None else model_cache.export_dir(fingerprint)
+    if folder is None or not is_export(folder):
+        return None
+    try:
+        loaded = _from_export(folder, f"{source} (ONNX export {folder})")
+    except UserError:  # damaged: made again from the checkpoint
+        return None
+    return loaded if loaded.fingerprint == fingerprint else None
+
+
+def _exported(loaded: LoadedModel, ckpt: dict[str, tp.Any], *, strict: bool) -> LoadedModel:
+    """``loaded`` as its ONNX export, made now in the model cache (once per model: later calls
+    find it). Without ``strict`` (``--runtime auto``) a model that cannot be exported is run with
+    torch, with a note; with it (``--runtime onnx``), :class:`UserError`."""
+    fingerprint = loaded.fingerprint
+    folder = model_cache.export_dir(fingerprint)
+    if folder is None:
+        if strict:
+            raise UserError(
+                f"--runtime onnx needs an export: the model cache is off ({model_cache.CACHE_ENV}); "
+                "make one with codec export and pass it as --model"
+            )
+        return loaded
+    from codec.inference.export import export_checkpoint
+
+    try:
+        export_checkpoint(ckpt, folder, source=loaded.source, replace=True)
+    except (UserError, OSError, RuntimeError) as e:
+        if strict:
+            raise UserError(f"{loaded.source}: the ONNX export failed ({e}); use --runtime torch") from None
+        print(f"note: {loaded.source} runs with torch: the ONNX export failed ({e})", file=sys.stderr)
+        return loaded
+    return _cached_export(fingerprint, loaded.source) or loaded
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -143,7 +226,9 @@ def default_model_spec() -> str:
     # Opening a missing sqlite store would create an empty registry as a side effect.
     if db is None or db.is_file():
         try:
-            _client(uri).get_model_version_by_alias(MODEL_NAME, CHAMPION)
+            # Asked without MLflow where the store allows it (codec.inference.model_cache).
+            if model_cache.lookup_version(uri, MODEL_NAME, alias=CHAMPION) is None:
+                _client(uri).get_model_version_by_alias(MODEL_NAME, CHAMPION)
             return DEFAULT_URI
         except Exception as e:  # no such model or alias, or the server is unreachable
             reason = type(e).__name__
@@ -183,20 +268,96 @@ def no_artifact_progress_bar() -> tp.Iterator[None]:
             os.environ[key] = before
 
 
-def _load_registered(uri: str) -> LoadedModel:
+def _parse_uri(uri: str) -> tuple[str, str | None, str | None]:
     match = _URI.match(uri)
     if match is None:
         raise UserError(f"model URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
-    name, alias, version = match["name"], match["alias"], match["version"]
+    return match["name"], match["alias"], match["version"]
+
+
+def _load_registered(uri: str, runtime: str) -> LoadedModel:
+    """A registry model: its cached export when this version was exported before, else its
+    checkpoint (:func:`_registered_checkpoint`: cached, or downloaded once)."""
+    if runtime != "torch":
+        name, alias, version = _parse_uri(uri)
+        tracking = tracking_uri()
+        try:
+            ref = model_cache.lookup_version(tracking, name, alias=alias, version=version)
+        except LookupError:
+            raise _not_found(uri, tracking, "LookupError") from None
+        if ref is not None:
+            source = f"{uri} (version {ref.version}, run {ref.run_id})"
+            cached = _cached_export(model_cache.version_fingerprint(tracking, name, ref), source)
+            if cached is not None:
+                return cached
+    with _registered_checkpoint(uri) as (path, source, remember):
+        loaded = _from_checkpoint(path, source, runtime)
+        remember(loaded.fingerprint)
+    return loaded
+
+
+@contextlib.contextmanager
+def checkpoint_of(spec: str | None) -> tp.Iterator[tuple[dict[str, tp.Any], str]]:
+    """The checkpoint dict ``--model`` names (as :func:`load_model` resolves it) and its source,
+    for ``codec export``."""
+    from codec.model.checkpoint import read_checkpoint
+
+    spec = default_model_spec() if spec is None else spec
+    if spec.startswith("models:/"):
+        with _registered_checkpoint(spec) as (path, source, _):
+            try:
+                yield read_checkpoint(path), source
+            except UserError as e:
+                raise renamed(e, str(path), f"{source} {CHECKPOINT_ARTIFACT}") from None
+        return
+    path = Path(spec)
+    if is_export(path):
+        raise UserError(f"{path} is an ONNX export already; pass the checkpoint it came from")
+    yield read_checkpoint(path), str(path)
+
+
+def _not_found(uri: str, tracking: str, reason: str) -> UserError:
+    return UserError(
+        f"{uri} not found in the registry at {tracking} ({reason}); list versions with: codec models, "
+        "or pass --model PATH"
+    )
+
+
+def _from_checkpoint(path: Path, source: str, runtime: str) -> LoadedModel:
+    """The checkpoint at ``path`` (a download or the cache's copy), named ``source`` in messages."""
+    try:
+        model, ckpt = codec_from_checkpoint(path)
+    except UserError as e:  # named by the URI the user passed, not the temporary download
+        raise renamed(e, str(path), f"{source} {CHECKPOINT_ARTIFACT}") from None
+    params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
+    loaded = LoadedModel(model, source, dict(params or {}), LevelSettings.from_checkpoint(ckpt))
+    return loaded if runtime == "torch" else _exported(loaded, ckpt, strict=runtime == "onnx")
+
+
+@contextlib.contextmanager
+def _registered_checkpoint(uri: str) -> tp.Iterator[tuple[Path, str, tp.Callable[[bytes], None]]]:
+    """The checkpoint of a registry version: the model cache's copy when this version was loaded
+    before (the registry asked only which version and run the URI names, without MLflow where
+    the store allows: :func:`codec.inference.model_cache.lookup_version`), else downloaded with
+    MLflow into a temporary folder. Yields (path, source, remember): call ``remember`` with the
+    model's fingerprint to keep a download in the cache."""
+    name, alias, version = _parse_uri(uri)
     tracking = tracking_uri()
+    try:
+        ref = model_cache.lookup_version(tracking, name, alias=alias, version=version)
+    except LookupError:
+        raise _not_found(uri, tracking, "LookupError") from None
+    if ref is not None:
+        fingerprint = model_cache.version_fingerprint(tracking, name, ref)
+        kept = None if fingerprint is None else model_cache.checkpoint_path(fingerprint)
+        if kept is not None and kept.is_file():
+            yield kept, f"{uri} (version {ref.version}, run {ref.run_id})", lambda _: None
+            return
     client = _client(tracking)
     try:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except Exception as e:
-        raise UserError(
-            f"{uri} not found in the registry at {tracking} ({type(e).__name__}); "
-            "list versions with: codec models, or pass --model PATH"
-        ) from None
+        raise _not_found(uri, tracking, type(e).__name__) from None
     run_id = mv.run_id
     if not run_id and getattr(mv, "model_id", None):  # registered from a logged model
         try:
@@ -210,8 +371,10 @@ def _load_registered(uri: str) -> LoadedModel:
     with tempfile.TemporaryDirectory(prefix="codec-model-") as tmp:
         try:
             with no_artifact_progress_bar():
-                local = mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=tmp, tracking_uri=tracking
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=tmp, tracking_uri=tracking
+                    )
                 )
         except Exception as e:
             raise UserError(
@@ -219,10 +382,10 @@ def _load_registered(uri: str) -> LoadedModel:
                 f"({type(e).__name__}); this tool reads that plain checkpoint, never a logged model: "
                 "retrain with codec train (it logs the checkpoint) or pass --model PATH"
             ) from None
-        source = f"{uri} (version {mv.version}, run {run_id})"
-        try:
-            model, ckpt = codec_from_checkpoint(local)
-        except UserError as e:  # named by the URI the user passed, not the temporary download
-            raise renamed(e, local, f"{source} {CHECKPOINT_ARTIFACT}") from None
-    params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
-    return LoadedModel(model, source, dict(params or {}), LevelSettings.from_checkpoint(ckpt))
+
+        def remember(fingerprint: bytes) -> None:
+            model_cache.store_checkpoint(fingerprint, local)
+            ref = model_cache.VersionRef(str(mv.version), str(run_id))
+            model_cache.remember_version(tracking, name, ref, fingerprint)
+
+        yield local, f"{uri} (version {mv.version}, run {run_id})", remember

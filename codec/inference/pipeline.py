@@ -45,8 +45,6 @@ import typing as tp
 import numpy as np
 import numpy.typing as npt
 import soxr
-import torch
-from torch import nn
 
 from codec.audio import Array
 from codec.audio.level import LevelSettings
@@ -54,7 +52,9 @@ from codec.inference import bitstream
 from codec.inference import energy as side
 from codec.inference.energy import Energy
 from codec.inference.prepare import InferenceError, Prepared, PreparedAudio, prepare
-from codec.model.checkpoint import model_fingerprint
+
+if tp.TYPE_CHECKING:
+    import torch
 
 __all__ = ["InferenceError", "Prepared", "prepare"]
 
@@ -86,11 +86,16 @@ class ConfigLike(tp.Protocol):
 
 
 class CodecLike(tp.Protocol):
-    """What the inference path needs of a model (:class:`codec.model.codec.Codec`)."""
+    """What the inference path needs of a model: a torch :class:`codec.model.codec.Codec` (its
+    ``encode``/``decode`` on tensors), or a model that codes NumPy arrays itself (``encode_array``
+    and ``decode_array``, :class:`codec.inference.onnx_codec.OnnxCodec`: then torch is never
+    imported here)."""
 
     @property
     def config(self) -> ConfigLike: ...
 
+
+class _TorchCodec(tp.Protocol):
     def encode(self, audio: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor: ...
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor: ...
@@ -111,11 +116,54 @@ def n_frames(n_samples: int, hop_length: int) -> int:
 
 
 def _device(model: CodecLike) -> torch.device:
+    import torch
+
     params = getattr(model, "parameters", None)
     if callable(params):
         for p in params():
             return tp.cast(torch.device, p.device)
     return torch.device("cpu")
+
+
+class _ArrayCodec(tp.Protocol):
+    def encode_array(self, audio: Array, n_quantizers: int) -> Codes: ...
+
+    def decode_array(self, codes: Codes) -> Array: ...
+
+
+def _array_codec(model: CodecLike) -> _ArrayCodec | None:
+    """``model`` when it codes NumPy arrays itself (the ONNX runtime), else None (torch)."""
+    return tp.cast(_ArrayCodec, model) if hasattr(model, "encode_array") else None
+
+
+def _torch_encoder(model: CodecLike, n_q: int) -> tp.Callable[[Array], Codes]:
+    import torch  # here, not at the top: the ONNX runtime's start-up never imports torch
+
+    device = _device(model)
+    torch_model = tp.cast(_TorchCodec, model)
+
+    def run(segment: Array) -> Codes:
+        x = torch.from_numpy(np.ascontiguousarray(segment)).to(device).view(1, 1, -1)
+        with torch.inference_mode():
+            codes = torch_model.encode(x, n_q)
+        return tp.cast(Codes, codes[0].to("cpu", torch.int64).numpy())
+
+    return run
+
+
+def _torch_decoder(model: CodecLike) -> tp.Callable[[Codes], Array]:
+    import torch
+
+    device = _device(model)
+    torch_model = tp.cast(_TorchCodec, model)
+
+    def run(window: Codes) -> Array:
+        codes = torch.from_numpy(np.ascontiguousarray(window)).to(device).unsqueeze(0)
+        with torch.inference_mode():
+            audio = torch_model.decode(codes)[0, 0]
+        return tp.cast(Array, audio.to("cpu", torch.float32).numpy())
+
+    return run
 
 
 def encode_codes(
@@ -136,16 +184,14 @@ def encode_codes(
     n_q = n_quantizers_for(model, kbps)
     hop = int(model.config.hop_length)
     total = n_frames(int(audio.shape[0]), hop)
-    device = _device(model)
+    arrays = _array_codec(model)
+    encode = (lambda x: arrays.encode_array(x, n_q)) if arrays is not None else _torch_encoder(model, n_q)
     for start in range(0, total, chunk_frames):
         end = min(start + chunk_frames, total)
         lo = max(0, start - context_frames)
         hi = min(total, end + context_frames)
         segment = np.asarray(audio[lo * hop : hi * hop], dtype=np.float32)
-        x = torch.from_numpy(np.ascontiguousarray(segment)).to(device).view(1, 1, -1)
-        with torch.inference_mode():
-            codes = model.encode(x, n_q)
-        yield codes[0, :, start - lo : end - lo].to("cpu", torch.int64).numpy()
+        yield encode(segment)[:, start - lo : end - lo]
 
 
 def decode_codes(
@@ -162,7 +208,8 @@ def decode_codes(
     codes and one chunk of audio.
     """
     hop = int(model.config.hop_length)
-    device = _device(model)
+    arrays = _array_codec(model)
+    decode = arrays.decode_array if arrays is not None else _torch_decoder(model)
     history: Codes | None = None  # the last context_frames frames before the current chunk
     current: Codes | None = None
     for nxt in _with_sentinel(_as_int64(chunks)):
@@ -170,11 +217,9 @@ def decode_codes(
             left = history if history is not None else current[:, :0]
             right = nxt[:, :context_frames] if nxt is not None else current[:, :0]
             window = np.concatenate([left, current, right], axis=1)
-            codes = torch.from_numpy(np.ascontiguousarray(window)).to(device).unsqueeze(0)
-            with torch.inference_mode():
-                audio = model.decode(codes)[0, 0]
+            audio = decode(window)
             a = left.shape[1] * hop
-            yield audio[a : a + current.shape[1] * hop].to("cpu", torch.float32).numpy()
+            yield audio[a : a + current.shape[1] * hop]
             seen = np.concatenate([left, current], axis=1)
             history = seen[:, max(0, seen.shape[1] - context_frames) :]
         current = nxt
@@ -464,13 +509,19 @@ def check_gain(gain_db: float, input_lufs: float, target_lufs: float, name: str 
 
 
 def _fingerprint(model: CodecLike, fingerprint: bytes | None) -> bytes:
-    """``fingerprint``, else the model's ``source_fingerprint`` (a serving copy's, or a stand-in
+    return fingerprint if fingerprint is not None else fingerprint_of(model)
+
+
+def fingerprint_of(model: CodecLike) -> bytes:
+    """The model's ``source_fingerprint`` (a serving copy's, an ONNX export's, or a stand-in
     model's in tests), else :func:`codec.model.checkpoint.model_fingerprint` of its weights."""
-    if fingerprint is not None:
-        return fingerprint
     source = getattr(model, "source_fingerprint", None)
     if isinstance(source, bytes):
         return source
+    from torch import nn  # a model without a recorded fingerprint is a torch module
+
+    from codec.model.checkpoint import model_fingerprint
+
     return model_fingerprint(tp.cast(nn.Module, model))
 
 

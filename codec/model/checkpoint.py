@@ -18,10 +18,10 @@ from torch import nn
 from codec.errors import UserError
 from codec.files import atomic_path
 from codec.model.codec import Codec, CodecConfig
+from codec.model.config import REFERENCE_CHECKPOINT as REFERENCE_CHECKPOINT  # re-exported: tests and docs name it here
 
 # The reference model shipped with the package (docs/reference_model.md): what `codec encode`
 # uses before any training, and what the CPU demo fine-tunes from (train.init_from).
-REFERENCE_CHECKPOINT = Path(__file__).resolve().with_name("reference") / "codec.pt"
 
 
 def unwrap(model: nn.Module) -> Codec:

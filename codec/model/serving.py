@@ -69,19 +69,20 @@ def fold_state(state: tp.Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def inference_codec(config: CodecConfig, state: tp.Mapping[str, Tensor]) -> Codec:
+def inference_codec(config: CodecConfig, state: tp.Mapping[str, Tensor], *, channels_last: bool = True) -> Codec:
     """:func:`for_inference` of the model with ``config`` and checkpoint weights ``state``, built
     without the trainable model: on the ``meta`` device with plain convolutions (nothing is
     allocated from the config, so an untrusted checkpoint costs no more memory than its own
     tensors), then given the folded weights (``load_state_dict(strict=True, assign=True)``, which
     refuses a missing, extra or misshapen tensor). Same outputs and fingerprint as
     ``for_inference(model)``; about a second less start-up than building the weight-normalized
-    model on ``meta`` (see :func:`codec.model.layers.plain_convolutions`)."""
+    model on ``meta`` (see :func:`codec.model.layers.plain_convolutions`). ``channels_last=False``
+    keeps plain 1-D convolutions (what the ONNX export traces)."""
     with torch.device("meta"), plain_convolutions():
         model = Codec(config)
     model.load_state_dict(fold_state(state), strict=True, assign=True)
     model.source_fingerprint = state_fingerprint(config.to_dict(), state)
-    return _channels_last(model.eval())
+    return _channels_last(model.eval()) if channels_last else model.eval()
 
 
 def _channels_last(fast: Codec) -> Codec:
