@@ -141,8 +141,10 @@ def test_evaluation_decodes_what_codec_encode_then_decode_give(
     tmp_path: Path, ckpt: Path, normalize: dict[str, float]
 ) -> None:
     """What is evaluated is what ships: evaluation's decoded audio equals ``codec decode(codec
-    encode(clip))`` sample for sample, and the bitstream it measures is the file's bytes, also
-    for a model trained on data normalized with other params (its checkpoint records them).
+    encode(clip))`` sample for sample on the torch runtime (evaluation's), and the bitstream it
+    measures is the file's bytes, also for a model trained on data normalized with other params
+    (its checkpoint records them). The ONNX runtime's bound against it is
+    tests/test_onnx_runtime.py's.
 
     Stereo 44.1 kHz, with a burst the limiter must catch, written as a FLOAT WAV (what an
     evaluation clip in memory is)."""
@@ -167,9 +169,10 @@ def test_evaluation_decodes_what_codec_encode_then_decode_give(
     stereo = np.stack([x, 0.3 * x], axis=1)
     src = tmp_path / "in.wav"
     sf.write(str(src), stereo, 44100, subtype="FLOAT")
-    assert encode(src, tmp_path / "out.tscb", model_path) == 0
-    assert cli("decode", tmp_path / "out.tscb", tmp_path / "out.wav", "--model", model_path, "-q") == 0
-    decoded, rate = sf.read(str(tmp_path / "out.wav"), dtype="float32")
+    assert encode(src, tmp_path / "out.tscb", model_path, "--runtime", "torch") == 0
+    out_wav = tmp_path / "out.wav"
+    assert cli("decode", tmp_path / "out.tscb", out_wav, "--model", model_path, "-q", "--runtime", "torch") == 0
+    decoded, rate = sf.read(str(out_wav), dtype="float32")
 
     # The evaluation stage's params file may say anything about normalize: it is not read.
     (tmp_path / "eval_params.yaml").write_text(

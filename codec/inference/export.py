@@ -25,7 +25,7 @@ import torch
 from codec.errors import UserError
 from codec.inference.onnx_codec import DECODER_FILE, ENCODER_FILE, EXPORT_FORMAT, META_FILE, OnnxCodec
 from codec.model.codec import Codec
-from codec.model.export import OPSET, analysis_pad, write_graphs
+from codec.model.export import OPSET, encoder_input, write_graphs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,7 @@ def export_model(
             "fingerprint": fingerprint.hex(),
             "config": config.to_dict(),
             "level": dict(levels),
-            "analysis_pad": analysis_pad(config),
+            "encoder_input": encoder_input(config),
             "source": source,
             "opset": OPSET,
             "files": {name: _sha256(folder / name) for name in (ENCODER_FILE, DECODER_FILE)},

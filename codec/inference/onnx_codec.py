@@ -44,7 +44,7 @@ class OnnxCodec:
     config: CodecConfig
     source_fingerprint: bytes
     level: dict[str, tp.Any]
-    analysis_pad: int
+    encoder_input: str
     files: dict[str, str]
     _sessions: dict[str, tp.Any] = dataclasses.field(default_factory=dict, repr=False)
 
@@ -71,15 +71,20 @@ class OnnxCodec:
             config.check(f"{meta_path}: config")
             fingerprint = bytes.fromhex(meta["fingerprint"])
             level = dict(meta["level"])
-            pad = int(meta["analysis_pad"])
+            encoder_input = str(meta["encoder_input"])
             files = {str(k): str(v) for k, v in dict(meta["files"]).items()}
         except UserError:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{meta_path}: a missing or malformed entry ({e}); export the model again") from None
-        if len(fingerprint) != 8 or pad < 0 or set(files) != {ENCODER_FILE, DECODER_FILE}:
-            raise UserError(f"{meta_path}: a malformed fingerprint, pad or file list; export the model again")
-        return cls(folder, config, fingerprint, level, pad, files)
+        stft = config.architecture == "frame"
+        if len(fingerprint) != 8 or encoder_input != ("stft" if stft else "audio"):
+            raise UserError(f"{meta_path}: a malformed fingerprint or encoder input; export the model again")
+        if set(files) != {ENCODER_FILE, DECODER_FILE}:
+            raise UserError(
+                f"{meta_path}: files {sorted(files)} are not the export's two graphs; export the model again"
+            )
+        return cls(folder, config, fingerprint, level, encoder_input, files)
 
     def _session(self, name: str) -> tp.Any:
         session = self._sessions.get(name)
@@ -104,10 +109,11 @@ class OnnxCodec:
         x = np.asarray(audio, np.float32)
         hop = self.config.hop_length
         x = np.pad(x, (0, (-x.shape[0]) % hop))
-        pad = self.analysis_pad
-        if pad:  # as codec.model.frame.analysis: reflected, or zeros for an input no longer than the pad
-            x = np.pad(x, (pad, pad), mode="reflect" if x.shape[0] > pad else "constant")
-        (codes,) = self._session(ENCODER_FILE).run(None, {"audio": x.reshape(1, 1, -1)})
+        if self.encoder_input == "stft":
+            features = stft_features(x, self.config.encoder_strides[0])[None]
+        else:
+            features = x.reshape(1, 1, -1)
+        (codes,) = self._session(ENCODER_FILE).run(None, {"input": features})
         return np.asarray(codes[0, :n_quantizers], np.int64)
 
     def decode_array(self, codes: npt.NDArray[np.integer[tp.Any]]) -> Array:
@@ -115,3 +121,21 @@ class OnnxCodec:
         c = np.ascontiguousarray(codes, np.int64)[None]
         (audio,) = self._session(DECODER_FILE).run(None, {"codes": c})
         return np.asarray(audio[0, 0], np.float32)
+
+
+COMPRESSION = 0.3  # codec.model.frame.COMPRESSION (tested equal): the analysis' magnitude exponent
+
+
+def stft_features(audio: Array, hop: int) -> npt.NDArray[np.float32]:
+    """:func:`codec.model.frame.analysis` of samples ``[T]`` (``T`` a multiple of ``hop``) with
+    NumPy: ``[2 (2h + 1), T / h]``, computed in float64 and rounded to float32 once, as torch
+    computes it (equal up to that rounding, tested)."""
+    n_fft = 4 * hop
+    pad = (n_fft - hop) // 2
+    x = np.asarray(audio, np.float64)
+    x = np.pad(x, (pad, pad), mode="reflect" if x.shape[0] > pad else "constant")
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+    spec = np.fft.rfft(frames * window, axis=1).T  # [bins, frames]
+    spec = spec * np.maximum(np.abs(spec), 1e-7) ** (COMPRESSION - 1.0)
+    return np.concatenate([spec.real, spec.imag]).astype(np.float32)

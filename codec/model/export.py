@@ -3,9 +3,9 @@
 The folder it writes (:func:`export_model`) holds:
 
 - ``encoder.onnx``: samples ``[1, 1, T]`` (float32 at the model's rate, ``T`` a multiple of the
-  hop, padded as ``codec.json``'s ``analysis_pad`` says) → codes ``[1, n_codebooks, T / hop]``
-  (int64, every quantizer: residual quantization makes the first ``n`` of them the codes at
-  ``n`` quantizers, so the runtime keeps the ones a bitrate needs);
+  hop), or for the frame architecture their STFT features (:func:`encoder_input`) → codes
+  ``[1, n_codebooks, T / hop]`` (int64, every quantizer: residual quantization makes the first
+  ``n`` of them the codes at ``n`` quantizers, so the runtime keeps the ones a bitrate needs);
 - ``decoder.onnx``: codes ``[1, Q, F]`` (any ``Q`` up to ``n_codebooks``) → samples
   ``[1, 1, F · hop]``;
 - ``codec.json``: what the runtime needs beside the graphs: the model's
@@ -13,9 +13,9 @@ The folder it writes (:func:`export_model`) holds:
   carries, so streams coded by the export and by the checkpoint decode with either.
 
 Both graphs have a dynamic length (and the decoder a dynamic number of quantizers). The frame
-architecture's STFT and inverse STFT, complex in torch, become real convolutions with the DFT's
-cosine and sine rows (the window folded in): a strided ``Conv`` for the analysis, one
-``ConvTranspose`` that is the inverse DFT and the overlap-add at once for the synthesis. The
+architecture's inverse STFT, complex in torch, becomes one ``ConvTranspose`` with the inverse
+DFT's cosine and sine rows (the window folded in): the inverse DFT and the overlap-add at once.
+Its analysis STFT stays outside the graph, in float64 as torch computes it. The
 quantizers' decode is one table lookup: every code's latent vector (projections applied) is
 computed once at export. Same codes as the torch model except at near-ties of the nearest-code
 search, audio within float rounding (checked at export by :func:`verify`, and in tests).
@@ -36,23 +36,12 @@ from torch import Tensor, nn
 
 from codec.model.codec import Codec
 from codec.model.config import CodecConfig
-from codec.model.frame import COMPRESSION, MAX_COMPRESSED, MAX_LOG_MAGNITUDE, FrameDecoder, FrameEncoder
+from codec.model.frame import COMPRESSION, MAX_COMPRESSED, MAX_LOG_MAGNITUDE, FrameDecoder, FrameEncoder, analysis
 from codec.model.quantize import EMAVectorQuantizer, VectorQuantizer
 
 # The files of an export folder (codec.inference.onnx_codec, which reads them, names them).
 ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
 OPSET = 17
-
-
-def analysis_basis(hop: int) -> Tensor:
-    """The frame analysis' STFT as convolution weights ``[2 (2h + 1), 1, 4h]``: Hann-windowed
-    cosine rows (real parts), then minus-sine rows (imaginary parts), as ``torch.stft`` sums."""
-    n_fft = 4 * hop
-    t = torch.arange(n_fft, dtype=torch.float64)
-    k = torch.arange(2 * hop + 1, dtype=torch.float64)
-    w = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
-    angle = 2 * math.pi * k[:, None] * t[None, :] / n_fft
-    return torch.cat([w * torch.cos(angle), -w * torch.sin(angle)]).unsqueeze(1).float()
 
 
 def synthesis_basis(hop: int) -> Tensor:
@@ -73,41 +62,30 @@ def synthesis_basis(hop: int) -> Tensor:
     return torch.cat([real, imag]).unsqueeze(1).float()
 
 
-def analysis_pad(config: CodecConfig) -> int:
-    """Samples the runtime pads on each side before the encoder graph (the frame analysis'
-    ``1.5h``; reflected, or zeros for inputs no longer than the pad, as
-    :func:`codec.model.frame.analysis` does); 0 for the waveform architecture."""
-    if config.architecture != "frame":
-        return 0
-    hop = config.encoder_strides[0]
-    return (4 * hop - hop) // 2
+def encoder_input(config: CodecConfig) -> str:
+    """What the encoder graph takes: ``"audio"`` (the waveform architecture: samples
+    ``[1, 1, T]``) or ``"stft"`` (the frame architecture: :func:`codec.model.frame.analysis`'
+    features ``[1, 2 (2h + 1), T / h]``, which the runtime computes in float64 with NumPy, as torch
+    does, so both paths quantize the same numbers)."""
+    return "stft" if config.architecture == "frame" else "audio"
 
 
 class EncoderGraph(nn.Module):
-    """Samples ``[1, 1, T']`` (padded by :func:`analysis_pad`) → codes ``[1, n_codebooks, F]``."""
-
-    basis: Tensor
+    """The encoder's input (:func:`encoder_input`) → codes ``[1, n_codebooks, F]``."""
 
     def __init__(self, model: Codec) -> None:
         super().__init__()
         self.model = model
         self.frame = isinstance(model.encoder, FrameEncoder)
-        if self.frame:
-            self.register_buffer("basis", analysis_basis(tp.cast(FrameEncoder, model.encoder).hop))
 
-    def latents(self, audio: Tensor) -> Tensor:
+    def latents(self, x: Tensor) -> Tensor:
         if not self.frame:
-            return self.model.encode_latents(audio)
+            return self.model.encode_latents(x)
         enc = tp.cast(FrameEncoder, self.model.encoder)
-        spec = nn.functional.conv1d(audio, self.basis, stride=enc.hop)
-        bins = spec.shape[1] // 2
-        real, imag = spec[:, :bins], spec[:, bins:]
-        scale = torch.sqrt(real * real + imag * imag).clamp_min(1e-7).pow(COMPRESSION - 1.0)
-        features = torch.cat([real * scale, imag * scale], dim=1)
-        return tp.cast(Tensor, enc.out(enc.blocks(enc.down(features))))
+        return tp.cast(Tensor, enc.out(enc.blocks(enc.down(x))))
 
-    def forward(self, audio: Tensor) -> Tensor:
-        residual = self.latents(audio).float()
+    def forward(self, x: Tensor) -> Tensor:
+        residual = self.latents(x).float()
         codes = []
         for vq in self.model.quantizer.quantizers:
             if isinstance(vq, EMAVectorQuantizer):
@@ -174,8 +152,10 @@ class DecoderGraph(nn.Module):
 
 def write_graphs(model: Codec, folder: Path) -> None:
     hop = model.config.hop_length
-    pad = analysis_pad(model.config)
-    audio = torch.randn(1, 1, 50 * hop + 2 * pad) * 0.1
+    if encoder_input(model.config) == "stft":
+        audio = analysis(torch.randn(1, 1, 50 * hop) * 0.1, tp.cast(FrameEncoder, model.encoder).hop)
+    else:
+        audio = torch.randn(1, 1, 50 * hop) * 0.1
     codes = torch.zeros(1, model.config.n_codebooks, 50, dtype=torch.int64)
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(None):
         warnings.simplefilter("ignore")  # the tracer's notes on shapes read as Python numbers
@@ -183,9 +163,9 @@ def write_graphs(model: Codec, folder: Path) -> None:
             EncoderGraph(model).eval(),
             (audio,),
             str(folder / ENCODER_FILE),
-            input_names=["audio"],
+            input_names=["input"],
             output_names=["codes"],
-            dynamic_axes={"audio": {2: "samples"}, "codes": {2: "frames"}},
+            dynamic_axes={"input": {2: "length"}, "codes": {2: "frames"}},
             opset_version=OPSET,
             dynamo=False,
         )
