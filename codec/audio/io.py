@@ -325,3 +325,120 @@ def write_wav(path: str | Path, x: Array, rate: int, subtype: str = "FLOAT", ato
         return
     with atomic_path(path) as tmp:
         emit(tmp)
+
+
+# --- WAV as a stream (live coding: a pipe from a recorder, a pipe to a player) -------------------
+
+_WAV_PCM, _WAV_FLOAT, _WAV_EXTENSIBLE = 1, 3, 0xFFFE
+STREAMING_SIZE = 0xFFFFFFFF  # what recorders write for "size unknown" (arecord); 0 from others
+
+
+class WavStreamError(ValueError):
+    """A live input that is not a WAV stream this reader takes (the message says what to send)."""
+
+
+def _read_exactly(f: tp.BinaryIO, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        part = f.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def read_wav_stream(f: tp.BinaryIO, block_s: float = 0.02) -> tuple[int, int, tp.Iterator[Array]]:
+    """A WAV read as it arrives: ``(rate, channels, blocks)``, ``blocks`` float32 ``[n, C]`` of
+    ``block_s`` seconds (the last shorter). PCM 8/16/24/32-bit and 32-bit float, plain or
+    WAVE_FORMAT_EXTENSIBLE; a data size of 0 or 0xFFFFFFFF (a recorder that cannot seek back)
+    means "until the stream ends". :class:`WavStreamError` for anything else."""
+    import struct
+
+    head = _read_exactly(f, 12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+        raise WavStreamError("the live input is not a WAV stream; send WAV (e.g. sox -d -t wav - or arecord -t wav)")
+    fmt: tuple[int, int, int, int] | None = None
+    while True:
+        chunk = _read_exactly(f, 8)
+        if len(chunk) < 8:
+            raise WavStreamError("the live WAV stream ends before its data chunk")
+        cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if cid == b"data":
+            break
+        body = _read_exactly(f, size + (size & 1))
+        if cid == b"fmt ":
+            tag, channels, rate = struct.unpack_from("<HHI", body)
+            bits = struct.unpack_from("<H", body, 14)[0]
+            if tag == _WAV_EXTENSIBLE and len(body) >= 26:
+                tag = struct.unpack_from("<H", body, 24)[0]
+            fmt = (tag, channels, rate, bits)
+    if fmt is None:
+        raise WavStreamError("the live WAV stream has no fmt chunk before its data")
+    tag, channels, rate, bits = fmt
+    kinds = {(_WAV_PCM, 8), (_WAV_PCM, 16), (_WAV_PCM, 24), (_WAV_PCM, 32), (_WAV_FLOAT, 32)}
+    if (tag, bits) not in kinds or not 1 <= channels <= 256 or not 1 <= rate <= 1_000_000:
+        raise WavStreamError(
+            f"the live WAV stream is format {tag}, {bits} bits, {channels} channels at {rate} Hz; send PCM "
+            "(8/16/24/32-bit) or 32-bit float"
+        )
+    bounded = size not in (0, STREAMING_SIZE)
+    frame_bytes = channels * bits // 8
+
+    def blocks() -> tp.Iterator[Array]:
+        left = size if bounded else None
+        want = max(1, round(block_s * rate)) * frame_bytes
+        carry = b""
+        while left is None or left > 0:
+            n = want if left is None else min(want, left)
+            got = _read_exactly(f, n)
+            if left is not None:
+                left -= len(got)
+            data = carry + got
+            usable = len(data) // frame_bytes * frame_bytes
+            data, carry = data[:usable], data[usable:]
+            if data:
+                yield _decode_pcm(data, tag, bits).reshape(-1, channels)
+            if len(got) < n:  # the stream ended
+                return
+
+    return rate, channels, blocks()
+
+
+def _decode_pcm(data: bytes, tag: int, bits: int) -> Array:
+    if tag == _WAV_FLOAT:
+        return np.frombuffer(data, "<f4").astype(np.float32)
+    if bits == 8:
+        return ((np.frombuffer(data, np.uint8).astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    if bits == 24:
+        raw = np.frombuffer(data, np.uint8).reshape(-1, 3)
+        values = raw[:, 0].astype(np.int32) | raw[:, 1].astype(np.int32) << 8 | raw[:, 2].astype(np.int32) << 16
+        values = np.where(values >= 1 << 23, values - (1 << 24), values)
+        return (values / float(1 << 23)).astype(np.float32)
+    kind = "<i2" if bits == 16 else "<i4"
+    return (np.frombuffer(data, kind).astype(np.float32) / float(1 << (bits - 1))).astype(np.float32)
+
+
+def wav_stream_header(rate: int, channels: int = 1, float32: bool = False) -> bytes:
+    """A WAV header for a stream of unknown length (sizes 0xFFFFFFFF, as arecord writes):
+    16-bit PCM, or 32-bit float."""
+    import struct
+
+    bits, tag = (32, _WAV_FLOAT) if float32 else (16, _WAV_PCM)
+    block = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * block, block, bits)
+    return (
+        b"RIFF"
+        + struct.pack("<I", STREAMING_SIZE)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"data"
+        + struct.pack("<I", STREAMING_SIZE)
+    )
+
+
+def pcm16(x: Array) -> bytes:
+    """Float samples as little-endian 16-bit PCM (clipped to full scale, rounded)."""
+    return np.asarray(np.clip(np.rint(np.asarray(x, np.float64) * 32767.0), -32768, 32767), "<i2").tobytes()

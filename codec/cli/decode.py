@@ -26,7 +26,7 @@ import argparse
 import math
 import typing as tp
 
-from codec.cli import batch
+from codec.cli import batch, live
 from codec.inference import bitstream
 from codec.inference.compress import DEFAULT_MAX_OUTPUT_MB, MB, SUBTYPES, check_input_path, decode_file
 
@@ -64,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoint path or registry URI; must be the model that encoded IN (default: as codec encode)",
     )
     batch.add_runtime_argument(parser)
+    live.add_arguments(parser, encode=False)
     parser.add_argument(
         "--subtype", choices=SUBTYPES, default="FLOAT", help="WAV sample format (default: %(default)s; PCM clips)"
     )
@@ -83,6 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.live:
+        return live.decode(args)
     # MLflow (and torch, without an ONNX export) are imported when a command runs, not for --help
     from codec.cli.models import require_registry
     from codec.inference.model_source import load_model

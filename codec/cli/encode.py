@@ -9,7 +9,7 @@ import argparse
 import math
 
 from codec.audio.io import AUDIO_EXTENSIONS
-from codec.cli import batch
+from codec.cli import batch, live
 from codec.inference.compress import check_input_path, encode_file
 
 
@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="loudness the input is brought to before coding (default: the model's training loudness, or -16)",
     )
     batch.add_runtime_argument(parser)
+    live.add_arguments(parser, encode=True)
     parser.add_argument("--allow-silence", action="store_true", help="encode an all-zero input instead of refusing it")
     parser.add_argument(
         "--no-energy",
@@ -57,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.live:
+        return live.encode(args)
     # MLflow (and torch, without an ONNX export) are imported when a command runs, not for --help
     from codec.cli.models import require_registry
     from codec.inference.model_source import load_model

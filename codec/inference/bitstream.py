@@ -92,11 +92,14 @@ from codec.inference.energy import EnergySettings
 
 MAGIC = b"TSCB"
 FORMAT_VERSION = 2  # what the encoder writes (with energy side information)
-SUPPORTED_VERSIONS = (1, 2)
+LIVE_VERSION = 3  # what codec encode --live writes (see "Live streams" above)
+SUPPORTED_VERSIONS = (1, 2, 3)
 _HEADER = struct.Struct("<4sHH8sIQHHIBBHIQffI")
 HEADER_SIZE = _HEADER.size  # 64: version 1
 _ENERGY = struct.Struct("<HBBff")
-HEADER_SIZES = {1: HEADER_SIZE, 2: HEADER_SIZE + _ENERGY.size}  # 64, 76
+HEADER_SIZES = {1: HEADER_SIZE, 2: HEADER_SIZE + _ENERGY.size, 3: HEADER_SIZE + _ENERGY.size}  # 64, 76, 76
+_GAIN = struct.Struct("<f")  # a live chunk's gain, dB
+_END = struct.Struct("<QQ")  # a live stream's end record: length (samples at the input's rate), frame count
 MAX_HEADER_SIZE = max(HEADER_SIZES.values())
 _CHUNK = struct.Struct("<II")
 CHUNK_HEADER_SIZE = _CHUNK.size  # 8
@@ -155,6 +158,7 @@ class Header:
     input_lufs: float
     gain_db: float
     energy: EnergySettings | None = None  # the side information's settings (version 2)
+    live: bool = False  # version 3: length and frame count come at the end, a gain per chunk
 
     def __post_init__(self) -> None:
         # The file holds the loudness and gain as float32: round them here, so the header
@@ -165,8 +169,8 @@ class Header:
 
     @property
     def version(self) -> int:
-        """1 without energy side information, 2 with it."""
-        return 1 if self.energy is None else 2
+        """1 without energy side information, 2 with it, 3 for a live stream."""
+        return LIVE_VERSION if self.live else 1 if self.energy is None else 2
 
     @property
     def header_size(self) -> int:
@@ -243,6 +247,9 @@ class Header:
             raise bad("bits per code", self.bits_per_code, f"1..{MAX_BITS}")
         if not 1 <= self.chunk_frames <= MAX_CHUNK_FRAMES:
             raise bad("frames per chunk", self.chunk_frames, f"1..{MAX_CHUNK_FRAMES}")
+        if self.live:
+            self._check_live(bad)
+            return
         max_length = self.sample_rate * MAX_SECONDS
         if not 1 <= self.length <= max_length:
             raise bad("length", self.length, f"1..{max_length} samples, {MAX_SECONDS // 3600} h")
@@ -259,6 +266,24 @@ class Header:
             raise bad(
                 "energy block", self.energy.block_frames, f"a divisor of the {self.chunk_frames} frames per chunk"
             )
+
+    def _check_live(self, bad: tp.Callable[[str, object, str], BitstreamError]) -> None:
+        """A live header: no length or frame count yet (its end record has them), energy side
+        information, and the gain of the first chunk in bounds (each chunk carries its own)."""
+        if self.energy is None:
+            raise bad("energy settings", None, "a live stream carries energy side information")
+        if self.length != 0 or self.frame_count != 0:
+            raise bad("length and frame count", (self.length, self.frame_count), "0 in a live header")
+        if not (math.isfinite(self.gain_db) and MIN_GAIN_DB <= self.gain_db <= MAX_GAIN_DB):
+            raise bad("gain", f"{self.gain_db:g} dB", f"{MIN_GAIN_DB:g}..{MAX_GAIN_DB:g} dB, what the encoder writes")
+        if self.chunk_frames % self.energy.block_frames:
+            raise bad(
+                "energy block", self.energy.block_frames, f"a divisor of the {self.chunk_frames} frames per chunk"
+            )
+
+    def with_end(self, length: int, frame_count: int) -> Header:
+        """A live header with its stream's length and frame count, as its end record gives them."""
+        return dataclasses.replace(self, length=length, frame_count=frame_count)
 
     def pack(self) -> bytes:
         """The header bytes (64 in version 1, 76 in version 2), CRC included (checks the values first)."""
@@ -338,6 +363,7 @@ class Header:
             except ValueError as e:
                 raise BitstreamError(f"{name}: header {e}; the file is corrupted or not a bitstream") from None
         header = cls(
+            live=version == LIVE_VERSION,
             fingerprint=fp,
             sample_rate=rate,
             length=length,
@@ -399,9 +425,11 @@ def write_chunk(
     index: int,
     codes: npt.NDArray[np.integer[tp.Any]],
     levels: npt.NDArray[np.integer[tp.Any]] | None = None,
+    gain_db: float | None = None,
 ) -> int:
     """Write chunk ``index`` holding ``codes`` ``[Q, n]`` (and, in version 2, the level
-    codes ``[ceil(n / B)]`` of its blocks); returns the bytes written.
+    codes ``[ceil(n / B)]`` of its blocks; in a live stream, the chunk's gain too); returns the
+    bytes written.
 
     ``n`` must be ``header.chunk_frames`` except for the last chunk. Raises
     ``ValueError`` for codes that do not fit the header (a bug in the caller).
@@ -428,9 +456,26 @@ def write_chunk(
         payload += pack_codes(lv.reshape(1, -1), header.energy.bits)
     elif levels is not None:
         raise ValueError("level codes given for a version-1 stream (no energy side information)")
+    if header.live != (gain_db is not None):
+        raise ValueError("a live stream's chunks carry a gain, and only theirs")
+    if gain_db is not None:
+        if not (math.isfinite(gain_db) and MIN_GAIN_DB <= gain_db <= MAX_GAIN_DB):
+            raise ValueError(f"a chunk gain must lie in {MIN_GAIN_DB:g}..{MAX_GAIN_DB:g} dB, got {gain_db}")
+        payload = _GAIN.pack(gain_db) + payload
     count = struct.pack("<I", frames)
     crc = zlib.crc32(payload, zlib.crc32(count, zlib.crc32(_INDEX.pack(index))))
     record = count + struct.pack("<I", crc) + payload
+    fileobj.write(record)
+    return len(record)
+
+
+def write_end(fileobj: tp.BinaryIO, index: int, length: int, frame_count: int) -> int:
+    """A live stream's end record, after its ``index`` chunks: the input's length (samples at
+    its rate) and the frames written; returns the bytes written."""
+    count = struct.pack("<I", 0)
+    body = _END.pack(length, frame_count)
+    crc = zlib.crc32(body, zlib.crc32(count, zlib.crc32(_INDEX.pack(index))))
+    record = count + struct.pack("<I", crc) + body
     fileobj.write(record)
     return len(record)
 
@@ -508,10 +553,11 @@ def _read_exact(fileobj: tp.BinaryIO, n: int) -> bytes:
 @dataclasses.dataclass
 class Chunk:
     """One chunk record: its codes ``[Q, n]`` and its level codes ``[ceil(n / B)]``
-    (empty in version 1)."""
+    (empty in version 1), and in a live stream its gain (dB)."""
 
     codes: Codes
     levels: Codes
+    gain_db: float | None = None
 
 
 @dataclasses.dataclass
@@ -521,6 +567,8 @@ class Stream:
 
     header: Header
     records: tp.Iterator[Chunk]
+    # A live stream's header completed by its end record (length and frame count), once read.
+    ended: list[Header] = dataclasses.field(default_factory=list)
 
     @property
     def chunks(self) -> tp.Iterator[Codes]:
@@ -545,6 +593,9 @@ def read_stream(
         version, _ = struct.unpack_from("<HH", head, 4)
         head += _read_exact(fileobj, HEADER_SIZES.get(version, HEADER_SIZE) - 8)
     header = Header.unpack(head, name)
+    if header.live:  # its length comes at the end: checked while reading
+        ended: list[Header] = []
+        return Stream(header, _iter_live_chunks(fileobj, header, name, max_frames, ended), ended)
     if size is not None:
         check_size(header, size, name)
     if max_frames is not None and header.frame_count > max_frames:
@@ -614,6 +665,62 @@ def _iter_chunks(fileobj: tp.BinaryIO, header: Header, name: str) -> tp.Iterator
             f"{name}: corrupted: data continues after the last of {header.n_chunks} chunks; "
             "the file was appended to or is not one bitstream"
         )
+
+
+def _iter_live_chunks(
+    fileobj: tp.BinaryIO, header: Header, name: str, max_frames: int | None, ended: list[Header]
+) -> tp.Iterator[Chunk]:
+    """A live stream's chunks, read as they arrive (a pipe), up to its end record; every chunk
+    but the last holds ``chunk_frames`` frames; the end record's length and frame count must
+    agree with what was read, and the file must end there."""
+    done = index = 0
+    short = False  # a chunk under chunk_frames was read: only the end record may follow
+    limit = MAX_SECONDS * header.model_rate // header.hop_length if max_frames is None else max_frames
+    while True:
+        head = _read_exact(fileobj, CHUNK_HEADER_SIZE)
+        if len(head) < CHUNK_HEADER_SIZE:
+            raise BitstreamError(
+                f"{name}: truncated: the live stream ends at chunk {index + 1} ({done} frames read) without its "
+                "end record; the encoder was stopped or the copy is incomplete"
+            )
+        frames, crc = _CHUNK.unpack(head)
+        if frames == 0:
+            break
+        if frames > header.chunk_frames or short:
+            raise BitstreamError(f"{name}: corrupted: live chunk {index + 1} says {frames} frames; re-encode it")
+        size = _GAIN.size + header.chunk_payload_bytes(frames)
+        payload = _read_exact(fileobj, size)
+        if len(payload) < size or zlib.crc32(payload, zlib.crc32(head[:4], zlib.crc32(_INDEX.pack(index)))) != crc:
+            raise BitstreamError(f"{name}: corrupted or truncated: live chunk {index + 1} fails its checksum")
+        (gain,) = _GAIN.unpack_from(payload)
+        if not (math.isfinite(gain) and MIN_GAIN_DB <= gain <= MAX_GAIN_DB):
+            raise BitstreamError(f"{name}: corrupted: live chunk {index + 1} has a gain of {gain:g} dB")
+        done += frames
+        if done > limit:
+            raise BitstreamError(f"{name}: the live stream exceeds this decoder's limit of {limit} frames")
+        short = frames < header.chunk_frames
+        body = payload[_GAIN.size :]
+        code_bytes = header.chunk_code_bytes(frames)
+        codes = unpack_codes(body[:code_bytes], header.n_quantizers, frames, header.bits_per_code)
+        assert header.energy is not None  # a live header has it (Header.check)
+        levels = unpack_codes(body[code_bytes:], 1, header.chunk_levels(frames), header.energy.bits)[0]
+        yield Chunk(codes, levels, float(gain))
+        index += 1
+    body = _read_exact(fileobj, _END.size)
+    if len(body) < _END.size or zlib.crc32(body, zlib.crc32(head[:4], zlib.crc32(_INDEX.pack(index)))) != crc:
+        raise BitstreamError(f"{name}: corrupted or truncated: the live stream's end record fails its checksum")
+    length, frame_count = _END.unpack(body)
+    if frame_count != done or done == 0:
+        raise BitstreamError(f"{name}: corrupted: the end record says {frame_count} frames, the chunks hold {done}")
+    final = dataclasses.replace(header, live=False, length=length, frame_count=frame_count)
+    try:
+        final.check(name)  # the length against the frames, as in a file's header
+    except BitstreamError as e:
+        raise BitstreamError(f"{e} (in the live stream's end record)") from None
+    if fileobj.read(1):
+        raise BitstreamError(f"{name}: corrupted: data continues after the live stream's end record")
+    ended.append(dataclasses.replace(final, live=True))
+    return
 
 
 def read_all(fileobj: tp.BinaryIO, max_frames: int | None = None, name: str = "bitstream") -> tuple[Header, Codes]:

@@ -221,14 +221,17 @@ class Shaper:
     block plus half a fade (at most ``2 · block_frames · hop`` samples).
     """
 
-    def __init__(self, settings: EnergySettings, hop: int, sample_rate: int, total_frames: int) -> None:
+    def __init__(self, settings: EnergySettings, hop: int, sample_rate: int, total_frames: int | None) -> None:
+        """``total_frames``: the frames the decoder yields in all; ``None`` for a live stream (the
+        last block is whatever :meth:`finish` finds)."""
         self.settings = settings
         self.block = int(settings.block_frames) * int(hop)
-        self.total = int(total_frames) * int(hop)  # samples the decoder yields in all
-        self.count = n_blocks(total_frames, settings.block_frames)
+        live = total_frames is None
+        self.total = math.inf if live else int(total_frames or 0) * int(hop)  # samples the decoder yields
+        self.count = math.inf if live else n_blocks(int(total_frames or 0), settings.block_frames)
         self.fade = crossfade_samples(sample_rate, self.block)
         self._codes: list[int] = []
-        self._gains = np.zeros(self.count)
+        self._gains: list[float] = []
         self._known = 0  # blocks whose gain is known
         self._buffer = np.zeros(0, np.float32)  # samples [self._start, …) not yet emitted
         self._start = 0
@@ -245,7 +248,7 @@ class Shaper:
         self._partial = np.concatenate([self._partial, x.astype(np.float64)])
         self._fed += x.shape[0]
         while self._known < self.count:
-            size = min(self.block, self.total - self._known * self.block)
+            size = int(min(self.block, self.total - self._known * self.block))
             if self._partial.shape[0] < size:
                 break
             self._learn(self._partial[:size])
@@ -264,7 +267,7 @@ class Shaper:
         if k >= len(self._codes):
             raise ValueError(f"level code of block {k} missing: the stream holds {len(self._codes)}")
         level = 10.0 * math.log10(float(np.mean(samples * samples)) + _EPS) if samples.size else -200.0
-        self._gains[k] = block_gains_db(np.array([level]), np.array([self._codes[k]]), self.settings)[0]
+        self._gains.append(float(block_gains_db(np.array([level]), np.array([self._codes[k]]), self.settings)[0]))
         self._known += 1
 
     def _emit(self, *, final: bool) -> Array:
@@ -275,7 +278,7 @@ class Shaper:
             end = min(end, self._known * self.block - self.fade // 2)
         if end <= self._start:
             return np.zeros(0, np.float32)
-        gains = self._gains[: self._known] if self._known else np.zeros(1)
+        gains = np.array(self._gains) if self._known else np.zeros(1)
         curve = gain_curve(gains, self.block, self._start, end, self.fade)
         n = end - self._start
         out = (self._buffer[:n] * np.power(np.float32(10.0), curve / np.float32(20.0))).astype(np.float32)

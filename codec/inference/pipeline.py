@@ -136,6 +136,14 @@ def _array_codec(model: CodecLike) -> _ArrayCodec | None:
     return tp.cast(_ArrayCodec, model) if hasattr(model, "encode_array") else None
 
 
+def segment_encoder(model: CodecLike, n_q: int) -> tp.Callable[[Array], Codes]:
+    """Samples ``[T]`` at the model's rate → codes ``[n_q, ceil(T / hop)]``, with either runtime."""
+    arrays = _array_codec(model)
+    if arrays is not None:
+        return lambda x: arrays.encode_array(x, n_q)
+    return _torch_encoder(model, n_q)
+
+
 def _torch_encoder(model: CodecLike, n_q: int) -> tp.Callable[[Array], Codes]:
     import torch  # here, not at the top: the ONNX runtime's start-up never imports torch
 
@@ -184,8 +192,7 @@ def encode_codes(
     n_q = n_quantizers_for(model, kbps)
     hop = int(model.config.hop_length)
     total = n_frames(int(audio.shape[0]), hop)
-    arrays = _array_codec(model)
-    encode = (lambda x: arrays.encode_array(x, n_q)) if arrays is not None else _torch_encoder(model, n_q)
+    encode = segment_encoder(model, n_q)
     for start in range(0, total, chunk_frames):
         end = min(start + chunk_frames, total)
         lo = max(0, start - context_frames)
@@ -204,25 +211,37 @@ def decode_codes(
 
     Yields one block ``[n · hop]`` per input chunk, still at the normalized level. Each
     chunk is decoded with ``context_frames`` frames of its neighbours' codes on both
-    sides (so one chunk is read ahead), which are then dropped. Memory: two chunks of
-    codes and one chunk of audio.
+    sides (so chunks are read ahead until that many frames follow it: one chunk of a file,
+    several of a live stream), which are then dropped. Memory: the chunks read ahead and
+    one chunk of audio.
     """
     hop = int(model.config.hop_length)
     arrays = _array_codec(model)
     decode = arrays.decode_array if arrays is not None else _torch_decoder(model)
     history: Codes | None = None  # the last context_frames frames before the current chunk
-    current: Codes | None = None
-    for nxt in _with_sentinel(_as_int64(chunks)):
-        if current is not None:
-            left = history if history is not None else current[:, :0]
-            right = nxt[:, :context_frames] if nxt is not None else current[:, :0]
-            window = np.concatenate([left, current, right], axis=1)
-            audio = decode(window)
-            a = left.shape[1] * hop
-            yield audio[a : a + current.shape[1] * hop]
-            seen = np.concatenate([left, current], axis=1)
-            history = seen[:, max(0, seen.shape[1] - context_frames) :]
-        current = nxt
+    pending: list[Codes] = []  # chunks read but not decoded; the first is the current one
+
+    def decode_first(right: Codes) -> Array:
+        nonlocal history
+        current = pending.pop(0)
+        left = history if history is not None else current[:, :0]
+        window = np.concatenate([left, current, right], axis=1)
+        a = left.shape[1] * hop
+        seen = np.concatenate([left, current], axis=1)
+        history = seen[:, max(0, seen.shape[1] - context_frames) :]
+        return decode(window)[a : a + current.shape[1] * hop]
+
+    def right_context() -> Codes:
+        return np.concatenate([pending[0][:, :0], *pending[1:]], axis=1)[:, :context_frames]
+
+    for chunk in _as_int64(chunks):
+        pending.append(chunk)
+        # A chunk is decoded once context_frames frames of codes after it are in (one chunk of a
+        # file's 500 frames; several of a live stream's 5).
+        while len(pending) > 1 and sum(c.shape[1] for c in pending[1:]) >= context_frames:
+            yield decode_first(right_context())
+    while pending:
+        yield decode_first(right_context())
 
 
 def _as_int64(chunks: tp.Iterable[npt.NDArray[np.integer[tp.Any]]]) -> tp.Iterator[Codes]:
@@ -232,11 +251,6 @@ def _as_int64(chunks: tp.Iterable[npt.NDArray[np.integer[tp.Any]]]) -> tp.Iterat
             raise ValueError(f"code chunks must be [Q, frames], got {arr.shape}")
         if arr.shape[1]:
             yield arr.astype(np.int64, copy=False)
-
-
-def _with_sentinel(it: tp.Iterator[Codes]) -> tp.Iterator[Codes | None]:
-    yield from it
-    yield None
 
 
 DC_SEGMENT_S = 10.0  # the decoded offset is measured over segments of this length
@@ -567,6 +581,8 @@ def decode_from_stream(
             f"{name}: header asks for {header.n_quantizers} quantizers ({header.bitrate_bps / 1000:g} kbps), "
             f"which this model does not serve"
         )
+    if header.live:
+        return header, _decode_live(model, stream, context_frames)
     # What the model gives back loses any DC offset (it was removed from the input, and a
     # decoder's offset is no signal): silence decodes to its noise floor, not to an offset.
     if header.energy is None:  # version 1
@@ -584,3 +600,41 @@ def decode_from_stream(
         decoded = decode_codes(model, codes_of(stream.records), context_frames=context_frames)
         blocks = _shaped(shaper, dc_removed(decoded, header.model_rate))
     return header, restore_stream(blocks, header.gain_db, header.model_rate, header.sample_rate, header.length)
+
+
+def _decode_live(model: CodecLike, stream: bitstream.Stream, context_frames: int) -> tp.Iterator[Array]:
+    """A live stream (version 3) decoded as its chunks arrive: the same steps as a file's, with the
+    running DC estimate of :mod:`codec.inference.live`, each chunk's gain ramp undone, and the
+    last few milliseconds held back until the end record gives the input's length."""
+    from codec.inference.live import LiveGains, RunningMean
+
+    header = stream.header
+    assert header.energy is not None  # a live header has it (bitstream.Header.check)
+    shaper = side.Shaper(header.energy, header.hop_length, header.model_rate, None)
+    gains = LiveGains(header.chunk_frames * header.hop_length)
+
+    def codes_of(records: tp.Iterator[bitstream.Chunk]) -> tp.Iterator[Codes]:
+        for record in records:
+            shaper.add_codes(record.levels)
+            gains.add(record.gain_db if record.gain_db is not None else 0.0)
+            yield record.codes
+
+    dc = RunningMean(header.model_rate)
+    decoded = decode_codes(model, codes_of(stream.records), context_frames=context_frames)
+    steady = ((b - np.float32(dc.update(b))).astype(np.float32) for b in decoded)
+    resampler = soxr.ResampleStream(header.model_rate, header.sample_rate, 1, dtype="float32", quality="HQ")
+    # The last frame is padded to a whole hop: at most that much output lies past the input's end.
+    hold = math.ceil(header.hop_length * header.sample_rate / header.model_rate) + 16
+    held = np.zeros(0, np.float32)
+    emitted = 0
+    for block in _shaped(shaper, steady):
+        held = np.concatenate([held, resampler.resample_chunk(gains.undo(block), last=False)])
+        if held.shape[0] > hold:
+            yield held[:-hold]
+            emitted += held.shape[0] - hold
+            held = held[-hold:]
+    held = np.concatenate([held, resampler.resample_chunk(np.zeros(0, np.float32), last=True)])
+    length = stream.ended[0].length  # the records are exhausted: the end record was read
+    remaining = max(0, length - emitted)
+    tail = held[:remaining]
+    yield np.concatenate([tail, np.zeros(remaining - tail.shape[0], np.float32)])
