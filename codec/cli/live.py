@@ -25,6 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, encode: bool) -> None:
         "output, sizes left open as recorders write them), block by block"
     )
     parser.add_argument("--live", action="store_true", help=what)
+    parser.add_argument(
+        "--context-frames",
+        type=int,
+        default=None,
+        help="with --live: frames of look-ahead (and look-behind) per chunk, 20 ms each (default: 16, what the "
+        "whole-file path uses; fewer cut the latency by 20 ms each on each side and cost quality: README)",
+    )
     if encode:
         parser.add_argument(
             "--chunk-ms",
@@ -32,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser, *, encode: bool) -> None:
             default=100.0,
             help="with --live: audio per bitstream chunk, rounded to whole frames (default: %(default)s)",
         )
+
+
+def _context(args: argparse.Namespace) -> int | None:
+    if args.context_frames is not None and not 0 <= args.context_frames <= 64:
+        raise UserError(f"--context-frames {args.context_frames} must be within 0..64")
+    return tp.cast("int | None", args.context_frames)
 
 
 def _paths(args: argparse.Namespace) -> tuple[str, str]:
@@ -70,7 +83,15 @@ def encode(args: argparse.Namespace) -> int:
         try:
             rate, channels, blocks = read_wav_stream(infile)
             encoder = LiveEncoder(
-                loaded.model, levels, kbps, rate, channels, out, fingerprint=loaded.fingerprint, chunk_ms=args.chunk_ms
+                loaded.model,
+                levels,
+                kbps,
+                rate,
+                channels,
+                out,
+                fingerprint=loaded.fingerprint,
+                chunk_ms=args.chunk_ms,
+                context_frames=_context(args),
             )
             for block in blocks:
                 encoder.feed(block)
@@ -102,7 +123,9 @@ def decode(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.runtime)
     samples = 0
     with _opened(src, "rb") as infile, _opened(dst, "wb") as out:
-        header, blocks = decode_from_stream(loaded.model, infile, fingerprint=loaded.fingerprint, name=src)
+        context = _context(args)
+        options = {} if context is None else {"context_frames": context}
+        header, blocks = decode_from_stream(loaded.model, infile, fingerprint=loaded.fingerprint, name=src, **options)
         float32 = args.subtype == "FLOAT"
         try:
             out.write(wav_stream_header(header.sample_rate, 1, float32=float32))

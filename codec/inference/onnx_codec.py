@@ -100,6 +100,10 @@ class OnnxCodec:
                 raise UserError(f"{path} does not match its checksum in {META_FILE}; export the model again")
             options = ort.SessionOptions()
             options.log_severity_level = 3  # errors only: no notes on stderr
+            # No spinning between calls: live coding calls every 100 ms, and a spinning thread
+            # pool burned a core doing nothing (compute/real time 1.05 with it, see
+            # benchmarks/live_latency.py); a whole file is a few long calls and does not notice.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
             self._sessions[name] = session
         return session

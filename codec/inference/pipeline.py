@@ -238,7 +238,7 @@ def decode_codes(
         pending.append(chunk)
         # A chunk is decoded once context_frames frames of codes after it are in (one chunk of a
         # file's 500 frames; several of a live stream's 5).
-        while len(pending) > 1 and sum(c.shape[1] for c in pending[1:]) >= context_frames:
+        while pending and sum(c.shape[1] for c in pending[1:]) >= context_frames:
             yield decode_first(right_context())
     while pending:
         yield decode_first(right_context())
