@@ -191,9 +191,10 @@ def test_the_registry_champion_is_downloaded_and_exported_once(tmp_path: Path, m
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri, uri)
     client.create_registered_model(MODEL_NAME)
+    experiment = client.create_experiment("onnx-runtime")  # not another test's active experiment
     versions = []
     for ckpt in (REFERENCE_CHECKPOINT, tmp_path / "other" / "codec.pt"):
-        with mlflow.start_run() as run:
+        with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_artifact(str(ckpt), "checkpoint")  # as the train stage logs it: checkpoint/codec.pt
         versions.append(client.create_model_version(MODEL_NAME, f"runs:/{run.info.run_id}/checkpoint", run.info.run_id))
     client.set_registered_model_alias(MODEL_NAME, "champion", versions[0].version)

@@ -24,7 +24,7 @@ have: chunk + 2 × context frames, plus the resamplers' and the energy shaper's 
 frame model's receptive field is what sets the context; a causal model would need none.
 
 DC: the whole-file path removes the input's mean (and the decoded output's, per 10 s); live,
-a running mean (:class:`RunningMean`, a one-pole average with a :data:`DC_TIME_S` time
+a running mean (:class:`codec.inference.live_gain.RunningMean`, a one-pole average with a 10 s time
 constant) is removed on both sides, so nothing is held back for it.
 """
 
@@ -44,10 +44,13 @@ from codec.audio.limiter import limit
 from codec.audio.loudness import StreamingKFilter, gate_block_energies
 from codec.inference import bitstream
 from codec.inference import energy as side
+from codec.inference.live_gain import RunningMean, gain_ramp_db, scale_of
 from codec.inference.prepare import InferenceError
 
 if tp.TYPE_CHECKING:
     from codec.inference.pipeline import CodecLike
+
+__all__ = ["LiveEncoder", "LiveGain", "RunningMean", "WindowMeter", "algorithmic_latency_ms"]
 
 DEFAULT_CHUNK_MS = 100.0  # a chunk of the live stream: written as soon as it is final
 METER_WINDOW_S = 20.0  # the running meter's memory
@@ -56,32 +59,12 @@ METER_WINDOW_S = 20.0  # the running meter's memory
 # 2 dB it settles within 4 s and stays within 0.3 dB of the whole file's gain (tests/test_live.py).
 HYSTERESIS_DB = 2.0
 ATTACK_DB = 3.0  # at most this much gain change per chunk (30 dB/s at 100 ms chunks)
-DC_TIME_S = 10.0  # time constant of the running mean removed on both sides
 
 
 def algorithmic_latency_ms(chunk_frames: int, context_frames: int, frame_ms: float) -> float:
     """Input-to-output delay the design imposes (compute aside): a sample waits for the end of
     its chunk, then ``context_frames`` of look-ahead at the encoder and again at the decoder."""
     return (chunk_frames + 2 * context_frames) * frame_ms
-
-
-class RunningMean:
-    """A causal DC estimate: one-pole average of the samples so far (time constant
-    :data:`DC_TIME_S`), updated per block; the first block starts it at its own mean."""
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self.mean: float | None = None
-
-    def update(self, x: Array) -> float:
-        if x.shape[0]:
-            m = float(np.mean(x, dtype=np.float64))
-            if self.mean is None:
-                self.mean = m
-            else:
-                a = 1.0 - math.exp(-x.shape[0] / (DC_TIME_S * self.rate))
-                self.mean += a * (m - self.mean)
-        return 0.0 if self.mean is None else self.mean
 
 
 class WindowMeter:
@@ -140,20 +123,6 @@ class LiveGain:
         gain = float(np.float32(gain))  # what the bitstream holds
         self.gains.append(gain)
         return gain
-
-
-def gain_ramp_db(previous: float, gain: float, n: int) -> npt.NDArray[np.float64]:
-    """A chunk's gain per sample (dB): from ``previous`` to ``gain`` linearly across its ``n``
-    samples (reached at the last one); constant when they are equal."""
-    if previous == gain or n == 0:
-        return np.full(n, gain)
-    return previous + (gain - previous) * (np.arange(1, n + 1) / n)
-
-
-def scale_of(ramp_db: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-    """Linear factors of a dB curve, as float32 (a constant curve gives exactly the whole-file
-    path's ``np.float32(10 ** (g / 20))``)."""
-    return np.asarray(10.0 ** (ramp_db / 20.0), np.float32)
 
 
 class LiveEncoder:
@@ -298,32 +267,3 @@ class LiveEncoder:
             self.raw = self.raw[drop:]
             self.start = keep_from
         self.gained = self.gained[max(0, self.gained.shape[0] - self.context * self.hop) :]
-
-
-class LiveGains:
-    """The decoder's side of :class:`LiveGain`: the chunks' gains as they arrive, and the
-    per-sample curve to undo (:meth:`undo` over consecutive blocks of model-rate samples)."""
-
-    def __init__(self, chunk_samples: int) -> None:
-        self.chunk = chunk_samples
-        self.gains: list[float] = []
-        self.position = 0
-
-    def add(self, gain_db: float) -> None:
-        self.gains.append(float(gain_db))
-
-    def undo(self, block: Array) -> Array:
-        n = block.shape[0]
-        curve = np.empty(n)
-        i = 0
-        while i < n:
-            k, within = divmod(self.position + i, self.chunk)
-            k = min(k, len(self.gains) - 1)
-            gain = self.gains[k]
-            previous = self.gains[k - 1] if k > 0 else gain
-            take = min(n - i, self.chunk - within)
-            ramp = gain_ramp_db(previous, gain, self.chunk)[within : within + take]
-            curve[i : i + take] = ramp
-            i += take
-        self.position += n
-        return (block / scale_of(curve)).astype(np.float32)

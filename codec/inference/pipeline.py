@@ -51,6 +51,7 @@ from codec.audio.level import LevelSettings
 from codec.inference import bitstream
 from codec.inference import energy as side
 from codec.inference.energy import Energy
+from codec.inference.live_gain import LiveGains, RunningMean
 from codec.inference.prepare import InferenceError, Prepared, PreparedAudio, prepare
 
 if tp.TYPE_CHECKING:
@@ -606,8 +607,6 @@ def _decode_live(model: CodecLike, stream: bitstream.Stream, context_frames: int
     """A live stream (version 3) decoded as its chunks arrive: the same steps as a file's, with the
     running DC estimate of :mod:`codec.inference.live`, each chunk's gain ramp undone, and the
     last few milliseconds held back until the end record gives the input's length."""
-    from codec.inference.live import LiveGains, RunningMean
-
     header = stream.header
     assert header.energy is not None  # a live header has it (bitstream.Header.check)
     shaper = side.Shaper(header.energy, header.hop_length, header.model_rate, None)
