@@ -118,13 +118,16 @@ def clip(rate: int, seconds: float, peak_dbfs: float, seed: int = 0) -> np.ndarr
 
 
 def cli_roundtrip(x: np.ndarray, rate: int, kbps: float | None, folder: Path, model: str) -> tuple[np.ndarray, bytes]:
-    """``codec decode(codec encode(x))`` through the real CLI, ``x`` written as a FLOAT WAV."""
+    """``codec decode(codec encode(x))`` through the real CLI, ``x`` written as a FLOAT WAV, on the
+    torch runtime the served model runs (the ONNX runtime's bound against it:
+    tests/test_onnx_runtime.py)."""
     folder.mkdir()
     wav, tscb, out = folder / "in.wav", folder / "out.tscb", folder / "out.wav"
     sf.write(wav, x, rate, subtype="FLOAT")
     bitrate = [] if kbps is None else ["--kbps", f"{kbps:g}"]
-    run_cli("codec", "encode", "-q", str(wav), str(tscb), "--model", model, *bitrate, check=True)
-    run_cli("codec", "decode", "-q", str(tscb), str(out), "--model", model, check=True)
+    torch = ("--runtime", "torch")
+    run_cli("codec", "encode", "-q", str(wav), str(tscb), "--model", model, *bitrate, *torch, check=True)
+    run_cli("codec", "decode", "-q", str(tscb), str(out), "--model", model, *torch, check=True)
     decoded, out_rate = sf.read(out, dtype="float32")
     assert out_rate == rate
     return decoded, tscb.read_bytes()
