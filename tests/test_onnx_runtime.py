@@ -239,3 +239,18 @@ def test_the_runtimes_stft_features_are_the_models(exported: Path) -> None:
         got = stft_features(x[:n], 160)
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_an_unwritable_model_cache_falls_back_to_torch_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("CODEC_CACHE_DIR", str(tmp_path / "not-a-folder"))
+    loaded = load_model(str(REFERENCE_CHECKPOINT), "auto")
+    assert loaded.runtime == "torch"
+    assert "cannot be written; set CODEC_CACHE_DIR" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"--runtime onnx: the model cache .* cannot be written"):
+        load_model(str(REFERENCE_CHECKPOINT), "onnx")
+    monkeypatch.setenv("CODEC_CACHE_DIR", "off")  # off: torch, without a word
+    assert load_model(str(REFERENCE_CHECKPOINT), "auto").runtime == "torch"
+    assert capsys.readouterr().err == ""

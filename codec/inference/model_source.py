@@ -200,6 +200,17 @@ def _exported(loaded: LoadedModel, ckpt: dict[str, tp.Any], *, strict: bool) -> 
                 "make one with codec export and pass it as --model"
             )
         return loaded
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder.parent, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:  # say so, rather than export into nowhere on every call
+        message = f"the model cache {folder.parent} cannot be written; set {model_cache.CACHE_ENV} to a writable folder"
+        if strict:
+            raise UserError(f"--runtime onnx: {message}, or pass an export (codec export) as --model")
+        print(f"note: {loaded.source} runs with torch: {message} (or to off)", file=sys.stderr)
+        return loaded
     from codec.inference.export import export_checkpoint
 
     try:
