@@ -234,3 +234,33 @@ def test_the_demo_profile_fine_tunes_the_reference(tmp_path: Path) -> None:
     reference = read_checkpoint(REFERENCE_CHECKPOINT)
     assert tuned["model_config"] == reference["model_config"]
     assert result.step == 2 and math.isfinite(result.val["val/snr_db"])
+
+
+def test_the_causal_variant_reads_no_future_and_leaves_other_models_as_they_were() -> None:
+    """``frame_causal`` (the issue-27 experiment): a latent frame reads no sample after its own,
+    decoded audio reads at most one frame of codes ahead (half the inverse STFT's window), and a
+    non-causal model's config dict (its fingerprint) does not mention the setting."""
+    import dataclasses
+
+    from codec.model.codec import Codec, frame_config
+
+    assert "frame_causal" not in frame_config().to_dict()
+    config = dataclasses.replace(frame_config(), frame_causal=True, encoder_channels=32, decoder_channels=32)
+    assert config.to_dict()["frame_causal"] is True
+    torch.manual_seed(0)
+    model = Codec(config).eval()
+    for vq in model.quantizer.quantizers:  # fresh EMA codebooks are zeros: every code would decode alike
+        vq.embed.normal_()  # type: ignore[union-attr,operator]
+    hop = config.hop_length
+    x = torch.randn(1, 1, 40 * hop) * 0.1
+    y = x.clone()
+    y[..., 25 * hop :] = torch.randn(1, 1, 15 * hop)  # a different future from frame 25 on
+    with torch.no_grad():
+        za, zb = model.encode_latents(x), model.encode_latents(y)
+        assert torch.equal(za[..., :25], zb[..., :25]) and not torch.equal(za[..., 25:], zb[..., 25:])
+        codes = torch.randint(0, config.codebook_size, (1, config.n_codebooks, 40))
+        other = codes.clone()
+        other[..., 25:] = torch.randint(0, config.codebook_size, (1, config.n_codebooks, 15))
+        a, b = model.decode(codes), model.decode(other)
+    assert torch.allclose(a[..., : 24 * hop], b[..., : 24 * hop], atol=1e-6)  # frames 0..23 keep their audio
+    assert not torch.allclose(a[..., 25 * hop :], b[..., 25 * hop :])

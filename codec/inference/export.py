@@ -53,8 +53,10 @@ def export_model(
     ``levels``: the checkpoint's level settings (``LevelSettings.to_checkpoint()``)."""
     if out.exists() and not replace:
         raise UserError(f"{out} exists; pass --overwrite to replace it, or choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
     config = model.config
+    if config.frame_causal:  # its analysis pads differently: the runtime's NumPy STFT does not yet
+        raise UserError("the causal frame model (frame_causal) is an experiment without an ONNX export")
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         folder = Path(tmp) / "export"
         folder.mkdir()

@@ -87,11 +87,17 @@ class Codec(nn.Module):
         if c.architecture == "frame":
             (hop, down), blocks = c.encoder_strides, c.frame_blocks
             self.encoder: nn.Module = FrameEncoder(
-                (hop, down), c.encoder_channels, c.latent_dim, blocks[0], c.frame_kernel
+                (hop, down), c.encoder_channels, c.latent_dim, blocks[0], c.frame_kernel, c.frame_causal
             )
             self.quantizer = _quantizer(c)
             self.decoder: nn.Module = FrameDecoder(
-                (down, hop), c.decoder_channels, c.latent_dim, (blocks[1], blocks[2]), c.frame_kernel, c.frame_head
+                (down, hop),
+                c.decoder_channels,
+                c.latent_dim,
+                (blocks[1], blocks[2]),
+                c.frame_kernel,
+                c.frame_head,
+                c.frame_causal,
             )
             return
         enc: list[nn.Module] = [wn_conv1d(1, c.encoder_channels, kernel_size=7)]

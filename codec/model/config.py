@@ -53,6 +53,10 @@ class CodecConfig:
     frame_blocks: tuple[int, ...] = (4, 5, 2)
     frame_kernel: int = 5
     frame_head: tp.Literal["polar", "complex"] = "polar"
+    # The frame architecture with no look-ahead in its layers (an experiment of issue 27: what a
+    # model for live coding costs in quality; codec.model.frame). Left out of to_dict() when
+    # false, so every model's fingerprint from before it stays what it was.
+    frame_causal: bool = False
 
     def __post_init__(self) -> None:
         # Lists (from YAML or a checkpoint) become tuples, so configs compare and hash.
@@ -81,6 +85,8 @@ class CodecConfig:
             raise UserError(f"{where}: architecture {self.architecture!r} must be 'waveform' or 'frame'")
         if self.architecture == "frame":
             self._check_frame(where)
+        elif self.frame_causal:
+            raise UserError(f"{where}: frame_causal is a setting of the frame architecture, not {self.architecture!r}")
         if not self.bitrates_kbps:
             raise UserError(f"{where}: bitrates_kbps is empty; list at least one served bitrate")
         for kbps in self.bitrates_kbps:
@@ -115,6 +121,8 @@ class CodecConfig:
             raise UserError(f"{where}: frame_head {self.frame_head!r} must be 'polar' or 'complex'")
         if self.linear_path:
             raise UserError(f"{where}: linear_path must be false for the frame architecture (it has its own STFT)")
+        if not isinstance(self.frame_causal, bool):
+            raise UserError(f"{where}: frame_causal {self.frame_causal!r} must be true or false")
 
     @property
     def hop_length(self) -> int:
@@ -163,6 +171,8 @@ class CodecConfig:
         if self.architecture == "waveform":
             for key in FRAME_FIELDS:
                 d.pop(key)
+        if not self.frame_causal:
+            d.pop("frame_causal")
         return d
 
     @classmethod

@@ -81,8 +81,7 @@ class EncoderGraph(nn.Module):
     def latents(self, x: Tensor) -> Tensor:
         if not self.frame:
             return self.model.encode_latents(x)
-        enc = tp.cast(FrameEncoder, self.model.encoder)
-        return tp.cast(Tensor, enc.out(enc.blocks(enc.down(x))))
+        return tp.cast(FrameEncoder, self.model.encoder).features(x)
 
     def forward(self, x: Tensor) -> Tensor:
         residual = self.latents(x).float()
@@ -130,7 +129,7 @@ class DecoderGraph(nn.Module):
         if not self.frame:
             return self.model.decode_latents(z)
         dec = tp.cast(FrameDecoder, self.model.decoder)
-        out = dec.head(dec.fine_blocks(dec.up(dec.frame_blocks(dec.inp(z)))))
+        out = dec.spectrum_parts(z)
         a, b = out[:, : dec.bins], out[:, dec.bins :]
         if dec.polar:
             magnitude = a.clamp(max=MAX_LOG_MAGNITUDE).exp()

@@ -32,6 +32,8 @@ call). Shapes: ``B`` batch, ``C`` channels, ``F`` frames, ``T`` samples.
 
 from __future__ import annotations
 
+import typing as tp
+
 import torch
 from torch import Tensor, nn
 
@@ -48,7 +50,7 @@ def window(n_fft: int, like: Tensor, dtype: torch.dtype = torch.float32) -> Tens
     return torch.hann_window(n_fft, periodic=True, device=like.device, dtype=dtype)
 
 
-def analysis(audio: Tensor, hop: int) -> Tensor:
+def analysis(audio: Tensor, hop: int, causal: bool = False) -> Tensor:
     """Audio ``[B, 1, T]`` (``T`` a multiple of ``hop``) → compressed real and imaginary STFT
     parts ``[B, 2 (2h + 1), T / h]``: window ``4h``, padded ``1.5h`` each side (reflected),
     so frame ``i`` is centred on samples ``i·h … (i + 1)·h``.
@@ -57,11 +59,16 @@ def analysis(audio: Tensor, hop: int) -> Tensor:
     (``|X|^0.3``), and with it a float32 FFT's rounding, which flipped the nearest code of 0.2 %
     of frames between two float32 implementations (torch's FFT and the ONNX export's); exact
     features are the same everywhere (:func:`codec.inference.onnx_codec.stft_features` computes
-    them with NumPy for the torch-free runtime), at a negligible cost (no weights here)."""
+    them with NumPy for the torch-free runtime), at a negligible cost (no weights here).
+
+    ``causal``: the window ends with its frame's last sample (padded ``3h`` on the left only), so
+    no frame reads a sample after its own."""
     n_fft = 4 * hop
     pad = (n_fft - hop) // 2
+    left, right = (2 * pad, 0) if causal else (pad, pad)
     x = audio[:, 0].double()
-    x = nn.functional.pad(x.unsqueeze(1), (pad, pad), mode="reflect" if x.shape[-1] > pad else "constant")[:, 0]
+    mode = "reflect" if x.shape[-1] > max(left, right) else "constant"
+    x = nn.functional.pad(x.unsqueeze(1), (left, right), mode=mode)[:, 0]
     spec = torch.stft(x, n_fft, hop, window=window(n_fft, x, torch.float64), center=False, return_complex=True)
     magnitude = spec.abs().clamp_min(1e-7)
     spec = spec * magnitude.pow(COMPRESSION - 1.0)
@@ -102,16 +109,17 @@ class ConvNeXtBlock(nn.Module):
     """Depthwise conv (``kernel`` frames) → LayerNorm → 1x1 up ×3 → GELU → 1x1 down, scaled by
     a learned per-channel gain (starts at ``1/8``), plus the input. ``[B, C, F]`` → same."""
 
-    def __init__(self, channels: int, kernel: int) -> None:
+    def __init__(self, channels: int, kernel: int, causal: bool = False) -> None:
         super().__init__()
-        self.dwconv = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=channels)
+        self.causal = kernel - 1 if causal else 0  # left padding of a causal block
+        self.dwconv = nn.Conv1d(channels, channels, kernel, padding=0 if causal else kernel // 2, groups=channels)
         self.norm = nn.LayerNorm(channels)
         self.up = nn.Linear(channels, 3 * channels)
         self.down = nn.Linear(3 * channels, channels)
         self.gain = nn.Parameter(torch.full((channels,), 0.125))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.dwconv(x).transpose(1, 2)  # [B, F, C]
+        h = self.dwconv(nn.functional.pad(x, (self.causal, 0)) if self.causal else x).transpose(1, 2)  # [B, F, C]
         h = self.down(nn.functional.gelu(self.up(self.norm(h))))
         return x + (h * self.gain).transpose(1, 2)
 
@@ -119,16 +127,25 @@ class ConvNeXtBlock(nn.Module):
 class FrameEncoder(nn.Module):
     """Audio ``[B, 1, T]`` → latents ``[B, D, T / (h·r)]``, ``h, r = strides``."""
 
-    def __init__(self, strides: tuple[int, int], channels: int, latent_dim: int, blocks: int, kernel: int) -> None:
+    def __init__(
+        self, strides: tuple[int, int], channels: int, latent_dim: int, blocks: int, kernel: int, causal: bool = False
+    ) -> None:
         super().__init__()
         self.hop, down = strides
+        self.causal = causal
+        self.left = down if causal else 0  # a causal down-sampling reads its own frames and earlier ones
         bins = 2 * self.hop + 1
-        self.down = nn.Conv1d(2 * bins, channels, 2 * down, stride=down, padding=down // 2)
-        self.blocks = nn.Sequential(*[ConvNeXtBlock(channels, kernel) for _ in range(blocks)])
+        self.down = nn.Conv1d(2 * bins, channels, 2 * down, stride=down, padding=0 if causal else down // 2)
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(channels, kernel, causal) for _ in range(blocks)])
         self.out = nn.Conv1d(channels, latent_dim, 1)
 
+    def features(self, spec: Tensor) -> Tensor:
+        """The analysis features → latents."""
+        x = nn.functional.pad(spec, (self.left, 0)) if self.left else spec
+        return tp.cast(Tensor, self.out(self.blocks(self.down(x))))
+
     def forward(self, audio: Tensor) -> Tensor:
-        return self.out(self.blocks(self.down(analysis(audio, self.hop))))
+        return self.features(analysis(audio, self.hop, self.causal))
 
 
 class FrameDecoder(nn.Module):
@@ -142,21 +159,35 @@ class FrameDecoder(nn.Module):
         blocks: tuple[int, int],
         kernel: int,
         head: str = "polar",
+        causal: bool = False,
     ) -> None:
         super().__init__()
         self.polar = head == "polar"
         up, self.hop = strides
+        self.factor, self.causal = up, causal
         self.bins = 2 * self.hop + 1
-        self.inp = nn.Conv1d(latent_dim, channels, 3, padding=1)
-        self.frame_blocks = nn.Sequential(*[ConvNeXtBlock(channels, kernel) for _ in range(blocks[0])])
+        self.inp = nn.Conv1d(latent_dim, channels, 3, padding=0 if causal else 1)
+        self.frame_blocks = nn.Sequential(*[ConvNeXtBlock(channels, kernel, causal) for _ in range(blocks[0])])
         self.up = (
-            nn.ConvTranspose1d(channels, channels, 2 * up, stride=up, padding=up // 2) if up > 1 else nn.Identity()
+            nn.ConvTranspose1d(channels, channels, 2 * up, stride=up, padding=0 if causal else up // 2)
+            if up > 1
+            else nn.Identity()
         )
-        self.fine_blocks = nn.Sequential(*[ConvNeXtBlock(channels, kernel) for _ in range(blocks[1])])
+        self.fine_blocks = nn.Sequential(*[ConvNeXtBlock(channels, kernel, causal) for _ in range(blocks[1])])
         self.head = nn.Conv1d(channels, 2 * self.bins, 1)
 
+    def spectrum_parts(self, z: Tensor) -> Tensor:
+        """Latents ``[B, D, F]`` → the head's two numbers per bin ``[B, 2·bins, F·r]``. Causal: every
+        convolution padded on the left only, and the up-sampling's output cut to its first ``F·r``
+        frames, so fine frame ``j`` reads latent frames up to ``j / r`` only."""
+        if not self.causal:
+            return tp.cast(Tensor, self.head(self.fine_blocks(self.up(self.frame_blocks(self.inp(z))))))
+        x = self.frame_blocks(self.inp(nn.functional.pad(z, (2, 0))))
+        x = self.up(x)[..., : z.shape[-1] * self.factor]
+        return tp.cast(Tensor, self.head(self.fine_blocks(x)))
+
     def forward(self, z: Tensor) -> Tensor:
-        out = self.head(self.fine_blocks(self.up(self.frame_blocks(self.inp(z)))))  # [B, 2·bins, n]
+        out = self.spectrum_parts(z)  # [B, 2·bins, n]
         a, b = out[:, : self.bins], out[:, self.bins :]
         spec = polar_spectrum(a, b) if self.polar else compressed_spectrum(a, b)
         return synthesis(spec, self.hop)
