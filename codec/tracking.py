@@ -4,12 +4,12 @@ the run that trained a checkpoint."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import typing as tp
 from pathlib import Path
 
+from codec.files import sha256_file
 from codec.provenance import git_commit, repo_root
 
 if tp.TYPE_CHECKING:
@@ -29,14 +29,6 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def find_model_run(
     client: MlflowClient, experiment: str, checkpoint: Path, ckpt: tp.Mapping[str, tp.Any], max_runs: int = 20
 ) -> str | None:
@@ -53,7 +45,7 @@ def find_model_run(
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    digest = _sha256(checkpoint)
+    digest = sha256_file(checkpoint)
     runs = client.search_runs(
         [exp.experiment_id],
         filter_string="tags.stage = 'train' and attributes.status = 'FINISHED'",
@@ -67,7 +59,7 @@ def find_model_run(
             if artifact not in names:
                 continue
             local = Path(client.download_artifacts(run.info.run_id, artifact, tmp))
-            if _sha256(local) == digest:
+            if sha256_file(local) == digest:
                 return run.info.run_id
     return None
 

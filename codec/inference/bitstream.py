@@ -567,7 +567,7 @@ class Stream:
 
     header: Header
     records: tp.Iterator[Chunk]
-    # A live stream's header completed by its end record (length and frame count), once read.
+    # A live stream's header as a file's: with the length and frame count of its end record, once read.
     ended: list[Header] = dataclasses.field(default_factory=list)
 
     @property
@@ -719,8 +719,7 @@ def _iter_live_chunks(
         raise BitstreamError(f"{e} (in the live stream's end record)") from None
     if fileobj.read(1):
         raise BitstreamError(f"{name}: corrupted: data continues after the live stream's end record")
-    ended.append(dataclasses.replace(final, live=True))
-    return
+    ended.append(final)
 
 
 def read_all(fileobj: tp.BinaryIO, max_frames: int | None = None, name: str = "bitstream") -> tuple[Header, Codes]:

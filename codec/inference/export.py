@@ -10,7 +10,6 @@ codes may differ only at near-ties of the nearest-code search (at most
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from codec.errors import UserError
+from codec.files import sha256_file
 from codec.inference.onnx_codec import DECODER_FILE, ENCODER_FILE, EXPORT_FORMAT, META_FILE, OnnxCodec
 from codec.model.codec import Codec
 from codec.model.export import OPSET, encoder_input, write_graphs
@@ -69,7 +69,7 @@ def export_model(
             "encoder_input": encoder_input(config),
             "source": source,
             "opset": OPSET,
-            "files": {name: _sha256(folder / name) for name in (ENCODER_FILE, DECODER_FILE)},
+            "files": {name: sha256_file(folder / name) for name in (ENCODER_FILE, DECODER_FILE)},
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         mismatch, error_db = verify(model, folder)
@@ -94,10 +94,6 @@ def export_checkpoint(ckpt: tp.Mapping[str, tp.Any], out: Path, *, source: str =
     fingerprint = tp.cast(bytes, model.source_fingerprint)
     levels = LevelSettings.from_checkpoint(ckpt).to_checkpoint()
     return export_model(model, fingerprint, levels, out, source=source, replace=replace)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def verify(model: Codec, folder: Path, seconds: float = 3.0, seed: int = 0) -> tuple[float, float]:

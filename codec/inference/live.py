@@ -45,10 +45,8 @@ from codec.audio.loudness import StreamingKFilter, gate_block_energies
 from codec.inference import bitstream
 from codec.inference import energy as side
 from codec.inference.live_gain import RunningMean, gain_ramp_db, scale_of
+from codec.inference.pipeline import DEFAULT_CONTEXT_FRAMES, CodecLike, n_quantizers_for, segment_encoder
 from codec.inference.prepare import InferenceError
-
-if tp.TYPE_CHECKING:
-    from codec.inference.pipeline import CodecLike
 
 __all__ = ["LiveEncoder", "LiveGain", "RunningMean", "WindowMeter", "algorithmic_latency_ms"]
 
@@ -148,8 +146,6 @@ class LiveEncoder:
         DC-free chain), instead of the running estimate."""
         import soxr
 
-        from codec.inference.pipeline import DEFAULT_CONTEXT_FRAMES, n_quantizers_for, segment_encoder
-
         config = model.config
         self.rate = int(config.sample_rate)
         self.hop = int(config.hop_length)
@@ -194,7 +190,6 @@ class LiveEncoder:
         self.start = 0  # sample index of raw[0]
         self.done = 0  # chunks written
         self.frames = 0  # frames written
-        self.header_written = False
 
     def feed(self, block: npt.NDArray[np.floating[tp.Any]]) -> None:
         x = np.asarray(block, np.float32)
@@ -238,10 +233,9 @@ class LiveEncoder:
     def _write_chunk(self, a: int, b: int, available: int) -> None:
         previous = self.gain.gains[-1] if self.gain.gains else None
         gain = self.gain.next(self.meter.loudness())
-        if not self.header_written:
+        if self.done == 0:  # the first chunk: the header goes out with its gain
             self.header = dataclasses.replace(self.header, gain_db=gain)
             bitstream.write_header(self.out, self.header)
-            self.header_written = True
         ramp = gain_ramp_db(gain if previous is None else previous, gain, self.chunk * self.hop)[: b - a]
         gained_chunk = (self.raw[a - self.start : b - self.start] * scale_of(ramp)).astype(np.float32)
         # The window the model codes: context already gained, this chunk, and look-ahead at this gain.

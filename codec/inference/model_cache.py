@@ -30,12 +30,15 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from codec.errors import UserError
+from codec.files import atomic_path
 
 CACHE_ENV = "CODEC_CACHE_DIR"
 EXPORTS, CHECKPOINTS, VERSIONS, FILES = "exports", "checkpoints", "versions", "files"
@@ -146,15 +149,6 @@ def remember_version(tracking_uri: str, name: str, ref: VersionRef, fingerprint:
     _write_fingerprint(_version_key(tracking_uri, name, ref), fingerprint)
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a checkpoint file's bytes (~20 ms for the 14 MB reference model)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_fingerprint(digest: str) -> bytes | None:
     """The fingerprint of a checkpoint file whose bytes were seen before, or None."""
     return _read_fingerprint(Path(FILES) / f"{digest}.json")
@@ -193,22 +187,11 @@ def _write_fingerprint(key: Path, fingerprint: bytes) -> None:
     root = cache_root()
     if root is None:
         return
-    with contextlib.suppress(OSError):  # a cache that cannot be written costs only speed
-        write_atomically(root / key, json.dumps({"fingerprint": fingerprint.hex()}).encode())
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` through a temporary file in its folder, renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with (
+        contextlib.suppress(OSError, UserError),
+        atomic_path(root / key) as part,
+    ):  # a cache it cannot write costs speed
+        part.write_text(json.dumps({"fingerprint": fingerprint.hex()}))
 
 
 def store_checkpoint(fingerprint: bytes, source: Path) -> None:
@@ -216,5 +199,5 @@ def store_checkpoint(fingerprint: bytes, source: Path) -> None:
     target = checkpoint_path(fingerprint)
     if target is None or target.is_file():
         return
-    with contextlib.suppress(OSError):
-        write_atomically(target, source.read_bytes())
+    with contextlib.suppress(OSError, UserError), atomic_path(target) as part:
+        shutil.copyfile(source, part)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from codec.audio.level import LevelSettings
 from codec.errors import UserError, renamed
+from codec.files import sha256_file
 from codec.inference import model_cache
 from codec.inference.onnx_codec import OnnxCodec, is_export
 from codec.model.config import REFERENCE_CHECKPOINT, CodecConfig
@@ -156,7 +157,7 @@ def load_model(spec: str | None, runtime: str = "torch") -> LoadedModel:
                 "or pass the checkpoint it was exported from"
             )
         return _from_export(path, str(path))
-    digest = model_cache.file_digest(path) if runtime != "torch" and model_cache.cache_root() else None
+    digest = sha256_file(path) if runtime != "torch" and model_cache.cache_root() else None
     if digest is not None:
         cached = _cached_export(model_cache.file_fingerprint(digest), str(path))
         if cached is not None:
@@ -286,22 +287,48 @@ def _parse_uri(uri: str) -> tuple[str, str | None, str | None]:
     return match["name"], match["alias"], match["version"]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Registered:
+    """A registry URI resolved once: its parts, the store, and the version and run the registry
+    names for it (None where only MLflow can say, :func:`codec.inference.model_cache.lookup_version`)."""
+
+    uri: str
+    name: str
+    alias: str | None
+    version: str | None
+    tracking: str
+    ref: model_cache.VersionRef | None
+
+    @property
+    def source(self) -> str:
+        assert self.ref is not None
+        return f"{self.uri} (version {self.ref.version}, run {self.ref.run_id})"
+
+    @property
+    def fingerprint(self) -> bytes | None:
+        """The fingerprint of this version when it was loaded before."""
+        return None if self.ref is None else model_cache.version_fingerprint(self.tracking, self.name, self.ref)
+
+
+def _resolve(uri: str) -> _Registered:
+    name, alias, version = _parse_uri(uri)
+    tracking = tracking_uri()
+    try:
+        ref = model_cache.lookup_version(tracking, name, alias=alias, version=version)
+    except LookupError:
+        raise _not_found(uri, tracking, "LookupError") from None
+    return _Registered(uri, name, alias, version, tracking, ref)
+
+
 def _load_registered(uri: str, runtime: str) -> LoadedModel:
     """A registry model: its cached export when this version was exported before, else its
     checkpoint (:func:`_registered_checkpoint`: cached, or downloaded once)."""
-    if runtime != "torch":
-        name, alias, version = _parse_uri(uri)
-        tracking = tracking_uri()
-        try:
-            ref = model_cache.lookup_version(tracking, name, alias=alias, version=version)
-        except LookupError:
-            raise _not_found(uri, tracking, "LookupError") from None
-        if ref is not None:
-            source = f"{uri} (version {ref.version}, run {ref.run_id})"
-            cached = _cached_export(model_cache.version_fingerprint(tracking, name, ref), source)
-            if cached is not None:
-                return cached
-    with _registered_checkpoint(uri) as (path, source, remember):
+    registered = _resolve(uri)
+    if runtime != "torch" and registered.ref is not None:
+        cached = _cached_export(registered.fingerprint, registered.source)
+        if cached is not None:
+            return cached
+    with _registered_checkpoint(registered) as (path, source, remember):
         loaded = _from_checkpoint(path, source, runtime)
         remember(loaded.fingerprint)
     return loaded
@@ -315,7 +342,7 @@ def checkpoint_of(spec: str | None) -> tp.Iterator[tuple[dict[str, tp.Any], str]
 
     spec = default_model_spec() if spec is None else spec
     if spec.startswith("models:/"):
-        with _registered_checkpoint(spec) as (path, source, _):
+        with _registered_checkpoint(_resolve(spec)) as (path, source, _):
             try:
                 yield read_checkpoint(path), source
             except UserError as e:
@@ -346,24 +373,24 @@ def _from_checkpoint(path: Path, source: str, runtime: str) -> LoadedModel:
 
 
 @contextlib.contextmanager
-def _registered_checkpoint(uri: str) -> tp.Iterator[tuple[Path, str, tp.Callable[[bytes], None]]]:
+def _registered_checkpoint(registered: _Registered) -> tp.Iterator[tuple[Path, str, tp.Callable[[bytes], None]]]:
     """The checkpoint of a registry version: the model cache's copy when this version was loaded
     before (the registry asked only which version and run the URI names, without MLflow where
     the store allows: :func:`codec.inference.model_cache.lookup_version`), else downloaded with
     MLflow into a temporary folder. Yields (path, source, remember): call ``remember`` with the
     model's fingerprint to keep a download in the cache."""
-    name, alias, version = _parse_uri(uri)
-    tracking = tracking_uri()
-    try:
-        ref = model_cache.lookup_version(tracking, name, alias=alias, version=version)
-    except LookupError:
-        raise _not_found(uri, tracking, "LookupError") from None
-    if ref is not None:
-        fingerprint = model_cache.version_fingerprint(tracking, name, ref)
-        kept = None if fingerprint is None else model_cache.checkpoint_path(fingerprint)
-        if kept is not None and kept.is_file():
-            yield kept, f"{uri} (version {ref.version}, run {ref.run_id})", lambda _: None
-            return
+    uri, name, alias, version, tracking = (
+        registered.uri,
+        registered.name,
+        registered.alias,
+        registered.version,
+        registered.tracking,
+    )
+    fingerprint = registered.fingerprint
+    kept = None if fingerprint is None else model_cache.checkpoint_path(fingerprint)
+    if kept is not None and kept.is_file():
+        yield kept, registered.source, lambda _: None
+        return
     client = _client(tracking)
     try:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)

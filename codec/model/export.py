@@ -158,23 +158,24 @@ def write_graphs(model: Codec, folder: Path) -> None:
     codes = torch.zeros(1, model.config.n_codebooks, 50, dtype=torch.int64)
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(None):
         warnings.simplefilter("ignore")  # the tracer's notes on shapes read as Python numbers
-        torch.onnx.export(
-            EncoderGraph(model).eval(),
-            (audio,),
-            str(folder / ENCODER_FILE),
-            input_names=["input"],
-            output_names=["codes"],
-            dynamic_axes={"input": {2: "length"}, "codes": {2: "frames"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-        torch.onnx.export(
-            DecoderGraph(model).eval(),
-            (codes,),
-            str(folder / DECODER_FILE),
-            input_names=["codes"],
-            output_names=["audio"],
-            dynamic_axes={"codes": {1: "quantizers", 2: "frames"}, "audio": {2: "samples"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
+        graphs: list[tuple[nn.Module, Tensor, str, dict[str, dict[int, str]]]] = [
+            (EncoderGraph(model), audio, ENCODER_FILE, {"input": {2: "length"}, "codes": {2: "frames"}}),
+            (
+                DecoderGraph(model),
+                codes,
+                DECODER_FILE,
+                {"codes": {1: "quantizers", 2: "frames"}, "audio": {2: "samples"}},
+            ),
+        ]
+        for graph, example, name, axes in graphs:
+            inp, out = list(axes)
+            torch.onnx.export(
+                graph.eval(),
+                (example,),
+                str(folder / name),
+                input_names=[inp],
+                output_names=[out],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
