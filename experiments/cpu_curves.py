@@ -85,6 +85,18 @@ RUNS: dict[str, tuple[str, dict[str, tp.Any]]] = {
             "init_from": "work/dip/frame-complex-diphone/models/checkpoints/last-105min.pt",
         },
     ),
+    # ... then a warm restart: the annealed weights at 125 minutes with a fresh AdamW at 3e-4,
+    # decaying 0.999774 a step (to ~2e-5 after 12,000 steps, about 60 minutes here); its folder's
+    # trained.json starts at 125 minutes (steps count from 0 again)
+    "frame-complex-diphone-restart": (
+        "frame",
+        {
+            "model": {"frame_head": "complex"},
+            "lr": 3e-4,
+            "lr_gamma": 0.999774,
+            "init_from": "experiments/curves/frame-complex-diphone-anneal/models/checkpoints/last.pt",
+        },
+    ),
 }
 
 
