@@ -192,20 +192,34 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
             proc.terminate()
 
 
-def parallel_map(fn: tp.Callable[[T], R], items: tp.Sequence[T], workers: int, desc: str) -> list[R]:
+def parallel_map(
+    fn: tp.Callable[[T], R],
+    items: tp.Sequence[T],
+    workers: int,
+    desc: str,
+    done: tp.Callable[[int, R], None] | None = None,
+) -> list[R]:
     """``[fn(x) for x in items]`` in ``workers`` processes, order kept.
 
     ``fn`` must be a module-level function. Exceptions propagate (the pool is
-    shut down first, so Ctrl-C or a failure leaves no worker running).
+    shut down first, so Ctrl-C or a failure leaves no worker running). ``done(i, result)``,
+    when given, hears each result as it arrives (``i``: its index in ``items``), in place of
+    the progress bar.
     """
     n = min(resolve_workers(workers), max(1, len(items)))
-    bar = tqdm(total=len(items), desc=desc, unit="file", disable=None, leave=False)
+    bar = tqdm(total=len(items), desc=desc, unit="file", disable=True if done else None, leave=False)
+
+    def arrived(i: int, r: R) -> None:
+        bar.update()
+        if done is not None:
+            done(i, r)
+
     try:
         if n == 1:
             out = []
-            for x in items:
+            for i, x in enumerate(items):
                 out.append(fn(x))
-                bar.update()
+                arrived(i, out[-1])
             return out
         # fork: workers inherit imported modules instead of importing them again.
         ctx = multiprocessing.get_context("fork")
@@ -217,7 +231,7 @@ def parallel_map(fn: tp.Callable[[T], R], items: tp.Sequence[T], workers: int, d
             try:
                 for r in pool.map(fn, items, chunksize=chunksize):
                     out.append(r)
-                    bar.update()
+                    arrived(len(out) - 1, r)
             except BrokenProcessPool:
                 raise UserError(
                     f"{desc}: a worker process died (killed, or out of memory) after {len(out)} of {len(items)} "

@@ -419,14 +419,7 @@ def test_the_stage_prints_a_few_lines_per_set_and_progress_only_on_a_terminal() 
     rewritten on a terminal, and nothing at all in a log."""
     clips = make_clips(2)
     params = ep.EvaluateParams(levels_dbfs=[-40.0, -6.0], opus_modes=["cbr"], side_info=True)
-    steps: list[str] = []
-    fine = ev.evaluate_model(PcmCodec(), clips, params, NO_LIMITER, bitrates_kbps=[160.0], progress=steps.append)
-    assert steps == [
-        "160 kbps (1/1): ours",
-        "160 kbps (1/1): ours without side information",
-        "160 kbps (1/1): input levels",
-        "160 kbps (1/1): opus cbr",
-    ]
+    fine = ev.evaluate_model(PcmCodec(), clips, params, NO_LIMITER, bitrates_kbps=[160.0])
     coarse = ev.evaluate_model(PcmCodec(bits=3), clips, params, NO_LIMITER, bitrates_kbps=[96.0])
     lines = stage.console_summary(report.sets_summary({"held_out": fine, "coarse": coarse}), "reports/report.md")
     assert len(lines) == 1 + 2 * 2 + 2, lines  # a heading, two lines per set, the worst set and the report
@@ -440,7 +433,7 @@ def test_the_stage_prints_a_few_lines_per_set_and_progress_only_on_a_terminal() 
 
     log = io.StringIO()  # not a terminal
     quiet = stage.TerminalProgress(log)
-    quiet.at("held_out (1/2 sets, 2 clips)")("160 kbps (1/1): ours")
+    quiet("1/2 parts done (held_out at 160 kbps)")
     quiet.close()
     assert log.getvalue() == ""
 
@@ -450,12 +443,42 @@ def test_the_stage_prints_a_few_lines_per_set_and_progress_only_on_a_terminal() 
 
     tty = Tty()
     shown = stage.TerminalProgress(tty)
+    steps = ["1/2 parts done (held_out at 160 kbps)", "2/2 parts done (coarse at 96 kbps)"]
     for step in steps:
-        shown.at("held_out (1/2 sets, 2 clips)")(step)
+        shown(step)
     shown.close()
     out = tty.getvalue()
     assert out.count("\r") == len(steps) + 1 and "\n" not in out  # one line, rewritten, cleared at the end
-    assert "codec evaluate: held_out (1/2 sets, 2 clips), 160 kbps (1/1): opus cbr" in out
+    assert "codec evaluate: 2/2 parts done (coarse at 96 kbps)" in out
+
+
+def test_sets_and_bitrates_evaluated_in_two_processes_read_as_in_one(tmp_path: Path) -> None:
+    """Issue 26: codec evaluate fans its sets and bitrates out over evaluate.workers processes. The
+    figures, per-clip rows, level sweep and sample audio are those of one process, and each set reads
+    as evaluate_model of the whole set; the Opus cache counts the workers' hits and misses."""
+    from codec.evaluation.baseline_cache import OpusCache
+
+    sets_ = {"held_out": make_clips(2), "other": make_clips(2, seed=1)}
+    params = ep.EvaluateParams(levels_dbfs=[-40.0, -6.0], opus_modes=["cbr"], audio_samples=1, workers=1)
+    model = PcmCodec(bits=3)
+    one = stage.evaluate_sets(model, sets_, params, NO_LIMITER, OpusCache(tmp_path / "one"))
+    cache = OpusCache(tmp_path / "two")
+    two = stage.evaluate_sets(model, sets_, dataclasses.replace(params, workers=2), NO_LIMITER, cache)
+    assert (cache.hits, cache.misses) == (0, 2 * 2 * 2)  # 2 sets x 2 bitrates x 2 clips, counted from the workers
+    whole = ev.evaluate_model(model, sets_["held_out"], params, NO_LIMITER)
+
+    def fields(e: ev.Evaluation) -> str:  # repr: NaN reads equal to NaN
+        return repr([e.clip_ids, e.bitrates_kbps, e.rows, e.levels, e.per_clip, e.without_side])
+
+    assert list(two) == list(sets_) and fields(two["held_out"]) == fields(one["held_out"]) == fields(whole)
+    assert fields(two["other"]) == fields(one["other"]) and two["held_out"].bitrates_kbps == [48.0, 96.0]
+    for name in sets_:
+        assert {k: list(v) for k, v in two[name].samples.items()} == {k: list(v) for k, v in one[name].samples.items()}
+        for clip_id, audio in one[name].samples.items():
+            for key, x in audio.items():
+                np.testing.assert_array_equal(two[name].samples[clip_id][key], x)
+    assert list(whole.samples["clip000"]) == list(one["held_out"].samples["clip000"])
+    assert len(two["held_out"].levels) == 2 * 2 and len(two["held_out"].rows) == 2 * 2  # ours + opus per bitrate
 
 
 def test_the_opus_baseline_is_coded_once_and_reused_by_the_next_evaluation(

@@ -293,7 +293,6 @@ def evaluate_model(
     sweep: bool = True,
     compare: bool = True,
     codebook_size: int | None = None,
-    progress: tp.Callable[[str], None] | None = None,
     opus_cache: OpusCache | None = None,
 ) -> Evaluation:
     """Measure ``model`` (and Opus) on ``clips``: see the module docstring.
@@ -301,8 +300,7 @@ def evaluate_model(
     ``bitrates_kbps`` defaults to every bitrate the model serves; ``opus=False`` and
     ``sweep=False`` skip the baseline and the level sweep, ``compare=False`` the run without
     side information (re-evaluating a champion needs none of them). ``codebook_size``
-    defaults to ``2 ** model.config.bits_per_code``. ``progress`` hears each step as it starts
-    (``"3.6 kbps (2/3): opus cbr"``), for a progress line on a terminal. ``opus_cache`` keeps
+    defaults to ``2 ** model.config.bits_per_code``. ``opus_cache`` keeps
     the baseline's results across evaluations (:mod:`codec.evaluation.baseline_cache`).
     """
     if not clips:
@@ -322,25 +320,17 @@ def evaluate_model(
     )
     energy = bool(params.side_info)
 
-    def step(i: int, kbps: float, what: str) -> None:
-        if progress is not None:
-            progress(f"{kbps:g} kbps ({i}/{len(rates)}): {what}")
-
-    for i, kbps in enumerate(rates, 1):
-        step(i, kbps, "ours")
+    for kbps in rates:
         measured = [measure_ours(model, clips, kbps, levels, size, sample_ids, energy)]
         ev.rows.append(measured[0].row)
         if compare and params.side_info and params.side_info_compare:
-            step(i, kbps, "ours without side information")
             plain = measure_ours(model, clips, kbps, levels, size, (), False, OURS_NO_SIDE)
             ev.without_side.append(plain.row)
             ev.per_clip.extend(plain.per_clip)
         if sweep:  # every bitrate: the level must hold at each one the model serves
-            step(i, kbps, "input levels")
             ev.levels.extend(level_sweep(model, clips, kbps, levels, params.levels_dbfs, energy))
         if opus:
             for mode in params.opus_modes:
-                step(i, kbps, f"opus {mode}")
                 measured.append(measure_opus(clips, kbps, mode, params.opus_frame_ms, sample_ids, opus_cache))
                 ev.rows.append(measured[-1].row)
         for meas in measured:

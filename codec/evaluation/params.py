@@ -32,8 +32,10 @@ class EvaluateParams:
     opus_frame_ms: int = 20
     # Clips whose decoded audio and spectrograms are written and logged.
     audio_samples: int = 2
-    # torch threads (0 = leave torch's default).
+    # torch threads (0 = leave torch's default), in each worker.
     threads: int = 1
+    # Processes the sets and bitrates are evaluated in (0 = every core this process may use).
+    workers: int = 0
     # The evaluation sets, each scored ours vs Opus at every bitrate and input level; the
     # promotion gates apply to every one of them (codec.evaluation.sets.build_sets).
     sets: list[str] = dataclasses.field(default_factory=lambda: list(KNOWN_SETS))
@@ -54,8 +56,8 @@ class EvaluateParams:
             raise UserError(f"{where}.max_clips is {self.max_clips}; evaluate at least 1 clip")
         if self.seconds <= 0:
             raise UserError(f"{where}.seconds is {self.seconds}; it must be positive")
-        if self.audio_samples < 0 or self.threads < 0:
-            raise UserError(f"{where}: audio_samples and threads must be >= 0")
+        if self.audio_samples < 0 or self.threads < 0 or self.workers < 0:
+            raise UserError(f"{where}: audio_samples, threads and workers must be >= 0")
         if len(set(self.opus_modes)) != len(self.opus_modes):
             raise UserError(f"{where}.opus_modes {self.opus_modes} lists a mode twice")
         unknown = [s for s in self.sets if s not in KNOWN_SETS]

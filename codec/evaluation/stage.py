@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
 from codec.audio.level import LevelSettings
 from codec.errors import UserError
@@ -50,6 +51,7 @@ from codec.files import write_text_atomic
 from codec.inference.model_source import load_model
 from codec.inference.pipeline import CodecLike
 from codec.model.checkpoint import read_checkpoint
+from codec.parallel import parallel_map
 from codec.params import PARAMS_FILE, from_dict, read_params
 from codec.provenance import data_version, git_commit, repo_root
 from codec.tracking import (
@@ -359,15 +361,60 @@ class TerminalProgress:
         self.stream.flush()
         self.shown = True
 
-    def at(self, where: str) -> tp.Callable[[str], None]:
-        """A ``progress`` for :func:`evaluate_model` whose steps are shown after ``where``."""
-        return lambda text: self(f"{where}, {text}")
-
     def close(self) -> None:
         if self.shown:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
             self.shown = False
+
+
+@dataclasses.dataclass
+class _Job:
+    """What every part of an evaluation reads: set in the parent before the pool forks, so the
+    workers inherit the model and the clips instead of receiving them pickled."""
+
+    model: CodecLike
+    sets: tp.Mapping[str, tp.Sequence[EvalClip]]
+    params: EvaluateParams
+    levels: LevelSettings
+    opus_cache: OpusCache | None
+
+
+_JOB: _Job | None = None
+
+
+def _evaluate_part(part: tuple[str, float]) -> tuple[Evaluation, int, int]:
+    """One set at one bitrate (in a worker, or in the parent with one worker): the evaluation
+    and the Opus cache's hits and misses it made."""
+    job = _JOB
+    assert job is not None, "evaluate_sets sets the job before the parts run"
+    name, kbps = part
+    if job.params.threads:
+        torch.set_num_threads(job.params.threads)  # a worker's own, whatever the parent's pool did
+    cache = job.opus_cache
+    before = (cache.hits, cache.misses) if cache is not None else (0, 0)
+    ev = evaluate_model(job.model, job.sets[name], job.params, job.levels, bitrates_kbps=[kbps], opus_cache=cache)
+    after = (cache.hits, cache.misses) if cache is not None else (0, 0)
+    return ev, after[0] - before[0], after[1] - before[1]
+
+
+def merge_parts(parts: tp.Sequence[Evaluation]) -> Evaluation:
+    """The evaluations of one set at single bitrates as the one evaluation of the set at all of them
+    (rows, levels, clips and samples in bitrate order, as :func:`evaluate_model` makes them)."""
+    first = parts[0]
+    merged = Evaluation(
+        clip_ids=first.clip_ids,
+        sample_rate=first.sample_rate,
+        bitrates_kbps=[k for p in parts for k in p.bitrates_kbps],
+        rows=[r for p in parts for r in p.rows],
+        levels=[lv for p in parts for lv in p.levels],
+        per_clip=[c for p in parts for c in p.per_clip],
+        without_side=[r for p in parts for r in p.without_side],
+    )
+    for p in parts:
+        for clip_id, audio in p.samples.items():
+            merged.samples.setdefault(clip_id, {}).update(audio)
+    return merged
 
 
 def evaluate_sets(
@@ -377,18 +424,34 @@ def evaluate_sets(
     levels: LevelSettings,
     opus_cache: OpusCache | None,
 ) -> dict[str, Evaluation]:
-    """:func:`evaluate_model` on each evaluation set, with one progress line on a terminal."""
+    """:func:`evaluate_model` on each evaluation set at each bitrate the model serves, the parts in
+    ``params.workers`` processes (each with ``params.threads`` torch threads: the figures do not
+    depend on the number of workers), with one progress line on a terminal."""
+    global _JOB
+    rates = [float(k) for k in model.config.bitrates_kbps]
+    parts = [(name, kbps) for name in sets for kbps in rates]
     progress = TerminalProgress()
-    evs: dict[str, Evaluation] = {}
+    hits = misses = 0
+
+    def done(i: int, result: tuple[Evaluation, int, int]) -> None:
+        nonlocal hits, misses
+        hits, misses = hits + result[1], misses + result[2]
+        name, kbps = parts[i]
+        progress(f"{i + 1}/{len(parts)} parts done ({name} at {kbps:g} kbps)")
+
+    start = (opus_cache.hits, opus_cache.misses) if opus_cache is not None else (0, 0)
+    _JOB = _Job(model, sets, params, levels, opus_cache)
     try:
-        for i, (name, set_clips) in enumerate(sets.items(), 1):
-            where = f"{name} ({i}/{len(sets)} sets, {len(set_clips)} clips)"
-            evs[name] = evaluate_model(
-                model, set_clips, params, levels, progress=progress.at(where), opus_cache=opus_cache
-            )
+        results = parallel_map(_evaluate_part, parts, params.workers, "codec evaluate", done)
     finally:
+        _JOB = None
         progress.close()
-    return evs
+    if opus_cache is not None:  # the workers' counts (a worker's cache is its own copy)
+        opus_cache.hits, opus_cache.misses = start[0] + hits, start[1] + misses
+    by_set: dict[str, list[Evaluation]] = {name: [] for name in sets}
+    for (name, _), (ev, _, _) in zip(parts, results, strict=True):
+        by_set[name].append(ev)
+    return {name: merge_parts(evs) for name, evs in by_set.items()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -409,7 +472,10 @@ def run(args: argparse.Namespace) -> int:
     sets = build_sets(clips, params, user_sets)
     fingerprint = sets_fingerprint(sets, params)
     opus_cache = None if getattr(args, "no_opus_cache", False) else OpusCache.default(repo_root())
-    evs = evaluate_sets(model, sets, params, levels, opus_cache)
+    # NumPy's BLAS threads too (the metrics' matrix products): left at every core they spun a
+    # second core idle in one process (user time twice the wall time) and starved a second worker.
+    with threadpool_limits(limits=params.threads or None):
+        evs = evaluate_sets(model, sets, params, levels, opus_cache)
     ev = evs[HELD_OUT]
     speakers = speakers_of(Path(args.data), ev.clip_ids)
 
