@@ -481,6 +481,30 @@ def test_sets_and_bitrates_evaluated_in_two_processes_read_as_in_one(tmp_path: P
     assert len(two["held_out"].levels) == 2 * 2 and len(two["held_out"].rows) == 2 * 2  # ours + opus per bitrate
 
 
+def test_repeated_codings_come_from_memory_and_read_the_same(tmp_path: Path) -> None:
+    """Issue 26: codec evaluate codes the same clip at each sweep level and again without the side
+    information; a real codec's repeats of the same input or codes are answered from memory, and the
+    evaluation is the same to the bit (rows, levels, per-clip metrics, sample audio)."""
+    clips = make_clips(2)
+    params = ep.EvaluateParams(levels_dbfs=[-40.0, -26.0, -6.0], opus_modes=[], audio_samples=1)
+    model = tiny_codec([c.audio for c in clips])
+    kbps = [float(model.config.bitrates_kbps[-1])]
+    plain = ev.evaluate_model(model, clips, params, NO_LIMITER, bitrates_kbps=kbps)
+    remembered = ev.RepeatedCoding(model)
+    fast = ev.evaluate_model(remembered, clips, params, NO_LIMITER, bitrates_kbps=kbps)
+    assert repr([fast.rows, fast.levels, fast.per_clip, fast.without_side]) == repr(
+        [plain.rows, plain.levels, plain.per_clip, plain.without_side]
+    )
+    for key, audio in plain.samples["clip000"].items():
+        np.testing.assert_array_equal(fast.samples["clip000"][key], audio)
+    # 2 clips x (1 with + 1 without side information + 3 levels) codings = 10 encodes and 10 decodes:
+    # the run without side information encodes its clip again, and every level decodes its clip's codes.
+    assert remembered.misses + remembered.hits == 20 and remembered.hits >= 2 + 2
+    small = ev.RepeatedCoding(model, max_bytes=1)  # nothing kept: every coding runs
+    ev.evaluate_model(small, clips, params, NO_LIMITER, bitrates_kbps=kbps)
+    assert small.hits == 0 and small.misses == 20
+
+
 def test_the_opus_baseline_is_coded_once_and_reused_by_the_next_evaluation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

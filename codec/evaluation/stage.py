@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 from codec.audio.level import LevelSettings
 from codec.errors import UserError
 from codec.evaluation.baseline_cache import DEFAULT_DIR, OpusCache
-from codec.evaluation.evaluate import Evaluation, evaluate_model
+from codec.evaluation.evaluate import Evaluation, RepeatedCoding, evaluate_model
 from codec.evaluation.params import HELD_OUT, EvaluateParams
 from codec.evaluation.record import clip_level_error_db
 from codec.evaluation.report import (
@@ -393,7 +393,9 @@ def _evaluate_part(part: tuple[str, float]) -> tuple[Evaluation, int, int]:
         torch.set_num_threads(job.params.threads)  # a worker's own, whatever the parent's pool did
     cache = job.opus_cache
     before = (cache.hits, cache.misses) if cache is not None else (0, 0)
-    ev = evaluate_model(job.model, job.sets[name], job.params, job.levels, bitrates_kbps=[kbps], opus_cache=cache)
+    # A torch model's repeated codings (the level sweep, the run without side information) from memory.
+    model = job.model if hasattr(job.model, "encode_array") else RepeatedCoding(job.model)
+    ev = evaluate_model(model, job.sets[name], job.params, job.levels, bitrates_kbps=[kbps], opus_cache=cache)
     after = (cache.hits, cache.misses) if cache is not None else (0, 0)
     return ev, after[0] - before[0], after[1] - before[1]
 
