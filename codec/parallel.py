@@ -198,16 +198,17 @@ def parallel_map(
     workers: int,
     desc: str,
     done: tp.Callable[[int, R], None] | None = None,
+    unit: str = "file",
 ) -> list[R]:
     """``[fn(x) for x in items]`` in ``workers`` processes, order kept.
 
     ``fn`` must be a module-level function. Exceptions propagate (the pool is
     shut down first, so Ctrl-C or a failure leaves no worker running). ``done(i, result)``,
     when given, hears each result as it arrives (``i``: its index in ``items``), in place of
-    the progress bar.
+    the progress bar. ``unit``: what an item is, in the bar and in the message when a worker dies.
     """
     n = min(resolve_workers(workers), max(1, len(items)))
-    bar = tqdm(total=len(items), desc=desc, unit="file", disable=True if done else None, leave=False)
+    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=True if done else None, leave=False)
 
     def arrived(i: int, r: R) -> None:
         bar.update()
@@ -235,7 +236,7 @@ def parallel_map(
             except BrokenProcessPool:
                 raise UserError(
                     f"{desc}: a worker process died (killed, or out of memory) after {len(out)} of {len(items)} "
-                    "files; nothing was written. Re-run; if it happens again, lower the stage's workers param "
+                    f"{unit}s; nothing was written. Re-run; if it happens again, lower the stage's workers param "
                     "or check the system log (dmesg) for the out-of-memory killer"
                 ) from None
             except BaseException:

@@ -444,7 +444,7 @@ def evaluate_sets(
     start = (opus_cache.hits, opus_cache.misses) if opus_cache is not None else (0, 0)
     _JOB = _Job(model, sets, params, levels, opus_cache)
     try:
-        results = parallel_map(_evaluate_part, parts, params.workers, "codec evaluate", done)
+        results = parallel_map(_evaluate_part, parts, params.workers, "codec evaluate", done, unit="part")
     finally:
         _JOB = None
         progress.close()
