@@ -97,6 +97,33 @@ RUNS: dict[str, tuple[str, dict[str, tp.Any]]] = {
             "init_from": "experiments/curves/frame-complex-diphone-anneal/models/checkpoints/last.pt",
         },
     ),
+    # ... then fine-tuned with the mel loss weighted 10x (1.0): the restart's weights at 185 minutes,
+    # a fresh AdamW at 1e-4 decaying 0.999424 a step (to 1e-5 after 4000 steps, about 20 minutes);
+    # its folder's trained.json starts at 185 minutes. Why: the restart loses 4-11 dB at 1.8-3.5 kHz
+    # even unquantized (experiments/klatt_bands.md), where the waveform loss barely looks.
+    "frame-complex-diphone-mel": (
+        "frame",
+        {
+            "model": {"frame_head": "complex"},
+            "lr": 1e-4,
+            "lr_gamma": 0.999424,
+            "loss_weights": {"loss/mel": 1.0},
+            "init_from": "experiments/curves/frame-complex-diphone-restart/models/checkpoints/last.pt",
+        },
+    ),
+    # ... then the band-envelope loss (loss/envelope, codec.training.losses.BandEnvelopeLoss) added at
+    # 1.0: the mel run's weights at 197 minutes (step 2300), a fresh AdamW at 1e-4 decaying 0.999424;
+    # its folder's trained.json starts at 197 minutes
+    "frame-complex-diphone-envelope": (
+        "frame",
+        {
+            "model": {"frame_head": "complex"},
+            "lr": 1e-4,
+            "lr_gamma": 0.999424,
+            "loss_weights": {"loss/mel": 1.0, "loss/envelope": 1.0},
+            "init_from": "work/curves/frame-complex-diphone-mel/models/checkpoints/last-197min.pt",
+        },
+    ),
 }
 
 

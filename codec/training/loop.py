@@ -37,7 +37,14 @@ from codec.model.codec import Codec, build_codec
 from codec.model.discriminator import AdversarialTrainer
 from codec.model.quantize import code_usage
 from codec.training.dataset import BatchStream, SegmentSampler, read_clips, split_clips, validation_audio
-from codec.training.losses import MultiScaleMelLoss, amplitude_ratio, level_loss, snr_db, weighted_total
+from codec.training.losses import (
+    BandEnvelopeLoss,
+    MultiScaleMelLoss,
+    amplitude_ratio,
+    level_loss,
+    snr_db,
+    weighted_total,
+)
 from codec.training.params import TrainParams
 from codec.training.runtime import Runtime, agreed, pick_runtime, rng_state, set_rng_state
 
@@ -57,6 +64,7 @@ class State:
     model: Codec
     net: nn.Module  # the model, wrapped for DDP when there are several processes
     mel_loss: MultiScaleMelLoss
+    envelope_loss: BandEnvelopeLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     adv: AdversarialTrainer | None
@@ -174,6 +182,7 @@ def load(params: TrainParams, data_dir: str | Path, resume_from: Path | None = N
         model=model,
         net=model,
         mel_loss=MultiScaleMelLoss(cfg.sample_rate, params.mel.windows, params.mel.n_mels).to(rt.device),
+        envelope_loss=BandEnvelopeLoss(cfg.sample_rate).to(rt.device),
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=params.lr_gamma),
         adv=adv,
@@ -318,6 +327,8 @@ def train_step(state: State) -> Step:
         "vq/commitment_loss": res.commitment_loss,
         "vq/codebook_loss": res.codebook_loss,
     }
+    if p.loss_weights.get("loss/envelope", 0.0):  # computed (and logged) only when it is trained on
+        losses["loss/envelope"] = state.envelope_loss(x, y)
     if state.adv is not None and state.step >= p.adv_start_step:
         losses.update(state.adv.step(x, y, rt.dtype))
     # adv/disc_* are the discriminators' own (logged, never weighted into the codec's loss).

@@ -6,6 +6,9 @@
 - ``loss/l1``: mean absolute error on the waveform (DAC's; off in both profiles).
 - ``loss/mel``: multi-scale mel distance (DAC, Kumar et al. 2023): at several STFT
   window sizes, L1 between log10 mel magnitudes plus L1 between the magnitudes.
+- ``loss/envelope``: one minus the correlation of one-third-octave band envelopes over 384 ms
+  segments (:class:`BandEnvelopeLoss`): what STOI (Taal et al. 2011) reads, which neither a
+  waveform loss (dominated by the loud low bands) nor the mel loss (frame by frame) asks for.
 - ``vq/commitment_loss``, ``vq/codebook_loss``: from :mod:`codec.model.quantize`.
 
 :data:`DEFAULT_WEIGHTS` is keyed by the same names the metrics are logged under.
@@ -26,6 +29,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "loss/nmse": 1.0,
     "loss/level": 1.0,
     "loss/mel": 0.1,
+    "loss/envelope": 0.0,
     "vq/commitment_loss": 0.1,
     "vq/codebook_loss": 0.0,
     "adv/gen_loss": 1.0,
@@ -61,6 +65,81 @@ class MultiScaleMelLoss(nn.Module):
                 loss = loss + (my.clamp_min(self.clamp_eps).log10() - mx.clamp_min(self.clamp_eps).log10()).abs().mean()
                 loss = loss + (my - mx).abs().mean()
         return loss
+
+
+def third_octave_bands(sample_rate: int, n_fft: int, low_hz: float = 150.0, high_hz: float = 7000.0) -> Tensor:
+    """``[J, n_fft // 2 + 1]`` 0/1 matrix summing STFT power bins into one-third-octave bands with
+    centres ``low_hz · 2^(k/3)`` (STOI's from 150 Hz), up to ``high_hz`` or below Nyquist."""
+    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    rows = []
+    k = 0
+    while True:
+        centre = low_hz * 2.0 ** (k / 3)
+        lo, hi = centre * 2.0 ** (-1 / 6), centre * 2.0 ** (1 / 6)
+        if hi > min(high_hz, sample_rate / 2):
+            break
+        rows.append(((freqs >= lo) & (freqs < hi)).float())
+        k += 1
+    if not rows:
+        raise ValueError(f"no one-third-octave band between {low_hz} Hz and {high_hz} Hz at {sample_rate} Hz")
+    return torch.stack(rows)
+
+
+class BandEnvelopeLoss(nn.Module):
+    """Mean over bands and segments of ``1 − corr(envelope of x, envelope of y)``.
+
+    Envelopes: the square root of the STFT power summed in each one-third-octave band
+    (:func:`third_octave_bands`; window ``window_s``, hop a quarter of it); segments of
+    ``segment_s``, half overlapping, as STOI reads them (its 30 frames of 12.8 ms). Each
+    segment's correlation subtracts its means and divides by its norms, so a band's level does not
+    count (the level and mel losses see to it), only how its envelope moves. Segments whose
+    clean energy is more than ``range_db`` below the item's loudest segment are left out (STOI
+    drops silent frames). Computed in fp32. ``[B, 1, T]`` in, a scalar out (0 when no segment fits).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        window_s: float = 0.032,
+        segment_s: float = 0.384,
+        range_db: float = 40.0,
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        self.n_fft = 1 << max(1, round(window_s * sample_rate - 1).bit_length())
+        self.win = max(2, round(window_s * sample_rate))
+        self.hop = max(1, self.win // 4)
+        self.frames = max(2, round(segment_s * sample_rate / self.hop))
+        self.range_db, self.eps = range_db, eps
+        self.bands: Tensor
+        self.register_buffer("bands", third_octave_bands(sample_rate, self.n_fft), persistent=False)
+
+    def band_power(self, audio: Tensor) -> Tensor:
+        """``[B, 1, T]`` → STFT power per band, cut into segments ``[B, J, S, frames]``."""
+        window = torch.hann_window(self.win, device=audio.device)
+        spec = torch.stft(
+            audio[:, 0], self.n_fft, self.hop, self.win, window, center=True, pad_mode="constant", return_complex=True
+        )
+        power = self.bands @ spec.abs().square()  # [B, J, F]
+        if power.shape[-1] < self.frames:  # shorter than one segment: no segment at all
+            return power[..., :0].unsqueeze(-1).expand(-1, -1, 0, self.frames)
+        return power.unfold(-1, self.frames, max(1, self.frames // 2))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """The loss between reference ``x`` and reconstruction ``y``, both ``[B, 1, T]``."""
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            px, py = self.band_power(x.float()), self.band_power(y.float())
+            if px.shape[2] == 0:
+                return y.new_zeros((), dtype=torch.float32)
+            power = px.sum(dim=(1, 3))  # [B, S]
+            top = power.amax(dim=1, keepdim=True)
+            keep = (power > top * 10 ** (-self.range_db / 10)) & (top > 0)  # [B, S]
+            ex, ey = (px + self.eps).sqrt(), (py + self.eps).sqrt()  # eps: a finite gradient at 0
+            ex = ex - ex.mean(dim=-1, keepdim=True)
+            ey = ey - ey.mean(dim=-1, keepdim=True)
+            corr = (ex * ey).sum(-1) / (ex.norm(dim=-1) * ey.norm(dim=-1) + self.eps)  # [B, J, S]
+            weight = keep[:, None, :].expand_as(corr).float()
+            return ((1.0 - corr) * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def snr_db(x: Tensor, y: Tensor, eps: float = 1e-10) -> Tensor:

@@ -85,7 +85,15 @@ class TrainParams:
 
     def check(self, where: str = "train params") -> None:
         """Raise :class:`UserError` naming the bad value."""
-        known = {"loss/l1", "loss/nmse", "loss/level", "loss/mel", "vq/commitment_loss", "vq/codebook_loss"}
+        known = {
+            "loss/l1",
+            "loss/nmse",
+            "loss/level",
+            "loss/mel",
+            "loss/envelope",
+            "vq/commitment_loss",
+            "vq/codebook_loss",
+        }
         known |= {"adv/gen_loss", "adv/feat_loss"}
         unknown = sorted(set(self.loss_weights) - known)
         if unknown:
