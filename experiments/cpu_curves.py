@@ -124,6 +124,18 @@ RUNS: dict[str, tuple[str, dict[str, tp.Any]]] = {
             "init_from": "work/curves/frame-complex-diphone-mel/models/checkpoints/last-197min.pt",
         },
     ),
+    # ... then the envelope loss doubled (2.0): its weights at 213 minutes (step 2933), a fresh
+    # AdamW at 1e-4 decaying 0.999424; its folder's trained.json starts at 213 minutes
+    "frame-complex-diphone-envelope2": (
+        "frame",
+        {
+            "model": {"frame_head": "complex"},
+            "lr": 1e-4,
+            "lr_gamma": 0.999424,
+            "loss_weights": {"loss/mel": 1.0, "loss/envelope": 2.0},
+            "init_from": "work/curves/frame-complex-diphone-envelope/models/checkpoints/last-213min.pt",
+        },
+    ),
 }
 
 

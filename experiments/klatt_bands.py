@@ -14,7 +14,9 @@ band's energy of the coded signal against the clean one (dB), for:
 on the unseen-voice set (espeak-ng's Klatt voices, rendered as ``codec evaluate`` does) and the
 committed festival_voice clips. ::
 
-    python experiments/klatt_bands.py --model codec/model/reference/codec.pt --out experiments/klatt_bands.md
+    git show 09b650c:codec/model/reference/codec.pt > work/reference-185min.pt
+    python experiments/klatt_bands.py --model 185min=work/reference-185min.pt \
+        --model 229min=codec/model/reference/codec.pt --out experiments/klatt_bands.md
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def sets(rate: int, seconds: float, unseen_clips: int, seed: int) -> dict[str, l
 
 
 def measure(model_spec: str, kbps: float, seconds: float, unseen_clips: int, seed: int) -> dict[str, tp.Any]:
+    """Per set: ``ours``, ``unquantized`` and ``opus`` rows (band correlations, band energies, STOI)."""
     from pystoi.stoi import CF
 
     loaded = load_model(model_spec)
@@ -113,33 +116,44 @@ def measure(model_spec: str, kbps: float, seconds: float, unseen_clips: int, see
     return results
 
 
-def markdown(results: dict[str, tp.Any], model_spec: str, kbps: float) -> str:
-    bands = results["bands_hz"]
+def markdown(results: tp.Mapping[str, dict[str, tp.Any]], kbps: float) -> str:
+    """The tables for every model in ``results`` (label -> :func:`measure`'s result); Opus once."""
+    first = next(iter(results.values()))
+    bands = first["bands_hz"]
     head = "| | " + " | ".join(f"{b:.0f}" for b in bands) + " | STOI |"
     rule = "| --- | " + " | ".join("---:" for _ in bands) + " | ---: |"
+    models = ", ".join(f"`{label}`" for label in results)
     lines = [
-        f"# STOI per one-third-octave band (`python experiments/klatt_bands.py --model {model_spec}`)",
+        "# STOI per one-third-octave band (`python experiments/klatt_bands.py`)",
         "",
-        f"At {kbps:g} kbps. Band columns: centre frequency in Hz. Envelope correlation is STOI before "
-        "its mean over bands (the last column is that mean); energy is the coded band's over the "
-        "clean one, in dB, over the frames STOI keeps. `unquantized`: the encoder and decoder "
-        "without the quantizer.",
+        f"Models: {models}, at {kbps:g} kbps. Band columns: centre frequency in Hz. Envelope correlation "
+        "is STOI before its mean over bands (the last column is that mean); energy is the coded band's "
+        "over the clean one, in dB, over the frames STOI keeps. `unquantized`: the encoder and decoder "
+        "without the quantizer. Opus: CBR, 20 ms frames.",
         "",
     ]
-    for name, entry in results["sets"].items():
+    for name in first["sets"]:
+        rows = [
+            (f"{label} {key}", v) for label, r in results.items() for key, v in r["sets"][name].items() if key != "opus"
+        ]
+        rows.append(("opus", first["sets"][name]["opus"]))
         lines += [f"## {name}: envelope correlation", "", head, rule]
-        for key, v in entry.items():
-            lines.append(f"| {key} | " + " | ".join(f"{c:.3f}" for c in v["corr"]) + f" | {v['stoi']:.3f} |")
+        lines += [f"| {k} | " + " | ".join(f"{c:.3f}" for c in v["corr"]) + f" | {v['stoi']:.3f} |" for k, v in rows]
         lines += ["", f"## {name}: band energy, coded over clean (dB)", "", head.replace(" STOI |", ""), rule[:-7]]
-        for key, v in entry.items():
-            lines.append(f"| {key} | " + " | ".join(f"{e:+.1f}" for e in v["energy_db"]) + " |")
+        lines += [f"| {k} | " + " | ".join(f"{e:+.1f}" for e in v["energy_db"]) + " |" for k, v in rows]
         lines.append("")
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "codec" / "model" / "reference" / "codec.pt"))
+    ap.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="a model to measure (repeatable; default: the shipped reference, labelled reference)",
+    )
     ap.add_argument("--kbps", type=float, default=6.0)
     ap.add_argument("--seconds", type=float, default=4.0, help="clip length (params.yaml evaluate.seconds)")
     ap.add_argument("--unseen-clips", type=int, default=4, help="params.yaml evaluate.unseen_clips")
@@ -147,7 +161,14 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="markdown file (default: print)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    text = markdown(measure(args.model, args.kbps, args.seconds, args.unseen_clips, args.seed), args.model, args.kbps)
+    specs = args.model or [f"reference={ROOT / 'codec' / 'model' / 'reference' / 'codec.pt'}"]
+    results = {}
+    for spec in specs:
+        label, _, path = spec.partition("=")
+        if not path:
+            label, path = Path(spec).stem, spec
+        results[label] = measure(path, args.kbps, args.seconds, args.unseen_clips, args.seed)
+    text = markdown(results, args.kbps)
     if args.out:
         args.out.write_text(text + "\n")
     print(text)

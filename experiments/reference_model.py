@@ -40,7 +40,7 @@ def export(source: Path, run_dir: Path | None) -> None:
         "step": int(ckpt.get("step", 0)),
         "target_lufs": -16.0,
         "training_seconds": float(trained.get("seconds", 0.0)),
-        "note": "reference model: experiments/cpu_curves.py --run frame-complex-diphone-restart, "
+        "note": "reference model: experiments/cpu_curves.py --run frame-complex-diphone-envelope2, "
         "docs/reference_model.md",
     }
     FOLDER.mkdir(parents=True, exist_ok=True)

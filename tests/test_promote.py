@@ -15,7 +15,7 @@ import pytest
 import yaml
 from torch import nn
 
-from codec.errors import GateError
+from codec.errors import GateError, UserError
 from codec.evaluation import evaluate as ev
 from codec.evaluation import params as ep
 from codec.evaluation import report, sets, suite
@@ -418,6 +418,37 @@ def test_the_gates_are_named_in_the_decision_and_pesq_can_be_held_to_opus(
     assert saved["reasons"] == ["every cpu-demo gate passed; there was no champion"]
     _, tags = registry(mlflow_uri)
     assert tags[p.version]["gates"] == f"all {len(saved['gates'])} cpu-demo gates pass on 1 evaluation set at 320 kbps"
+
+
+def test_stoi_can_be_held_to_opus(clips: list[sets.EvalClip], tmp_path: Path, mlflow_uri: str) -> None:
+    """max_stoi_below_opus holds ours' STOI to Opus' at the gate bitrate on every set (the bar of
+    issue 24: within 0.02), fails closed where Opus' STOI was not scored, and is off when null."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    record = evaluated(PcmCodec(), clips)
+    k = f"{record['metrics']['kbps']:g}kbps"
+    ours = record["metrics"]["ours"][k]["stoi"]
+    demo = dataclasses.replace(OPEN_GATES, gate_profile="cpu-demo")
+    p = promote(client, record, demo, tmp_path / "off.json")  # null: no such gate
+    assert p.decision == "champion" and not any(g.name == "stoi_vs_opus" for g in p.gates)
+
+    record["metrics"]["opus"] = {k: {"pesq": 1.0}}  # Opus' STOI not scored
+    p = promote(client, record, dataclasses.replace(demo, max_stoi_below_opus=0.02), tmp_path / "none.json")
+    gate = next(g for g in p.gates if g.name == "stoi_vs_opus")
+    assert p.decision == "rejected" and not gate.passed and "Opus not scored" in gate.rule
+
+    record["metrics"]["opus"] = {k: {"pesq": 1.0, "stoi": ours + 0.03}}
+    p = promote(client, record, dataclasses.replace(demo, max_stoi_below_opus=0.02), tmp_path / "behind.json")
+    gate = next(g for g in p.gates if g.name == "stoi_vs_opus")
+    assert p.decision == "rejected" and gate.value == pytest.approx(-0.03) and gate.limit == -0.02
+    assert gate.metric == f"ours.{k}.stoi - opus.{k}.stoi"
+    assert p.to_dict()["failed_gates"] == ["stoi_vs_opus"]
+
+    p = promote(client, record, dataclasses.replace(demo, max_stoi_below_opus=0.05), tmp_path / "ok.json")
+    assert p.decision in ("champion", "challenger") and next(g for g in p.gates if g.name == "stoi_vs_opus").passed
+    with pytest.raises(UserError, match="max_stoi_below_opus -0.01 must be null or >= 0"):
+        dataclasses.replace(demo, max_stoi_below_opus=-0.01).check("promote")
 
 
 def test_a_rejected_promotion_prints_the_decision_first_in_at_most_15_lines(

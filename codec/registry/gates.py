@@ -56,6 +56,8 @@ class PromoteParams:
     # Ours' PESQ may be at most this far below Opus' at the same bitrate, on every set (0: at
     # least as good as Opus); null: no such gate.
     max_pesq_below_opus: float | None = None
+    # The same for STOI (intelligibility), on every set; null: no such gate.
+    max_stoi_below_opus: float | None = None
     max_mel_distance: float = 1.0
     primary_metric: str = "mel_distance"
     primary_direction: Direction = "lower"
@@ -70,8 +72,10 @@ class PromoteParams:
             raise UserError(f"{where}.model_amplitude_ratio_band {model} must be null or [low, high], 0 < low < high")
         if self.max_clip_level_error_db is not None and not self.max_clip_level_error_db > 0:
             raise UserError(f"{where}.max_clip_level_error_db {self.max_clip_level_error_db} must be null or > 0")
-        if self.max_pesq_below_opus is not None and self.max_pesq_below_opus < 0:
-            raise UserError(f"{where}.max_pesq_below_opus {self.max_pesq_below_opus} must be null or >= 0")
+        for name in ("max_pesq_below_opus", "max_stoi_below_opus"):
+            margin = getattr(self, name)
+            if margin is not None and not margin >= 0:
+                raise UserError(f"{where}.{name} {margin} must be null or >= 0")
         if not self.max_mel_distance > 0:
             raise UserError(f"{where}.max_mel_distance {self.max_mel_distance} must be > 0")
         if not self.gate_profile.strip():
@@ -145,7 +149,9 @@ def check_gates(metrics: SetMetrics, params: PromoteParams) -> list[Gate]:
         )
     gates.append(_at_least("min_pesq", metric_path(OURS, kbps, "pesq"), ours.pesq, params.min_pesq))
     if params.max_pesq_below_opus is not None:
-        gates.append(_pesq_vs_opus_gate(metrics, kbps, params.max_pesq_below_opus))
+        gates.append(_vs_opus_gate(metrics, kbps, "pesq", params.max_pesq_below_opus))
+    if params.max_stoi_below_opus is not None:
+        gates.append(_vs_opus_gate(metrics, kbps, "stoi", params.max_stoi_below_opus))
     where = metric_path(OURS, kbps, "mel_distance")
     gates.append(_at_most("max_mel_distance", where, ours.mel_distance, params.max_mel_distance))
     return gates
@@ -162,12 +168,13 @@ def _clip_level_gate(metrics: SetMetrics, limit: float) -> Gate:
     return _gate("clip_level_error_db", where, worst, limit, rule, worst <= limit)
 
 
-def _pesq_vs_opus_gate(metrics: SetMetrics, kbps: float, margin: float) -> Gate:
-    """Ours' PESQ at most ``margin`` below Opus' at the same bitrate (fails where Opus was not scored)."""
-    pesq, opus = metrics.ours_at(kbps).pesq, metrics.opus_at(kbps).pesq
+def _vs_opus_gate(metrics: SetMetrics, kbps: float, metric: str, margin: float) -> Gate:
+    """Ours' ``metric`` (pesq or stoi) at most ``margin`` below Opus' at the same bitrate (fails
+    where Opus was not scored). Named ``<metric>_vs_opus``; its value is ours less Opus'."""
+    ours, opus = metrics.ours_at(kbps).metric(metric), metrics.opus_at(kbps).metric(metric)
     rule = f">= Opus {opus:.3g} - {margin:g}" if math.isfinite(opus) else f">= Opus - {margin:g} (Opus not scored)"
-    where = f"{metric_path(OURS, kbps, 'pesq')} - {metric_path(OPUS, kbps, 'pesq')}"
-    return _gate("pesq_vs_opus", where, pesq - opus, -margin, rule, pesq - opus >= -margin)
+    where = f"{metric_path(OURS, kbps, metric)} - {metric_path(OPUS, kbps, metric)}"
+    return _gate(f"{metric}_vs_opus", where, ours - opus, -margin, rule, ours - opus >= -margin)
 
 
 def check_set_gates(record: EvaluationRecord, params: PromoteParams) -> list[Gate]:
