@@ -447,7 +447,7 @@ def test_stoi_can_be_held_to_opus(clips: list[sets.EvalClip], tmp_path: Path, ml
 
     p = promote(client, record, dataclasses.replace(demo, max_stoi_below_opus=0.05), tmp_path / "ok.json")
     assert p.decision in ("champion", "challenger") and next(g for g in p.gates if g.name == "stoi_vs_opus").passed
-    with pytest.raises(UserError, match="max_stoi_below_opus -0.01 must be null or >= 0"):
+    with pytest.raises(UserError, match=r"max_stoi_below_opus -0\.01 must be null or >= 0"):
         dataclasses.replace(demo, max_stoi_below_opus=-0.01).check("promote")
 
 
