@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import typing as tp
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
@@ -181,10 +181,29 @@ def keep_freed_memory() -> None:
     mallopt(m_top_pad, 16 << 20)
 
 
+_THREAD_HOOK = threading.excepthook
+
+
+def _quiet_cancelled_futures(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook`` that drops one known, harmless exception: the pool's manager
+    thread, finding the workers that :func:`_stop_workers` terminated, sets an error on futures
+    the shutdown had already cancelled, and CPython 3.11's ``terminate_broken`` raises
+    InvalidStateError there. It printed a traceback under a user's error message (1 run in 3
+    when a file failed in a worker). Everything else goes to the hook that was installed before."""
+    manager = type(args.thread).__name__ == "_ExecutorManagerThread" if args.thread is not None else False
+    if manager and isinstance(args.exc_value, InvalidStateError):
+        return
+    _THREAD_HOOK(args)
+
+
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """Cancel what has not started and SIGTERM the workers (they exit at once, see
     :mod:`codec.cli.main`), so leaving the pool's ``with`` does not wait on a worker that is
     stuck (a read that blocks: a FIFO, a hung network mount)."""
+    if threading.excepthook is not _quiet_cancelled_futures:
+        global _THREAD_HOOK
+        _THREAD_HOOK = threading.excepthook
+        threading.excepthook = _quiet_cancelled_futures
     workers = list((getattr(pool, "_processes", None) or {}).values())  # no public handle on them
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in workers:

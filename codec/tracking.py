@@ -179,6 +179,11 @@ def pandas_dataset(frame: tp.Any, folder: Path, name: str, digest: str) -> tp.An
 
     from mlflow.data.pandas_dataset import from_pandas
 
-    with warnings.catch_warnings():  # MLflow finds its local-file source registered twice and says so
+    with warnings.catch_warnings():
+        # MLflow finds its local-file source registered twice and says so; and inferring the
+        # schema (a cached property, read by log_input) it hints that integer columns cannot hold
+        # missing values, which a clip table has none of: both are noise in the stage's log.
         warnings.simplefilter("ignore", UserWarning)
-        return from_pandas(frame, source=folder.as_posix(), name=name, digest=digest[:36] or None)
+        dataset = from_pandas(frame, source=folder.as_posix(), name=name, digest=digest[:36] or None)
+        _ = dataset.schema
+        return dataset

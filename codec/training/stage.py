@@ -21,6 +21,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import os
 import tempfile
 import typing as tp
@@ -143,7 +144,9 @@ def train_tracked(params: TrainParams, data: Path, out: Path, experiment: str, l
     source = source_tags(root, "codec train")
     commit = source["git_commit"]
     # System metrics on the run only: the served model, logged later by codec evaluate, is logged
-    # at a step after every metric of the run, so MLflow copies none of them to it.
+    # at a step after every metric of the run, so MLflow copies none of them to it. Its monitor's
+    # INFO lines (started, no GPU, stopping, terminated) are not for the stage's log.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     with mlflow.start_run(run_name=run_name(params, device, commit), tags=source, log_system_metrics=True) as run:
         mlflow.set_tags(
             {
