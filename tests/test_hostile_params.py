@@ -87,7 +87,7 @@ def test_a_yaml_alias_bomb_in_a_key_nothing_reads_is_refused_before_it_expands(
         ("  lr: 0.0001", "  lr: .nan", "train.lr: expected a finite number, got nan"),
         ("  seconds: 4.0", "  seconds: -.inf", "evaluate.seconds: expected a finite number, got -inf"),
         ("    rt60_s:\n    - 0.1", "    rt60_s:\n    - .nan", "train.augment.rt60_s[0]: expected a finite number"),
-        ("    loss/mel: 0.1", "    loss/mel: .nan", "train.loss_weights.loss/mel: expected a finite number"),
+        ("    loss/mel: 1.0", "    loss/mel: .nan", "train.loss_weights.loss/mel: expected a finite number"),
         ("  lr: 0.0001", "  lr: 0.0001\n  lr: 0.1", "key 'lr' appears twice (first on line"),
         ("  lr: 0.0001", "  lr: -1", "train.lr: -1.0 must be greater than 0"),
         ("  lr: 0.0001", "  lr: 0", "train.lr: 0.0 must be greater than 0"),
