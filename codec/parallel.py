@@ -187,9 +187,11 @@ _THREAD_HOOK = threading.excepthook
 def _quiet_cancelled_futures(args: threading.ExceptHookArgs) -> None:
     """``threading.excepthook`` that drops one known, harmless exception: the pool's manager
     thread, finding the workers that :func:`_stop_workers` terminated, sets an error on futures
-    the shutdown had already cancelled, and CPython 3.11's ``terminate_broken`` raises
+    already cancelled, and CPython 3.11's ``terminate_broken`` raises
     InvalidStateError there. It printed a traceback under a user's error message (1 run in 3
-    when a file failed in a worker). Everything else goes to the hook that was installed before."""
+    when a file failed in a worker). ``Executor.map``'s own iterator cancels them as the error
+    leaves it (with ``cancel_futures=False`` in the shutdown it still printed), so the pool cannot
+    avoid them. Everything else goes to the hook that was installed before."""
     manager = type(args.thread).__name__ == "_ExecutorManagerThread" if args.thread is not None else False
     if manager and isinstance(args.exc_value, InvalidStateError):
         return

@@ -63,6 +63,19 @@ FIELDS = (
 )
 
 MEL_HEAVY = {"loss/nmse": 0.1, "loss/mel": 1.0}
+
+
+def warm_start(
+    init_from: str, lr: float, lr_gamma: float, loss_weights: dict[str, float] | None = None
+) -> tuple[str, dict[str, tp.Any]]:
+    """A frame-rate run (complex head) from the weights of ``init_from`` with a fresh AdamW at
+    ``lr`` decaying ``lr_gamma`` a step, ``loss_weights`` merged over the profile's."""
+    overrides: dict[str, tp.Any] = {"model": {"frame_head": "complex"}, "lr": lr, "lr_gamma": lr_gamma}
+    if loss_weights:
+        overrides["loss_weights"] = loss_weights
+    return "frame", {**overrides, "init_from": init_from}
+
+
 # name -> (train profile, overrides of the composed train section)
 RUNS: dict[str, tuple[str, dict[str, tp.Any]]] = {
     "waveform": ("cpu", {}),
@@ -76,65 +89,38 @@ RUNS: dict[str, tuple[str, dict[str, tp.Any]]] = {
     # ... then annealed: the weights of its 105-minute checkpoint with a fresh AdamW at 5e-4,
     # decaying 0.99945 a step (to ~6e-5 after 4000 steps, about 20 minutes here); its folder's
     # trained.json starts at 105 minutes (steps count from 0 again)
-    "frame-complex-diphone-anneal": (
-        "frame",
-        {
-            "model": {"frame_head": "complex"},
-            "lr": 5e-4,
-            "lr_gamma": 0.99945,
-            "init_from": "work/dip/frame-complex-diphone/models/checkpoints/last-105min.pt",
-        },
+    "frame-complex-diphone-anneal": warm_start(
+        "work/dip/frame-complex-diphone/models/checkpoints/last-105min.pt", 5e-4, 0.99945
     ),
     # ... then a warm restart: the annealed weights at 125 minutes with a fresh AdamW at 3e-4,
     # decaying 0.999774 a step (to ~2e-5 after 12,000 steps, about 60 minutes here); its folder's
     # trained.json starts at 125 minutes (steps count from 0 again)
-    "frame-complex-diphone-restart": (
-        "frame",
-        {
-            "model": {"frame_head": "complex"},
-            "lr": 3e-4,
-            "lr_gamma": 0.999774,
-            "init_from": "experiments/curves/frame-complex-diphone-anneal/models/checkpoints/last.pt",
-        },
+    "frame-complex-diphone-restart": warm_start(
+        "experiments/curves/frame-complex-diphone-anneal/models/checkpoints/last.pt", 3e-4, 0.999774
     ),
     # ... then fine-tuned with the mel loss weighted 10x (1.0): the restart's weights at 185 minutes,
     # a fresh AdamW at 1e-4 decaying 0.999424 a step (to 1e-5 after 4000 steps, about 20 minutes);
     # its folder's trained.json starts at 185 minutes. Why: the restart loses 4-11 dB at 1.8-3.5 kHz
     # even unquantized (experiments/klatt_bands.md), where the waveform loss barely looks.
-    "frame-complex-diphone-mel": (
-        "frame",
-        {
-            "model": {"frame_head": "complex"},
-            "lr": 1e-4,
-            "lr_gamma": 0.999424,
-            "loss_weights": {"loss/mel": 1.0},
-            "init_from": "experiments/curves/frame-complex-diphone-restart/models/checkpoints/last.pt",
-        },
+    "frame-complex-diphone-mel": warm_start(
+        "experiments/curves/frame-complex-diphone-restart/models/checkpoints/last.pt", 1e-4, 0.999424, {"loss/mel": 1.0}
     ),
     # ... then the band-envelope loss (loss/envelope, codec.training.losses.BandEnvelopeLoss) added at
     # 1.0: the mel run's weights at 197 minutes (step 2300), a fresh AdamW at 1e-4 decaying 0.999424;
     # its folder's trained.json starts at 197 minutes
-    "frame-complex-diphone-envelope": (
-        "frame",
-        {
-            "model": {"frame_head": "complex"},
-            "lr": 1e-4,
-            "lr_gamma": 0.999424,
-            "loss_weights": {"loss/mel": 1.0, "loss/envelope": 1.0},
-            "init_from": "work/curves/frame-complex-diphone-mel/models/checkpoints/last-197min.pt",
-        },
+    "frame-complex-diphone-envelope": warm_start(
+        "work/curves/frame-complex-diphone-mel/models/checkpoints/last-197min.pt",
+        1e-4,
+        0.999424,
+        {"loss/mel": 1.0, "loss/envelope": 1.0},
     ),
     # ... then the envelope loss doubled (2.0): its weights at 213 minutes (step 2933), a fresh
     # AdamW at 1e-4 decaying 0.999424; its folder's trained.json starts at 213 minutes
-    "frame-complex-diphone-envelope2": (
-        "frame",
-        {
-            "model": {"frame_head": "complex"},
-            "lr": 1e-4,
-            "lr_gamma": 0.999424,
-            "loss_weights": {"loss/mel": 1.0, "loss/envelope": 2.0},
-            "init_from": "work/curves/frame-complex-diphone-envelope/models/checkpoints/last-213min.pt",
-        },
+    "frame-complex-diphone-envelope2": warm_start(
+        "work/curves/frame-complex-diphone-envelope/models/checkpoints/last-213min.pt",
+        1e-4,
+        0.999424,
+        {"loss/mel": 1.0, "loss/envelope": 2.0},
     ),
 }
 

@@ -85,16 +85,7 @@ class TrainParams:
 
     def check(self, where: str = "train params") -> None:
         """Raise :class:`UserError` naming the bad value."""
-        known = {
-            "loss/l1",
-            "loss/nmse",
-            "loss/level",
-            "loss/mel",
-            "loss/envelope",
-            "vq/commitment_loss",
-            "vq/codebook_loss",
-        }
-        known |= {"adv/gen_loss", "adv/feat_loss"}
+        known = set(DEFAULT_WEIGHTS)  # every loss the loop computes, keyed as logged
         unknown = sorted(set(self.loss_weights) - known)
         if unknown:
             raise UserError(
